@@ -1,0 +1,144 @@
+//! `preadv`/`pwritev` that finish the job.
+
+use std::fs::File;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::AsRawFd;
+
+/// The most buffers one `preadv`/`pwritev` call takes (`IOV_MAX` on Linux).
+const IOV_MAX: usize = 1024;
+
+/// Reads exactly `total_len_mut(bufs)` bytes from `file` at `offset` into
+/// `bufs`, retrying short reads and `EINTR`. Reaching the end of the file
+/// first is an [`io::ErrorKind::UnexpectedEof`] error naming the offset.
+pub fn pread_exact_vectored(
+    file: &File,
+    mut offset: u64,
+    mut bufs: &mut [IoSliceMut<'_>],
+) -> io::Result<()> {
+    IoSliceMut::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let cnt = bufs.len().min(IOV_MAX);
+        // SAFETY: `IoSliceMut` is ABI-compatible with `iovec` on Unix, and
+        // every buffer is valid for writes for the duration of the call.
+        let n = unsafe {
+            libc::preadv(
+                file.as_raw_fd(),
+                bufs.as_ptr().cast::<libc::iovec>(),
+                cnt as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        match n {
+            n if n > 0 => {
+                offset += n as u64;
+                IoSliceMut::advance_slices(&mut bufs, n as usize);
+            }
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("file ends before offset {offset}"),
+                ))
+            }
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes all of `bufs` to `file` at `offset`, retrying short writes and
+/// `EINTR`.
+pub fn pwrite_all_vectored(
+    file: &File,
+    mut offset: u64,
+    mut bufs: &mut [IoSlice<'_>],
+) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        let cnt = bufs.len().min(IOV_MAX);
+        // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, and every
+        // buffer is valid for reads for the duration of the call.
+        let n = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                bufs.as_ptr().cast::<libc::iovec>(),
+                cnt as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        match n {
+            n if n > 0 => {
+                offset += n as u64;
+                IoSlice::advance_slices(&mut bufs, n as usize);
+            }
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "pwritev wrote nothing",
+                ))
+            }
+            _ => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fills every buffer with zeros.
+pub fn zero_fill(bufs: &mut [IoSliceMut<'_>]) {
+    for buf in bufs {
+        buf.fill(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn reads_and_writes_across_buffers() {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&[7u8; 100]).unwrap();
+        let (a, b) = ([1u8; 3], [2u8; 1500]);
+        pwrite_all_vectored(&file, 10, &mut [IoSlice::new(&a), IoSlice::new(&b)]).unwrap();
+        let (mut x, mut y) = ([0u8; 12], [0u8; 1500]);
+        pread_exact_vectored(
+            &file,
+            1,
+            &mut [IoSliceMut::new(&mut x), IoSliceMut::new(&mut y)],
+        )
+        .unwrap();
+        assert_eq!(&x[..9], &[7u8; 9]);
+        assert_eq!(&x[9..], &[1u8; 3]);
+        assert_eq!(&y[..1499], &[2u8; 1499][..]);
+        assert_eq!(y[1499], 2);
+    }
+
+    #[test]
+    fn short_file_is_unexpected_eof() {
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&[7u8; 100]).unwrap();
+        let mut buf = [0u8; 50];
+        let err = pread_exact_vectored(&file, 80, &mut [IoSliceMut::new(&mut buf)]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(err.to_string().contains("100"), "{err}");
+    }
+
+    #[test]
+    fn empty_lists_do_nothing() {
+        let file = tempfile::tempfile().unwrap();
+        pread_exact_vectored(&file, 0, &mut []).unwrap();
+        pwrite_all_vectored(&file, 0, &mut []).unwrap();
+        let mut empty = [0u8; 0];
+        pread_exact_vectored(&file, 5, &mut [IoSliceMut::new(&mut empty)]).unwrap();
+    }
+}
