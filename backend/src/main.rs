@@ -1,1 +1,55 @@
-fn main() {}
+//! `ocidisk`: serves VM disks composed from OCI images over vhost-user-blk.
+
+mod export;
+mod image_args;
+mod inspect;
+mod overlay_cmd;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Serve VM disks straight from OCI images over vhost-user-blk.
+#[derive(Parser)]
+#[command(name = "ocidisk", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the partition table and extent summary of a composed disk.
+    Inspect(inspect::Args),
+    /// Write a composed disk (plus an overlay's writes) as a raw image.
+    Export(export::Args),
+    /// Serve a composed disk to a VM over a vhost-user-blk socket.
+    Serve(serve::Args),
+    /// Inspect or reset a per-VM overlay file.
+    #[command(subcommand)]
+    Overlay(overlay_cmd::Command),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(args) => inspect::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Overlay(cmd) => overlay_cmd::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ocidisk: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! TODO(skeleton): arguments that select an image and a layout.

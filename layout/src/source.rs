@@ -1,0 +1,154 @@
+//! Where bytes come from: a range of a read-only file, bytes in memory, or zeros.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSliceMut};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A file opened read-only, with the path it was opened from (for errors).
+///
+/// Blobs of the shared OCI cache and host files are only ever opened through
+/// [`BlobFile::open`], so nothing that serves a disk can write to them.
+#[derive(Debug)]
+pub struct BlobFile {
+    file: File,
+    path: PathBuf,
+    len: u64,
+}
+
+impl BlobFile {
+    /// Opens `path` read-only, following symlinks (Bazel links blobs to its
+    /// build outputs), and checks that it is a regular file.
+    pub fn open(path: &Path) -> io::Result<BlobFile> {
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
+        Ok(BlobFile {
+            file,
+            path: path.to_owned(),
+            len: meta.len(),
+        })
+    }
+
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The path it was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Its length when it was opened.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether it was empty when opened.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// The origin of the bytes of an extent, from the extent's first byte on.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// Bytes of a read-only file, from `offset` on.
+    File { file: Arc<BlobFile>, offset: u64 },
+    /// Bytes generated in memory, from `offset` on.
+    Bytes { data: Arc<[u8]>, offset: usize },
+    /// Zeros.
+    Zero,
+}
+
+impl Source {
+    /// The same source advanced by `by` bytes.
+    pub fn advanced(&self, by: u64) -> Source {
+        match self {
+            Source::File { file, offset } => Source::File {
+                file: file.clone(),
+                offset: offset + by,
+            },
+            Source::Bytes { data, offset } => Source::Bytes {
+                data: data.clone(),
+                offset: offset + by as usize,
+            },
+            Source::Zero => Source::Zero,
+        }
+    }
+
+    /// Fills `bufs` from this source, starting `at` bytes past its start.
+    ///
+    /// The caller guarantees that the range lies within the extent the source
+    /// belongs to; a file that has since shrunk is an `UnexpectedEof` error
+    /// naming the file.
+    pub fn read_vectored_at(&self, at: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+        match self {
+            Source::File { file, offset } => {
+                blockio::pread_exact_vectored(file.file(), offset + at, bufs).map_err(|e| {
+                    io::Error::new(e.kind(), format!("reading {}: {e}", file.path().display()))
+                })
+            }
+            Source::Bytes { data, offset } => {
+                let start = offset + at as usize;
+                data.get(start..)
+                    .unwrap_or_default()
+                    .read_vectored_at(0, bufs)
+            }
+            Source::Zero => {
+                blockio::zero_fill(bufs);
+                Ok(())
+            }
+        }
+    }
+}
+
+use blockio::ReadAt as _;
+
+/// A sized piece of content that a partition or a FAT32 file can hold: an
+/// image payload, a host file, inline bytes, or zeros.
+#[derive(Clone, Debug)]
+pub struct Content {
+    /// Where its bytes come from.
+    pub source: Source,
+    /// How many bytes it has.
+    pub len: u64,
+}
+
+impl Content {
+    /// The whole of a read-only file.
+    pub fn file(file: Arc<BlobFile>) -> Content {
+        let len = file.len();
+        Content {
+            source: Source::File { file, offset: 0 },
+            len,
+        }
+    }
+
+    /// Bytes held in memory.
+    pub fn bytes(data: impl Into<Arc<[u8]>>) -> Content {
+        let data = data.into();
+        Content {
+            len: data.len() as u64,
+            source: Source::Bytes { data, offset: 0 },
+        }
+    }
+
+    /// `len` zero bytes.
+    pub fn zeros(len: u64) -> Content {
+        Content {
+            source: Source::Zero,
+            len,
+        }
+    }
+}
