@@ -38,7 +38,7 @@ pub enum CacheError {
         source: io::Error,
     },
     /// The compressed layer is not a valid zstd stream.
-    #[error("layer {layer} ({blob}): not a valid zstd stream: {source}")]
+    #[error("{layer} ({blob}): not a valid zstd stream: {source}")]
     Decompress {
         layer: String,
         blob: String,
@@ -47,10 +47,10 @@ pub enum CacheError {
     },
     /// The first zstd frame does not say how large its content is, and
     /// nothing else does.
-    #[error("layer {layer} ({blob}): the zstd frame header has no content size")]
+    #[error("{layer} ({blob}): the zstd frame header has no content size")]
     NoContentSize { layer: String, blob: String },
     /// The decompressed size is not the expected one.
-    #[error("layer {layer} ({blob}): decompresses to {actual} bytes, expected {expected}")]
+    #[error("{layer} ({blob}): decompresses to {actual} bytes, expected {expected}")]
     SizeMismatch {
         layer: String,
         blob: String,
@@ -58,14 +58,14 @@ pub enum CacheError {
         actual: String,
     },
     /// The compressed bytes do not have the layer's digest.
-    #[error("layer {layer} ({blob}): content has digest sha256:{actual}")]
+    #[error("{layer} ({blob}): content has digest sha256:{actual}")]
     DigestMismatch {
         layer: String,
         blob: String,
         actual: String,
     },
     /// A decompressed chunk does not match its hash in the config.
-    #[error("layer {layer} ({blob}): {source}")]
+    #[error("{layer} ({blob}): {source}")]
     BadChunk {
         layer: String,
         blob: String,
@@ -79,6 +79,8 @@ const FRAME_HEADER_MAX: usize = 18;
 
 /// A compressed layer to be decompressed into the cache.
 pub struct ZstdLayer<'a> {
+    /// How errors name the layer, e.g. `layer 1 ("system") sha256:…`.
+    pub what: &'a str,
     /// The layer digest, `sha256:<64 hex>` (already validated).
     pub digest: &'a str,
     /// The compressed bytes.
@@ -201,20 +203,20 @@ impl Cache {
         let mut header = [0u8; FRAME_HEADER_MAX];
         let mut r = layer.compressed.reader();
         let n = read_up_to(&mut r, &mut header).map_err(|source| CacheError::Decompress {
-            layer: layer.digest.to_owned(),
+            layer: layer.what.to_owned(),
             blob: blob.to_owned(),
             source,
         })?;
         let frame = zstd::zstd_safe::get_frame_content_size(&header[..n]).map_err(|_| {
             CacheError::Decompress {
-                layer: layer.digest.to_owned(),
+                layer: layer.what.to_owned(),
                 blob: blob.to_owned(),
                 source: io::Error::new(io::ErrorKind::InvalidData, "bad zstd frame header"),
             }
         })?;
         match (frame, layer.payload) {
             (Some(f), Some(p)) if f != p.size => Err(CacheError::SizeMismatch {
-                layer: layer.digest.to_owned(),
+                layer: layer.what.to_owned(),
                 blob: blob.to_owned(),
                 expected: p.size,
                 actual: format!("{f} (says the frame header)"),
@@ -222,7 +224,7 @@ impl Cache {
             (_, Some(p)) => Ok(p.size),
             (Some(f), None) => Ok(f),
             (None, None) => Err(CacheError::NoContentSize {
-                layer: layer.digest.to_owned(),
+                layer: layer.what.to_owned(),
                 blob: blob.to_owned(),
             }),
         }
@@ -237,7 +239,7 @@ impl Cache {
         expected: u64,
         tmp: &TempFile,
     ) -> Result<(), CacheError> {
-        let layer_name = || layer.digest.to_owned();
+        let layer_name = || layer.what.to_owned();
         let mut input = HashingReader {
             inner: layer.compressed.reader(),
             hasher: Sha256::new(),
@@ -489,6 +491,7 @@ mod tests {
         let digest = layer_digest(&z);
         let p = payload(&data, 4096);
         let layer = ZstdLayer {
+            what: "layer",
             digest: &digest,
             compressed: Compressed::Bytes(&z),
             payload: Some(&p),
@@ -528,6 +531,7 @@ mod tests {
         bad.chunk_hashes[3] = [0; 32];
         let e = cache
             .decompressed(&ZstdLayer {
+                what: "layer",
                 digest: &digest,
                 compressed: Compressed::Bytes(&z),
                 payload: Some(&bad),
@@ -542,6 +546,7 @@ mod tests {
         big.size += 1;
         let e = cache
             .decompressed(&ZstdLayer {
+                what: "layer",
                 digest: &digest,
                 compressed: Compressed::Bytes(&z),
                 payload: Some(&big),
@@ -552,6 +557,7 @@ mod tests {
         let other = layer_digest(b"x");
         let e = cache
             .decompressed(&ZstdLayer {
+                what: "layer",
                 digest: &other,
                 compressed: Compressed::Bytes(&z),
                 payload: Some(&good),
@@ -563,6 +569,7 @@ mod tests {
         let jd = layer_digest(&junk);
         let e = cache
             .decompressed(&ZstdLayer {
+                what: "layer",
                 digest: &jd,
                 compressed: Compressed::Bytes(&junk),
                 payload: None,

@@ -371,6 +371,7 @@ fn open_layer(
             BlobData::Inline(b) => Compressed::Bytes(b),
         };
         Content::file(cache.decompressed(&ZstdLayer {
+            what: &what,
             digest: &digest,
             compressed,
             payload,
