@@ -564,4 +564,38 @@ mod tests {
         long.push(0);
         assert_eq!(v.update(&long).unwrap_err().chunk, 4);
     }
+
+    proptest::proptest! {
+        /// Any split of a payload verifies; any single flipped byte is
+        /// reported in the chunk that holds it.
+        #[test]
+        fn verifier_agrees_with_a_direct_check(
+            data in proptest::collection::vec(proptest::num::u8::ANY, 0..3000),
+            chunk in 1u64..700,
+            split in 1usize..500,
+            flip in proptest::option::of(proptest::num::usize::ANY),
+        ) {
+            let p = Payload {
+                name: "p".into(),
+                size: data.len() as u64,
+                hash_chunk_size: chunk,
+                chunk_hashes: data.chunks(chunk as usize).map(|c| Sha256::digest(c).into()).collect(),
+            };
+            let mut bytes = data.clone();
+            let flipped = flip.filter(|_| !bytes.is_empty()).map(|f| f % bytes.len());
+            if let Some(f) = flipped {
+                bytes[f] ^= 0x80;
+            }
+            let mut v = ChunkVerifier::new(&p);
+            let r = bytes.chunks(split).try_for_each(|b| v.update(b)).and_then(|()| v.finish());
+            match flipped {
+                None => proptest::prop_assert!(r.is_ok()),
+                Some(f) => {
+                    let e = r.unwrap_err();
+                    proptest::prop_assert_eq!(e.offset, f as u64 / chunk * chunk);
+                    proptest::prop_assert!((f as u64) < e.end);
+                }
+            }
+        }
+    }
 }

@@ -386,3 +386,94 @@ fn open_layer(
     };
     Ok((layer, what, data, zstd))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::blob::sha256_of;
+    use serde_json::json;
+    use std::fs;
+
+    /// Writes a blob; returns its descriptor JSON.
+    fn blob(dir: &Path, media_type: &str, bytes: &[u8]) -> serde_json::Value {
+        let hex = sha256_of(bytes);
+        fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        fs::write(dir.join("blobs/sha256").join(&hex), bytes).unwrap();
+        json!({"mediaType": media_type, "digest": format!("sha256:{hex}"), "size": bytes.len()})
+    }
+
+    /// A generic (non-Monogon) layout: one manifest per entry of `layers`,
+    /// each named by its ref name.
+    fn layout(dir: &Path, manifests: &[(&str, &[u8])]) -> Vec<String> {
+        let mut entries = Vec::new();
+        let mut digests = Vec::new();
+        for (name, layer) in manifests {
+            let config = blob(dir, "application/vnd.oci.image.config.v1+json", b"{}");
+            let layer = blob(dir, "application/octet-stream", layer);
+            let m = json!({"schemaVersion": 2, "config": config, "layers": [layer]});
+            let mut d = blob(
+                dir,
+                "application/vnd.oci.image.manifest.v1+json",
+                m.to_string().as_bytes(),
+            );
+            d["annotations"] = json!({ "org.opencontainers.image.ref.name": name });
+            digests.push(d["digest"].as_str().unwrap().to_owned());
+            entries.push(d);
+        }
+        let index = json!({"schemaVersion": 2, "manifests": entries});
+        fs::write(dir.join("index.json"), index.to_string()).unwrap();
+        fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        digests
+    }
+
+    fn by(r: &str) -> OpenOptions {
+        OpenOptions {
+            reference: Some(r.to_owned()),
+            ..OpenOptions::default()
+        }
+    }
+
+    #[test]
+    fn selects_by_name_and_digest() {
+        let d = tempfile::tempdir().unwrap();
+        let digests = layout(d.path(), &[("one", b"first"), ("two", b"second layer")]);
+        for (r, want) in [("one", 0), ("two", 1), (&digests[0], 0), (&digests[1], 1)] {
+            let img = Image::open(d.path(), &by(r)).unwrap();
+            assert_eq!(img.manifest_digest(), digests[want]);
+            assert_eq!(img.layers()[0].content.len, [5, 12][want]);
+        }
+        let e = Image::open(d.path(), &OpenOptions::default()).unwrap_err();
+        assert!(
+            matches!(e, ImageError::AmbiguousManifest { count: 2, .. }),
+            "{e}"
+        );
+        let e = Image::open(d.path(), &by("three")).unwrap_err();
+        assert!(e.to_string().contains("\"one\""), "{e}");
+    }
+
+    #[test]
+    fn verify_hashes_generic_layers() {
+        let d = tempfile::tempdir().unwrap();
+        layout(d.path(), &[("one", b"first")]);
+        let verify = OpenOptions {
+            verify: true,
+            ..OpenOptions::default()
+        };
+        Image::open(d.path(), &verify).unwrap();
+        let hex = sha256_of(b"first");
+        fs::write(d.path().join("blobs/sha256").join(&hex), b"FIRST").unwrap();
+        Image::open(d.path(), &OpenOptions::default()).unwrap();
+        let e = Image::open(d.path(), &verify).unwrap_err();
+        assert!(matches!(e, ImageError::DigestMismatch { .. }), "{e}");
+    }
+
+    #[test]
+    fn layer_refs_parse() {
+        assert_eq!("3".parse::<LayerRef>(), Ok(LayerRef::Index(3)));
+        assert_eq!(
+            "sha256:ab".parse::<LayerRef>(),
+            Ok(LayerRef::Digest("sha256:ab".to_owned()))
+        );
+        assert_eq!(LayerRef::Index(3).to_string(), "3");
+    }
+}
