@@ -188,6 +188,7 @@ impl Cache {
         if let Some(f) = open_if_complete(&path, expected)? {
             return Ok(f);
         }
+        remove_stale_temps(&parent, &path);
         let tmp = TempFile::create(&parent, &path)?;
         self.fill(layer, &blob, expected, &tmp)?;
         tmp.persist(&path)?;
@@ -379,13 +380,12 @@ struct Lock {
 
 impl Lock {
     fn exclusive(path: &Path) -> Result<Lock, CacheError> {
+        // Read-only is enough for flock, so users who share a cache but
+        // not its lock files' owner can still take the lock.
         let file = OpenOptions::new()
             .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
             .mode(0o644)
-            .custom_flags(libc::O_CLOEXEC)
+            .custom_flags(libc::O_CLOEXEC | libc::O_CREAT)
             .open(path)
             .map_err(io_err(path, "opening the lock file"))?;
         loop {
@@ -398,6 +398,27 @@ impl Lock {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(io_err(path, "locking")(e));
             }
+        }
+    }
+}
+
+/// Removes temporary files an opener that crashed left for this entry.
+/// Called under the entry's lock, which every writer holds, so none of them
+/// is still being written.
+fn remove_stale_temps(dir: &Path, entry: &Path) {
+    let Some(stem) = entry.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return;
+    };
+    let prefix = format!(".{stem}.");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && name.ends_with(".tmp") {
+            // Best effort: a leftover only costs space.
+            let _ = fs::remove_file(e.path());
         }
     }
 }

@@ -124,6 +124,9 @@ fn a_partial_entry_is_replaced() -> Result<()> {
     let entry = cache.join("zstd/sha256").join(&hex);
     fs::create_dir_all(entry.parent().unwrap())?;
     fs::write(&entry, b"left over from a crash")?;
+    // And a temporary file of an opener that crashed.
+    let stale = entry.with_file_name(format!(".{hex}.999.0.tmp"));
+    fs::write(&stale, b"partial")?;
     let img = Image::open(&built.dir, &opts(&cache))?;
     assert_eq!(
         fs::read(cache_file(&img, "system"))?,
