@@ -114,7 +114,12 @@ pub fn boot_sector(geo: &Geometry, volume_id: u32, label: &[u8; 11]) -> [u8; 512
     s[16] = NUM_FATS as u8;
     // Root entry count, 16-bit total and FAT size stay 0: FAT32.
     s[21] = MEDIA;
-    // Geometry for int 13h, hidden sectors: 0 as Monogon writes them.
+    // CHS geometry for int 13h, unused by anything modern. Monogon's
+    // installer leaves it 0, but mtools then refuses the volume ("zero
+    // number of heads or sectors"), so say 63 sectors × 255 heads, the usual
+    // fixed-disk translation. Hidden sectors stay 0 as Monogon writes them.
+    s[24..26].copy_from_slice(&63u16.to_le_bytes());
+    s[26..28].copy_from_slice(&255u16.to_le_bytes());
     s[32..36].copy_from_slice(&geo.total_sectors.to_le_bytes());
     s[36..40].copy_from_slice(&geo.fat_sectors.to_le_bytes());
     // Flags 0: the FATs are mirrored. Version 0.0.
