@@ -667,3 +667,39 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+/// Prints how long building Monogon's ESP takes and how much it generates
+/// (`cargo test -p layout --release fat32_build_cost -- --ignored --nocapture`).
+#[test]
+#[ignore = "measurement, not a check"]
+fn fat32_build_cost() {
+    let kernel = Content::zeros(40 * MIB);
+    let mut times = Vec::new();
+    let mut generated = 0;
+    for _ in 0..21 {
+        let t = std::time::Instant::now();
+        let mut b = Fat32Builder::new(ESP, "MNGN_BOOT").unwrap();
+        b.add_file("EFI/BOOT/BOOTx64.EFI", Content::zeros(2 * MIB))
+            .unwrap();
+        b.add_file("EFI/metropolis/boot-a.efi", kernel.clone())
+            .unwrap();
+        b.add_file("metropolis/parameters.pb", Content::bytes(vec![1; 300]))
+            .unwrap();
+        let extents = b.build(1).unwrap();
+        times.push(t.elapsed());
+        let mut buffers: Vec<Arc<[u8]>> = Vec::new();
+        for e in &extents {
+            if let Source::Bytes { data, .. } = &e.source {
+                if !buffers.iter().any(|b| Arc::ptr_eq(b, data)) {
+                    buffers.push(data.clone());
+                }
+            }
+        }
+        generated = buffers.iter().map(|b| b.len()).sum::<usize>();
+    }
+    times.sort();
+    println!(
+        "128 MiB ESP, 2 MiB loader + 40 MiB kernel: build median {:?} (min {:?}, max {:?}), {} bytes generated",
+        times[10], times[0], times[20], generated
+    );
+}
