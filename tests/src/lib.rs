@@ -1,1 +1,4 @@
 //! Support code for the end-to-end tests.
+
+pub mod guest;
+pub mod uki;
