@@ -138,3 +138,71 @@ umount /mnt/esp
     );
     assert_eq!(run.get("esp_hello").unwrap(), "hello from the host");
 }
+
+#[test]
+fn a_file_written_and_synced_survives_a_new_vm_and_server() {
+    let f = fixture();
+    let first = f.boot(
+        "write",
+        r#"
+data=$(part_dev METROPOLIS-NODE-DATA)
+mkdosfs -n NODEDATA "$data" >/dev/null
+mkdir -p /mnt/data
+mount -t vfat "$data" /mnt/data
+echo "written by boot one" > /mnt/data/marker.txt
+sync
+umount /mnt/data
+report wrote yes
+"#,
+    );
+    assert_eq!(first.get("wrote").unwrap(), "yes");
+    // A new qemu-storage-daemon and a new QEMU: only the disk carries state.
+    let second = f.boot(
+        "reread",
+        r#"
+mkdir -p /mnt/data
+mount -t vfat -o ro "$(part_dev METROPOLIS-NODE-DATA)" /mnt/data
+report marker "$(cat /mnt/data/marker.txt)"
+"#,
+    );
+    assert_eq!(second.get("marker").unwrap(), "written by boot one");
+}
+
+#[test]
+fn a_failing_guest_script_fails_the_run_with_the_console() {
+    let f = fixture();
+    let initrd = f.dir.path().join("fail.cpio");
+    InitramfsBuilder::new(&f.assets)
+        .script("report before yes\npart_dev NO-SUCH-PARTITION-NAME-XYZ\nreport after yes\n")
+        .write(&initrd)
+        .unwrap();
+    let socket = f.dir.path().join("fail.sock");
+    let _server = VhostUserServer::qemu_storage_daemon(&f.disk, &socket, f.dir.path()).unwrap();
+    let err = VmConfig::direct(&socket, &f.assets.vmlinuz, &initrd)
+        .run(f.dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("test script failed with status 1"), "{err}");
+    assert!(err.contains("OCIDISK before=yes"), "{err}");
+    assert!(err.contains("no partition named NO-SUCH"), "{err}");
+    assert!(!err.contains("OCIDISK after=yes"), "{err}");
+}
+
+#[test]
+fn a_hung_guest_is_killed_at_the_time_limit() {
+    let f = fixture();
+    let initrd = f.dir.path().join("hang.cpio");
+    InitramfsBuilder::new(&f.assets)
+        .script("report hanging yes\nsleep 1000\n")
+        .write(&initrd)
+        .unwrap();
+    let socket = f.dir.path().join("hang.sock");
+    let _server = VhostUserServer::qemu_storage_daemon(&f.disk, &socket, f.dir.path()).unwrap();
+    let mut vm = VmConfig::direct(&socket, &f.assets.vmlinuz, &initrd);
+    vm.timeout = std::time::Duration::from_secs(25);
+    let started = Instant::now();
+    let err = vm.run(f.dir.path()).unwrap_err().to_string();
+    assert!(started.elapsed() < std::time::Duration::from_secs(40));
+    assert!(err.contains("did not finish within 25s"), "{err}");
+    assert!(err.contains("OCIDISK hanging=yes"), "{err}");
+}
