@@ -1,4 +1,5 @@
 //! Support code for the end-to-end tests.
 
 pub mod guest;
+pub mod sample;
 pub mod uki;

@@ -199,10 +199,34 @@ fn a_hung_guest_is_killed_at_the_time_limit() {
     let socket = f.dir.path().join("hang.sock");
     let _server = VhostUserServer::qemu_storage_daemon(&f.disk, &socket, f.dir.path()).unwrap();
     let mut vm = VmConfig::direct(&socket, &f.assets.vmlinuz, &initrd);
-    vm.timeout = std::time::Duration::from_secs(25);
+    // Long enough to reach the script on a loaded CI machine (boots take 5–25 s).
+    vm.timeout = std::time::Duration::from_secs(40);
     let started = Instant::now();
     let err = vm.run(f.dir.path()).unwrap_err().to_string();
-    assert!(started.elapsed() < std::time::Duration::from_secs(40));
-    assert!(err.contains("did not finish within 25s"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(55));
+    assert!(err.contains("did not finish within 40s"), "{err}");
     assert!(err.contains("OCIDISK hanging=yes"), "{err}");
+}
+
+#[test]
+fn a_module_that_fails_to_load_fails_the_run() {
+    let f = fixture();
+    let initrd = f.dir.path().join("badmod.cpio");
+    // erofs needs crc32c_generic loaded first (a soft dependency): without it
+    // libcrc32c's init fails in the guest.
+    InitramfsBuilder::new(&f.assets)
+        .module("erofs")
+        .script("report ran yes\n")
+        .write(&initrd)
+        .unwrap();
+    let socket = f.dir.path().join("badmod.sock");
+    let _server = VhostUserServer::qemu_storage_daemon(&f.disk, &socket, f.dir.path()).unwrap();
+    let err = VmConfig::direct(&socket, &f.assets.vmlinuz, &initrd)
+        .run(f.dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("kernel modules failed to load in the guest: libcrc32c.ko erofs.ko"),
+        "{err}"
+    );
 }

@@ -39,9 +39,11 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+failed=
 for m in $(cat /etc/ocidisk/modules); do
-  insmod "/lib/modules/$m" || echo "OCIDISK insmod_failed=$m"
+  insmod "/lib/modules/$m" || failed="$failed $m"
 done
+[ -z "$failed" ] || echo "OCIDISK insmod_failed=$failed"
 echo "OCIDISK boot=ok"
 echo "OCIDISK uptime_at_init=$(cut -d' ' -f1 /proc/uptime)"
 sh -c '. /lib/ocidisk.sh; set -e; . /test.sh'

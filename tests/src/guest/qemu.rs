@@ -151,7 +151,8 @@ impl VmConfig {
     /// console log (`console-<n>.log`) and, for UEFI, the variable store.
     ///
     /// Fails, with the console in the error, when QEMU fails, the time limit
-    /// passes, or the guest's init did not report `done` with status 0.
+    /// passes, a kernel module did not load, or the guest's init did not
+    /// report `done` with status 0.
     pub fn run(&self, workdir: &Path) -> Result<GuestRun> {
         let n = next_run_number();
         let console = workdir.join(format!("console-{n}.log"));
@@ -279,6 +280,12 @@ impl VmConfig {
             console: text,
             elapsed,
         };
+        if let Some(modules) = run.reports.get("insmod_failed") {
+            return Err(Error::Failed {
+                what: format!("kernel modules failed to load in the guest:{modules}"),
+                log: logs(),
+            });
+        }
         match run.reports.get("done").map(String::as_str) {
             Some("0") => Ok(run),
             Some(st) => Err(Error::Failed {
