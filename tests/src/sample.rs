@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::guest::rawdisk::{build_gpt_disk, Content, PartitionInfo, PartitionSpec};
 use crate::guest::{run_tool, Assets, Error, InitramfsBuilder, Result, DEFAULT_CMDLINE};
+use crate::oci_writer::{ImageBuilder, OsImage, Payload};
 use crate::uki::{build_uki, UkiSpec};
 
 /// Monogon's partition names, which the sample guest looks for.
@@ -127,6 +128,54 @@ pub fn build_sample_payloads(assets: &Assets, dir: &Path) -> Result<SamplePayloa
         system,
         kernel_efi,
         system_sha256,
+    })
+}
+
+/// The ref name of the sample image's manifest in its `index.json`.
+pub const SAMPLE_REF: &str = "ocidisk-sample";
+
+/// A written sample image.
+#[derive(Debug, Clone)]
+pub struct SampleImage {
+    /// The OCI image layout directory (`--image` of `ocidisk`).
+    pub image: PathBuf,
+    /// Its manifest digest.
+    pub manifest_digest: String,
+    /// The payloads it was made from.
+    pub payloads: SamplePayloads,
+}
+
+/// Builds the sample payloads into `dir/payloads` and writes them as a
+/// Monogon-format OCI image layout (uncompressed layers, `kernel.efi` then
+/// `system`, as Monogon's build writes them) to `dir/image`.
+pub fn build_sample_image(assets: &Assets, dir: &Path) -> Result<SampleImage> {
+    let payload_dir = dir.join("payloads");
+    std::fs::create_dir_all(&payload_dir).map_err(|source| Error::Io {
+        what: format!("creating {}", payload_dir.display()),
+        source,
+    })?;
+    let payloads = build_sample_payloads(assets, &payload_dir)?;
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| Error::Io {
+            what: format!("reading {}", p.display()),
+            source,
+        })
+    };
+    let os = OsImage::new()
+        .ref_name(SAMPLE_REF)
+        .payload(Payload::new("kernel.efi", read(&payloads.kernel_efi)?))
+        .payload(Payload::new("system", read(&payloads.system)?));
+    let image = dir.join("image");
+    let built = ImageBuilder::monogon(os)
+        .write(&image)
+        .map_err(|e| Error::Failed {
+            what: format!("writing the sample OCI image to {}: {e:#}", image.display()),
+            log: String::new(),
+        })?;
+    Ok(SampleImage {
+        image,
+        manifest_digest: built.manifest_digest().to_string(),
+        payloads,
     })
 }
 

@@ -3,15 +3,40 @@
 //! the data partition across two VMs.
 
 use ocidisk_tests::guest::{Assets, VhostUserServer, VmConfig};
-use ocidisk_tests::sample::{build_sample_payloads, build_sample_raw_disk, GREETING};
+use ocidisk_tests::sample::{build_sample_image, build_sample_raw_disk, GREETING, SAMPLE_REF};
 
 #[test]
 fn sample_image_boots_and_its_data_partition_persists() {
     let assets = Assets::locate().unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().unwrap();
-    let payloads = build_sample_payloads(&assets, dir.path()).unwrap();
+    let sample = build_sample_image(&assets, dir.path()).unwrap();
+    let payloads = &sample.payloads;
+
+    // The OCI layout is what `ocidisk` reads: check it with the layout crate's
+    // reader, hashing every chunk.
+    let image = layout::oci::Image::open(
+        &sample.image,
+        &layout::oci::OpenOptions {
+            reference: Some(SAMPLE_REF.to_string()),
+            verify: true,
+            cache_dir: Some(dir.path().join("cache")),
+        },
+    )
+    .unwrap();
+    assert_eq!(image.manifest_digest(), sample.manifest_digest);
+    for (name, path) in [
+        ("kernel.efi", &payloads.kernel_efi),
+        ("system", &payloads.system),
+    ] {
+        let layer = image.payload(name).unwrap();
+        assert_eq!(
+            layer.content.len,
+            std::fs::metadata(path).unwrap().len(),
+            "{name}"
+        );
+    }
     let disk = dir.path().join("disk.raw");
-    build_sample_raw_disk(&payloads, &disk).unwrap();
+    build_sample_raw_disk(payloads, &disk).unwrap();
 
     for boot in 1..=2 {
         let socket = dir.path().join(format!("sample-{boot}.sock"));
