@@ -221,7 +221,7 @@ impl VmConfig {
                 ])
                 .args([
                     "-drive",
-                    &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+                    &format!("if=pflash,format=raw,unit=1,file={}", opt_value(&vars)),
                 ]);
             }
         }
@@ -343,6 +343,11 @@ pub fn parse_reports(console: &str) -> BTreeMap<String, String> {
     reports
 }
 
+/// A path as a value in QEMU's `key=value,…` options, where a comma is written twice.
+fn opt_value(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
 fn read_lossy(path: &Path) -> String {
     std::fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -359,6 +364,11 @@ fn next_run_number() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commas_in_paths_are_escaped_for_qemu() {
+        assert_eq!(opt_value(Path::new("/tmp/a,b/s.sock")), "/tmp/a,,b/s.sock");
+    }
 
     #[test]
     fn reports_are_parsed_anywhere_in_a_line() {
