@@ -155,6 +155,31 @@ pub fn build_uki(spec: &UkiSpec, workdir: &Path, out: &Path) -> Result<()> {
     }
     objcopy.arg(&spec.stub).arg(out);
     run_tool(&mut objcopy)?;
+    let mut image = read(out)?;
+    clear_timestamp(out, &mut image)?;
+    write(out, &image)
+}
+
+/// Zeroes the COFF `TimeDateStamp` that objcopy sets to the current time
+/// (it ignores `SOURCE_DATE_EPOCH` for PE), so the same inputs give the same
+/// image and the same payload digest. The optional header's `CheckSum`, which
+/// covers the stamp, becomes 0 too: "no checksum", which firmware accepts.
+pub fn clear_timestamp(file: &Path, data: &mut [u8]) -> Result<()> {
+    pe_layout(file, data)?;
+    let pe = data
+        .get(0x3c..0x40)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .unwrap_or(0);
+    let coff = pe + 4;
+    let checksum = coff + 20 + 64;
+    for field in [coff + 4..coff + 8, checksum..checksum + 4] {
+        data.get_mut(field)
+            .ok_or_else(|| Error::BadPe {
+                file: file.to_path_buf(),
+                what: "truncated headers".to_string(),
+            })?
+            .fill(0);
+    }
     Ok(())
 }
 
@@ -175,6 +200,13 @@ mod tests {
         );
         assert_eq!(placed[0].2, 0x1_0001_a000);
         assert_eq!(placed[1].2, 0x1_0001_b000);
+    }
+
+    #[test]
+    fn clearing_the_timestamp_rejects_non_pe_input() {
+        let mut data = b"not a PE file".to_vec();
+        assert!(clear_timestamp(Path::new("x"), &mut data).is_err());
+        assert_eq!(data, b"not a PE file");
     }
 
     #[test]

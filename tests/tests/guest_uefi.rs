@@ -38,8 +38,27 @@ report efi_booted "$([ -d /sys/firmware/efi ] && echo yes || echo no)"
         &uki,
     )
     .unwrap();
-    // The result is still a PE image, with our sections after the stub's.
+    // The result is still a PE image, with our sections after the stub's,
+    // and the same inputs give the same bytes (payload digests stay stable).
     let bytes = std::fs::read(&uki).unwrap();
+    let again = dir.path().join("again.efi");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    build_uki(
+        &UkiSpec {
+            stub: assets.efi_stub.clone(),
+            kernel: assets.vmlinuz.clone(),
+            initrd: dir.path().join("initrd.cpio"),
+            cmdline: cmdline.clone(),
+            os_release: "ID=ocidisk-test\nNAME=\"ocidisk test\"\n".into(),
+        },
+        dir.path(),
+        &again,
+    )
+    .unwrap();
+    assert!(
+        std::fs::read(&again).unwrap() == bytes,
+        "UKI build is not reproducible"
+    );
     let stub_layout =
         pe_layout(&assets.efi_stub, &std::fs::read(&assets.efi_stub).unwrap()).unwrap();
     let uki_layout = pe_layout(&uki, &bytes).unwrap();
