@@ -350,7 +350,7 @@ mod tests {
             )
             .unwrap();
         vring.set_queue_ready(true);
-        b.handle_event(0, EventSet::IN, &[vring.clone()], 0)
+        b.handle_event(0, EventSet::IN, std::slice::from_ref(&vring), 0)
             .unwrap();
 
         let status = |i: u64| mem.read_obj::<u8>(GuestAddress(0x3_0000 + i)).unwrap();
@@ -370,7 +370,7 @@ mod tests {
         assert_eq!(b.stats().requests.load(Ordering::Relaxed), 4);
         assert_eq!(b.stats().errors.load(Ordering::Relaxed), 2);
         // Unknown events and event sets are ignored, not fatal.
-        b.handle_event(5, EventSet::IN, &[vring.clone()], 0)
+        b.handle_event(5, EventSet::IN, std::slice::from_ref(&vring), 0)
             .unwrap();
         b.handle_event(0, EventSet::HANG_UP, &[vring], 0).unwrap();
     }
