@@ -160,6 +160,9 @@ fn serve_loop(
             .map_err(|e| anyhow::anyhow!("cannot start the device: {e}"))?;
         if let Err(err) = daemon.start(listener) {
             tracing::warn!("cannot accept a frontend: {err}");
+            // Do not spin if accepting keeps failing (say, out of file
+            // descriptors); the pending connection waits in the backlog.
+            std::thread::sleep(std::time::Duration::from_millis(100));
             continue;
         }
         tracing::info!("frontend connected");

@@ -345,3 +345,27 @@ fn read_only_device() {
     assert!(client.queue().write(0, &[1; 512]).is_err());
     assert_eq!(f.disk_bytes(0, 512), pattern(0, 512));
 }
+
+#[test]
+fn kill_9_then_restart_keeps_every_flushed_write() {
+    let f = Fixture::new();
+    let server = f.serve(&[]);
+    let mut client = f.connect(1);
+    let flushed: Vec<(u64, Vec<u8>)> = (0..16u64)
+        .map(|i| (i * 65536 + 4096, vec![i as u8 + 1; 8192]))
+        .collect();
+    for (offset, data) in &flushed {
+        client.queue().write(*offset, data).unwrap();
+    }
+    client.queue().flush().unwrap();
+    server.kill().unwrap();
+    drop(client);
+    // The killed process left its socket behind: the new one replaces it.
+    assert!(f.socket.exists());
+    let _server = f.serve(&[]);
+    let mut client = f.connect(1);
+    for (offset, data) in &flushed {
+        assert_eq!(&client.queue().read(*offset, data.len()).unwrap(), data);
+    }
+    assert_eq!(client.queue().read(0, 4096).unwrap(), pattern(0, 4096));
+}
