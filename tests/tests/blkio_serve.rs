@@ -256,12 +256,10 @@ fn a_second_connection_sees_the_first_ones_flushed_writes() {
     assert_eq!(client.queue().read(0, 4096).unwrap(), pattern(0, 4096));
     drop(client);
     assert!(server.is_running());
-    let log = server.log();
-    assert!(
-        log.matches("frontend connected").count() >= 2,
-        "log:\n{log}"
-    );
-    assert!(log.contains("frontend disconnected"), "log:\n{log}");
+    // One log line per connection event.
+    let log = server.wait_for_log("frontend disconnected", 2, Duration::from_secs(10));
+    let log = log.unwrap_or_else(|log| panic!("log:\n{log}"));
+    assert_eq!(log.matches("frontend connected").count(), 2, "log:\n{log}");
 }
 
 #[test]
