@@ -1,5 +1,7 @@
 //! `ocidisk`: serves VM disks composed from OCI images over vhost-user-blk.
 
+mod device;
+mod disk;
 mod export;
 mod image_args;
 mod inspect;

@@ -1,9 +1,471 @@
-//! TODO(skeleton): `ocidisk serve`.
+//! `ocidisk serve`: serves a disk over a vhost-user-blk socket until told to
+//! stop.
+//!
+//! The socket is created once and kept for the life of the process: one
+//! frontend at a time is served (QEMU, cloud-hypervisor, libblkio); when it
+//! disconnects (guest reboot, QEMU restart or crash) the disk is flushed and
+//! the next frontend is accepted on the same socket. SIGTERM or SIGINT, idle
+//! or connected, ends the connection, flushes the disk, removes the socket
+//! and exits 0.
+//!
+//! Ready means listening: the socket is bound and listening under a temporary
+//! name, given its mode, and only then renamed into place, so a launcher that
+//! waits for the path never connects too early. `ready socket=PATH` on stdout
+//! says the same to launchers that read lines.
+
+use crate::device::{BlkBackend, DeviceConfig, GuestMemory};
+use crate::disk::BlockDevice;
+use anyhow::{bail, Context};
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use vhost::vhost_user::{Error as VhostUserError, Listener};
+use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 /// Arguments of `ocidisk serve`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// DEVELOPMENT ONLY, until the overlay is wired: serve this raw file.
+    #[arg(long, value_name = "FILE")]
+    pub raw: Option<PathBuf>,
+    /// Serve the disk read-only (the device offers VIRTIO_BLK_F_RO).
+    #[arg(long)]
+    pub readonly: bool,
+    #[command(flatten)]
+    pub serve: ServeOptions,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("serve: not implemented yet")
+/// How the device is offered, independent of what it serves.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServeOptions {
+    /// The vhost-user socket to listen on. A stale socket left by a dead
+    /// process is replaced; one that a live process accepts on is refused.
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Virtqueues to offer; each runs on its own thread.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub num_queues: u32,
+    /// The largest virtqueue size the frontend may choose (a power of two).
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub queue_size: u32,
+    /// The serial number the guest sees (up to 20 bytes).
+    #[arg(long, default_value = "", value_name = "ID")]
+    pub serial: String,
+    /// Start in write-through mode: every write is durable before it
+    /// completes (the guest may switch to write-back).
+    #[arg(long)]
+    pub writethrough: bool,
+    /// The socket's permissions, in octal.
+    #[arg(long, default_value = "0600", value_name = "MODE", value_parser = parse_mode)]
+    pub socket_mode: u32,
+}
+
+/// Parses an octal permission mode such as `0600`, `600` or `0o660`.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(format!("{s:?} is not an octal permission mode like 0600")),
+    }
+}
+
+/// Runs `ocidisk serve`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let Some(raw) = &args.raw else {
+        bail!("serve: --raw FILE is required until images and overlays are wired in");
+    };
+    let file = crate::disk::RawFile::open(raw, args.readonly)
+        .with_context(|| format!("cannot open {}", raw.display()))?;
+    let disk: Arc<dyn BlockDevice> = if args.readonly {
+        Arc::new(crate::disk::ReadOnlyDisk::new(file)?)
+    } else {
+        Arc::new(file)
+    };
+    serve_device(disk, &args.serve)
+}
+
+/// Serves `device` on `opts.socket` until SIGTERM or SIGINT.
+pub fn serve_device(device: Arc<dyn BlockDevice>, opts: &ServeOptions) -> anyhow::Result<()> {
+    let config = DeviceConfig::new(
+        device.size(),
+        device.read_only(),
+        opts.num_queues,
+        opts.queue_size,
+        &opts.serial,
+        opts.writethrough,
+    )?;
+    // Before any thread exists, so that every thread inherits the mask and
+    // only the signal thread ever sees these signals.
+    let signals = Signals::block()?;
+    let (wake_rx, wake_tx) = UnixStream::pair().context("cannot create a wake-up channel")?;
+    let shared = Arc::new(Shared {
+        terminated: AtomicBool::new(false),
+        connection: Mutex::new(None),
+        wake: wake_tx,
+    });
+    signals.spawn_waiter(Arc::clone(&shared))?;
+
+    let socket = SocketFile::bind(&opts.socket, opts.socket_mode)?;
+    let mut listener = Listener::from(socket.listener.try_clone()?);
+    tracing::info!(
+        socket = %opts.socket.display(),
+        size = config.size,
+        read_only = config.read_only,
+        queues = config.num_queues,
+        "listening"
+    );
+    {
+        let mut out = io::stdout().lock();
+        writeln!(out, "ready socket={}", opts.socket.display())?;
+        out.flush()?;
+    }
+
+    let result = serve_loop(&device, &config, &shared, &mut listener, &wake_rx);
+    // Whatever ended the loop, leave the disk durable and the path free.
+    let flushed = device.flush().context("cannot flush the disk");
+    drop(socket);
+    result?;
+    flushed?;
+    tracing::info!("flushed the disk and removed the socket; exiting");
+    Ok(())
+}
+
+/// Accepts and serves frontends one after another until termination.
+fn serve_loop(
+    device: &Arc<dyn BlockDevice>,
+    config: &DeviceConfig,
+    shared: &Shared,
+    listener: &mut Listener,
+    wake: &UnixStream,
+) -> anyhow::Result<()> {
+    loop {
+        if !wait_for_frontend(listener.as_raw_fd(), wake.as_raw_fd())?
+            || shared.terminated.load(Ordering::SeqCst)
+        {
+            tracing::info!("terminating on signal");
+            return Ok(());
+        }
+        let mem: GuestMemory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let backend = Arc::new(BlkBackend::new(
+            Arc::clone(device),
+            config.clone(),
+            mem.clone(),
+        ));
+        let mut daemon = VhostUserDaemon::new("ocidisk".to_owned(), Arc::clone(&backend), mem)
+            .map_err(|e| anyhow::anyhow!("cannot start the device: {e}"))?;
+        if let Err(err) = daemon.start(listener) {
+            tracing::warn!("cannot accept a frontend: {err}");
+            // Do not spin if accepting keeps failing (say, out of file
+            // descriptors); the pending connection waits in the backlog.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            continue;
+        }
+        tracing::info!("frontend connected");
+        shared.set_connection(daemon.shutdown_handle());
+        let ended = daemon.wait();
+        shared.set_connection(None);
+        // Dropping the daemon stops and joins the worker threads, so no
+        // request is in flight when the disk is flushed.
+        drop(daemon);
+        let stats = backend.stats();
+        let (requests, errors) = (
+            stats.requests.load(Ordering::Relaxed),
+            stats.errors.load(Ordering::Relaxed),
+        );
+        match ended {
+            // A frontend that goes away mid-message has disconnected too.
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                VhostUserError::Disconnected | VhostUserError::PartialMessage,
+            )) => tracing::info!(requests, errors, "frontend disconnected"),
+            Err(err) => {
+                tracing::warn!(requests, errors, "frontend connection failed: {err}")
+            }
+        }
+        device
+            .flush()
+            .context("cannot flush the disk after the frontend disconnected")?;
+        if shared.terminated.load(Ordering::SeqCst) {
+            tracing::info!("terminating on signal");
+            return Ok(());
+        }
+    }
+}
+
+/// Waits until a frontend connects (true) or a signal arrives (false).
+fn wait_for_frontend(listener: RawFd, wake: RawFd) -> io::Result<bool> {
+    let mut fds = [
+        libc::pollfd {
+            fd: listener,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: wake,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: `fds` is a valid array of two pollfd for the whole call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if fds[1].revents != 0 {
+            return Ok(false);
+        }
+        if fds[0].revents != 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// State shared between the serve loop and the signal thread.
+struct Shared {
+    terminated: AtomicBool,
+    /// The connection being served, to cut it on a signal.
+    connection: Mutex<Option<ShutdownHandle>>,
+    /// Wakes the serve loop while it waits for a frontend.
+    wake: UnixStream,
+}
+
+impl Shared {
+    fn set_connection(&self, handle: Option<ShutdownHandle>) {
+        let mut slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        *slot = handle;
+        // A signal that came before the handle was stored found no
+        // connection to cut: cut it now.
+        if self.terminated.load(Ordering::SeqCst) {
+            if let Some(handle) = slot.as_ref() {
+                handle.shutdown();
+            }
+        }
+    }
+
+    fn terminate(&self) {
+        self.terminated.store(true, Ordering::SeqCst);
+        let _ = (&self.wake).write(&[1]);
+        let slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(handle) = slot.as_ref() {
+            handle.shutdown();
+        }
+    }
+}
+
+/// SIGTERM and SIGINT, blocked in every thread and taken by one.
+struct Signals {
+    set: libc::sigset_t,
+}
+
+impl Signals {
+    /// Blocks SIGTERM and SIGINT in the calling thread (and so in every
+    /// thread it starts afterwards).
+    fn block() -> io::Result<Self> {
+        // SAFETY: `sigset_t` is plain data; sigemptyset initializes it.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid sigset_t; the signal numbers are valid.
+        let rc = unsafe {
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::sigaddset(&mut set, libc::SIGINT);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(Self { set })
+    }
+
+    /// Starts the thread that waits for the signals and terminates `shared`.
+    fn spawn_waiter(self, shared: Arc<Shared>) -> io::Result<()> {
+        std::thread::Builder::new()
+            .name("signals".to_owned())
+            .spawn(move || loop {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: `self.set` is an initialized sigset_t and `sig` a
+                // valid out-pointer.
+                let rc = unsafe { libc::sigwait(&self.set, &mut sig) };
+                if rc == 0 {
+                    tracing::info!(signal = sig, "received a termination signal");
+                    shared.terminate();
+                }
+            })
+            .map(drop)
+    }
+}
+
+/// The listening socket and its path, removed again when dropped (if it is
+/// still ours).
+struct SocketFile {
+    listener: UnixListener,
+    path: PathBuf,
+    /// Device and inode of the socket file, to recognize it at removal.
+    id: (u64, u64),
+}
+
+impl SocketFile {
+    /// Binds a listening socket at `path` with permissions `mode`, replacing
+    /// a stale socket file and refusing a live one.
+    fn bind(path: &Path, mode: u32) -> anyhow::Result<Self> {
+        check_existing(path)?;
+        let listener = match temp_path(path) {
+            Some(temp) => {
+                let _ = std::fs::remove_file(&temp);
+                match bind_with_mode(&temp, mode) {
+                    Ok(listener) => {
+                        // rename() replaces a stale socket atomically.
+                        std::fs::rename(&temp, path).with_context(|| {
+                            let _ = std::fs::remove_file(&temp);
+                            format!("cannot move the socket into place at {}", path.display())
+                        })?;
+                        listener
+                    }
+                    // The temporary name is longer than the path and may not
+                    // fit in a socket address: bind in place instead.
+                    Err(_) => bind_in_place(path, mode)?,
+                }
+            }
+            None => bind_in_place(path, mode)?,
+        };
+        let meta = std::fs::symlink_metadata(path)
+            .with_context(|| format!("cannot stat the socket {}", path.display()))?;
+        Ok(Self {
+            listener,
+            path: path.to_owned(),
+            id: (meta.dev(), meta.ino()),
+        })
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == self.id => {
+                if let Err(err) = std::fs::remove_file(&self.path) {
+                    tracing::warn!("cannot remove the socket {}: {err}", self.path.display());
+                }
+            }
+            _ => tracing::warn!(
+                "the socket {} was replaced or removed by someone else; leaving it",
+                self.path.display()
+            ),
+        }
+    }
+}
+
+/// Refuses a path that a live process accepts on or that is not a socket;
+/// a stale socket (nobody listening) may be replaced.
+fn check_existing(path: &Path) -> anyhow::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err).with_context(|| format!("cannot stat {}", path.display())),
+    };
+    if !meta.file_type().is_socket() {
+        bail!(
+            "{} exists and is not a socket; refusing to replace it",
+            path.display()
+        );
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => bail!(
+            "the socket {} is in use: another process is serving on it",
+            path.display()
+        ),
+        Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
+            tracing::info!(socket = %path.display(), "replacing a stale socket");
+            Ok(())
+        }
+        Err(err) => Err(err).with_context(|| {
+            format!(
+                "cannot tell whether the socket {} is still in use",
+                path.display()
+            )
+        }),
+    }
+}
+
+/// A temporary name next to `path`, for binding before the rename.
+fn temp_path(path: &Path) -> Option<PathBuf> {
+    let name = path.file_name()?.to_string_lossy();
+    Some(path.with_file_name(format!(".{name}.{}.tmp", std::process::id())))
+}
+
+/// Binds `path` directly (after removing a stale socket there).
+fn bind_in_place(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => {
+            return Err(err).with_context(|| format!("cannot remove stale {}", path.display()))
+        }
+    }
+    bind_with_mode(path, mode).with_context(|| format!("cannot listen on {}", path.display()))
+}
+
+/// Binds and listens on `path`, created with permissions `mode` (no window
+/// in which it has others).
+fn bind_with_mode(path: &Path, mode: u32) -> io::Result<UnixListener> {
+    // The umask is process-wide; only the signal thread runs now, and it
+    // creates no files.
+    // SAFETY: umask only changes the file-creation mask.
+    let old = unsafe { libc::umask(!mode & 0o777) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = bound?;
+    // The umask can only take bits away; set the mode exactly.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("0600"), Ok(0o600));
+        assert_eq!(parse_mode("660"), Ok(0o660));
+        assert_eq!(parse_mode("0o644"), Ok(0o644));
+        assert!(parse_mode("0800").is_err());
+        assert!(parse_mode("1777").is_err());
+        assert!(parse_mode("").is_err());
+    }
+
+    #[test]
+    fn socket_lifecycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let socket = SocketFile::bind(&path, 0o640).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+        // Live: refused, and the error says why.
+        let err = SocketFile::bind(&path, 0o600).err().unwrap();
+        assert!(err.to_string().contains("in use"), "{err:#}");
+        drop(socket);
+        assert!(!path.exists());
+        // Stale: a socket file nobody listens on is replaced.
+        drop(UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let socket = SocketFile::bind(&path, 0o600).unwrap();
+        assert!(UnixStream::connect(&path).is_ok());
+        drop(socket);
+        // Not a socket: refused, and left alone.
+        std::fs::write(&path, b"precious").unwrap();
+        let err = SocketFile::bind(&path, 0o600).err().unwrap();
+        assert!(err.to_string().contains("not a socket"), "{err:#}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+    }
 }

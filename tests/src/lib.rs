@@ -1,5 +1,6 @@
 //! Support code for the end-to-end tests.
 
+pub mod blkio_client;
 pub mod guest;
 pub mod oci_writer;
 pub mod sample;

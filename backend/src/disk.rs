@@ -1,0 +1,342 @@
+//! What the device serves: the storage behind a virtio-blk device.
+//!
+//! The device (see [`crate::device`]) parses requests from guest memory and
+//! calls a [`BlockDevice`] with scatter lists that point straight into guest
+//! memory. Implementations move the bytes with vectored positional I/O
+//! (`preadv`/`pwritev`) and never copy them through a buffer of their own.
+//!
+//! - [`ReadOnlyDisk`] serves any [`ReadAt`] (such as a composed block map)
+//!   and refuses writes;
+//! - the overlay (crate `overlay`) is the writable implementation.
+
+use blockio::{check_range, total_len, total_len_mut, ReadAt};
+use std::io::{self, IoSlice, IoSliceMut};
+
+/// A disk as the virtio-blk device sees it.
+///
+/// Every method may be called from several worker threads at once (one per
+/// virtqueue), so implementations use interior mutability. Ranges are in
+/// bytes; the device only passes ranges it has checked against
+/// [`size`](Self::size) and that are multiples of 512 bytes, but
+/// implementations must still refuse a range outside the disk rather than
+/// touch anything beyond it.
+pub trait BlockDevice: Send + Sync {
+    /// The size of the disk in bytes, a multiple of 512.
+    fn size(&self) -> u64;
+
+    /// Whether the disk refuses writes (the device then offers `VIRTIO_BLK_F_RO`).
+    fn read_only(&self) -> bool;
+
+    /// Fills `bufs`, in order, with the bytes at `offset`.
+    fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()>;
+
+    /// Writes `bufs`, in order, at `offset`.
+    fn write(&self, offset: u64, bufs: &[IoSlice<'_>]) -> io::Result<()>;
+
+    /// Makes `[offset, offset + len)` read as zeros. With `unmap`, the disk may
+    /// release the space instead of writing zeros.
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()>;
+
+    /// Tells the disk that the guest no longer needs `[offset, offset + len)`.
+    /// What the range reads afterwards is unspecified (old data or zeros).
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
+
+    /// Makes every completed write durable.
+    fn flush(&self) -> io::Result<()>;
+
+    /// Switches between write-back (`on`: writes become durable at the next
+    /// [`flush`](Self::flush)) and write-through (every write is durable when
+    /// it completes). The guest chooses through the `writeback` config field.
+    fn set_writeback(&self, on: bool);
+}
+
+/// The error a read-only disk answers every modification with.
+fn read_only_error() -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, "the disk is read-only")
+}
+
+/// Serves a [`ReadAt`] read-only: reads go to it, every modification fails.
+///
+/// Used for `ocidisk serve --readonly`, where the composed base disk is served
+/// without an overlay.
+pub struct ReadOnlyDisk<B: ReadAt> {
+    base: B,
+}
+
+impl<B: ReadAt> ReadOnlyDisk<B> {
+    /// Serves `base`, whose size must be a multiple of 512 bytes.
+    pub fn new(base: B) -> io::Result<Self> {
+        if !base.size().is_multiple_of(512) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the disk size {} is not a multiple of 512 bytes",
+                    base.size()
+                ),
+            ));
+        }
+        Ok(Self { base })
+    }
+}
+
+impl<B: ReadAt> BlockDevice for ReadOnlyDisk<B> {
+    fn size(&self) -> u64 {
+        self.base.size()
+    }
+
+    fn read_only(&self) -> bool {
+        true
+    }
+
+    fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+        check_range(offset, total_len_mut(bufs), self.base.size())?;
+        self.base.read_vectored_at(offset, bufs)
+    }
+
+    fn write(&self, offset: u64, bufs: &[IoSlice<'_>]) -> io::Result<()> {
+        check_range(offset, total_len(bufs), self.base.size())?;
+        Err(read_only_error())
+    }
+
+    fn write_zeroes(&self, _offset: u64, _len: u64, _unmap: bool) -> io::Result<()> {
+        Err(read_only_error())
+    }
+
+    fn discard(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Err(read_only_error())
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        // Nothing was written, so everything is as durable as it will get.
+        Ok(())
+    }
+
+    fn set_writeback(&self, _on: bool) {}
+}
+
+/// A raw disk image file served as is. DEVELOPMENT ONLY: `serve --raw`
+/// uses it until composed images with overlays are wired in; it will go.
+pub struct RawFile {
+    file: std::fs::File,
+    size: u64,
+    read_only: bool,
+    writeback: std::sync::atomic::AtomicBool,
+}
+
+impl RawFile {
+    /// Opens `path` (read-only if `read_only`).
+    pub fn open(path: &std::path::Path, read_only: bool) -> io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)?;
+        let size = file.metadata()?.len();
+        if !size.is_multiple_of(512) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the file size {size} is not a multiple of 512 bytes"),
+            ));
+        }
+        Ok(Self {
+            file,
+            size,
+            read_only,
+            writeback: std::sync::atomic::AtomicBool::new(true),
+        })
+    }
+
+    fn after_write(&self) -> io::Result<()> {
+        if self.writeback.load(std::sync::atomic::Ordering::Relaxed) {
+            Ok(())
+        } else {
+            self.file.sync_data()
+        }
+    }
+
+    fn check_writable(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.read_only {
+            return Err(read_only_error());
+        }
+        check_range(offset, len, self.size).map(drop)
+    }
+}
+
+impl ReadAt for RawFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_vectored_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+        check_range(offset, total_len_mut(bufs), self.size)?;
+        blockio::pread_exact_vectored(&self.file, offset, bufs)
+    }
+}
+
+impl BlockDevice for RawFile {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+    fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+        self.read_vectored_at(offset, bufs)
+    }
+    fn write(&self, offset: u64, bufs: &[IoSlice<'_>]) -> io::Result<()> {
+        self.check_writable(offset, total_len(bufs))?;
+        let mut bufs: smallvec::SmallVec<[IoSlice<'_>; 32]> = bufs.iter().copied().collect();
+        blockio::pwrite_all_vectored(&self.file, offset, &mut bufs)?;
+        self.after_write()
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, _unmap: bool) -> io::Result<()> {
+        self.discard(offset, len)?;
+        self.after_write()
+    }
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.check_writable(offset, len)?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: plain syscall on an open descriptor.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    fn flush(&self) -> io::Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        self.file.sync_data()
+    }
+    fn set_writeback(&self, on: bool) {
+        self.writeback
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A writable disk in memory, for the device's unit tests.
+#[cfg(test)]
+pub mod memory {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    /// A writable in-memory disk that counts the calls it gets.
+    pub struct MemoryDisk {
+        /// The disk's bytes.
+        pub data: Mutex<Vec<u8>>,
+        /// Whether the disk refuses writes.
+        pub read_only: bool,
+        /// The number of calls that modified the disk.
+        pub modifications: AtomicUsize,
+        /// The number of flushes.
+        pub flushes: AtomicUsize,
+        /// The last write-back setting.
+        pub writeback: AtomicBool,
+        /// The `unmap` argument of the last write-zeroes call.
+        pub last_unmap: AtomicBool,
+    }
+
+    impl MemoryDisk {
+        /// A disk of `size` bytes, each byte set to `fill`.
+        pub fn new(size: usize, fill: u8) -> Self {
+            Self {
+                data: Mutex::new(vec![fill; size]),
+                read_only: false,
+                modifications: AtomicUsize::new(0),
+                flushes: AtomicUsize::new(0),
+                writeback: AtomicBool::new(true),
+                last_unmap: AtomicBool::new(false),
+            }
+        }
+
+        fn data(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+            self.data.lock().unwrap_or_else(|e| e.into_inner())
+        }
+
+        fn range(&self, offset: u64, len: u64) -> io::Result<std::ops::Range<usize>> {
+            let start = check_range(offset, len, self.data().len() as u64)? as usize;
+            Ok(start..start + len as usize)
+        }
+
+        fn modify(&self, offset: u64, len: u64, f: impl FnOnce(&mut [u8])) -> io::Result<()> {
+            if self.read_only {
+                return Err(read_only_error());
+            }
+            let range = self.range(offset, len)?;
+            self.modifications.fetch_add(1, Ordering::SeqCst);
+            f(&mut self.data()[range]);
+            Ok(())
+        }
+    }
+
+    impl BlockDevice for MemoryDisk {
+        fn size(&self) -> u64 {
+            self.data().len() as u64
+        }
+        fn read_only(&self) -> bool {
+            self.read_only
+        }
+        fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+            self.data().as_slice().read_vectored_at(offset, bufs)
+        }
+        fn write(&self, offset: u64, bufs: &[IoSlice<'_>]) -> io::Result<()> {
+            self.modify(offset, total_len(bufs), |mut dst| {
+                for buf in bufs {
+                    let (head, rest) = dst.split_at_mut(buf.len());
+                    head.copy_from_slice(buf);
+                    dst = rest;
+                }
+            })
+        }
+        fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {
+            self.last_unmap.store(unmap, Ordering::SeqCst);
+            self.modify(offset, len, |dst| dst.fill(0))
+        }
+        fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+            self.modify(offset, len, |dst| dst.fill(0))
+        }
+        fn flush(&self) -> io::Result<()> {
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn set_writeback(&self, on: bool) {
+            self.writeback.store(on, Ordering::SeqCst);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_only_disk_reads_and_refuses_writes() {
+        let disk = ReadOnlyDisk::new((0..1024u32).map(|i| i as u8).collect::<Vec<u8>>()).unwrap();
+        assert!(disk.read_only());
+        assert_eq!(disk.size(), 1024);
+        let mut buf = [0u8; 4];
+        disk.read(512, &mut [IoSliceMut::new(&mut buf)]).unwrap();
+        assert_eq!(buf, [0, 1, 2, 3]);
+        let err = disk
+            .read(1022, &mut [IoSliceMut::new(&mut buf)])
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let err = disk.write(0, &[IoSlice::new(&buf)]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        assert!(disk.write_zeroes(0, 512, false).is_err());
+        assert!(disk.discard(0, 512).is_err());
+        disk.flush().unwrap();
+    }
+
+    #[test]
+    fn read_only_disk_refuses_odd_sizes() {
+        assert!(ReadOnlyDisk::new(vec![0u8; 1000]).is_err());
+    }
+}
