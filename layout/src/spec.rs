@@ -184,7 +184,7 @@ pub enum ContentSpec {
     /// `/`-separated and relative to the root; a file's content cannot be
     /// a file system itself.
     Fat32 {
-        /// The volume label.
+        /// The volume label (empty for none).
         label: String,
         /// `(path in the file system, content)`.
         files: Vec<(String, ContentSpec)>,
@@ -376,7 +376,7 @@ pub enum Problem {
         why: &'static str,
     },
     /// A bad FAT32 volume label.
-    #[error("{0:?}: a FAT volume label is 1 to 11 ASCII characters")]
+    #[error("{0:?}: a FAT volume label is up to 11 ASCII characters (empty for none)")]
     BadLabel(String),
 }
 
@@ -866,7 +866,7 @@ fn validate_content(content: &ContentSpec, top: bool) -> Result<(), (String, Pro
     match content {
         ContentSpec::Fat32 { .. } if !top => Err((String::new(), Problem::NestedFat32)),
         ContentSpec::Fat32 { label, files } => {
-            if label.is_empty() || label.len() > 11 || !label.is_ascii() {
+            if label.len() > 11 || !label.is_ascii() {
                 return Err(("label".into(), Problem::BadLabel(label.clone())));
             }
             for (j, (path, file)) in files.iter().enumerate() {
@@ -1359,7 +1359,7 @@ mod tests {
                 Problem::BadPath { .. }
             ));
         }
-        for label in ["\"\"", "\"TWELVE_CHARS\"", "\"ÄÖÜ\""] {
+        for label in ["\"TWELVE_CHARS\"", "\"ÄÖÜ\""] {
             let text = with_parts(&[&format!(
                 "name = \"a\"\ntype = \"esp\"\nsize = \"8MiB\"\nfat32 = {{ label = {label} }}"
             )]);
