@@ -312,6 +312,9 @@ pub enum Problem {
     /// An empty partition name.
     #[error("a partition needs a name")]
     EmptyName,
+    /// A name with a NUL character, which would end it early in the table.
+    #[error("{0:?} contains a NUL character")]
+    NulInName(String),
     /// A name longer than a GPT entry holds.
     #[error("{name:?} is {units} UTF-16 units long, a GPT entry holds 36")]
     NameTooLong {
@@ -497,7 +500,7 @@ struct RawLayout {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum RawSize {
-    Bytes(u64),
+    Bytes(i64),
     Text(String),
 }
 
@@ -678,6 +681,9 @@ impl LayoutSpec {
             if units == 0 {
                 return Err(field(at("name"), Problem::EmptyName));
             }
+            if p.name.contains('\0') {
+                return Err(field(at("name"), Problem::NulInName(p.name.clone())));
+            }
             if units > gpt::MAX_NAME_UNITS {
                 let name = p.name.clone();
                 return Err(field(at("name"), Problem::NameTooLong { name, units }));
@@ -855,7 +861,9 @@ fn write_canonical_content(out: &mut String, content: &ContentSpec) {
 /// a partition size may be, handled by the caller).
 fn raw_size(raw: &RawSize) -> Result<u64, Problem> {
     match raw {
-        RawSize::Bytes(n) => Ok(*n),
+        RawSize::Bytes(n) => {
+            u64::try_from(*n).map_err(|_| Problem::BadSize(SizeError::Syntax(n.to_string())))
+        }
         RawSize::Text(t) => Ok(parse_size(t)?),
     }
 }
@@ -1245,6 +1253,18 @@ mod tests {
             field_error(&with_parts(&[&p("0")]), "partitions[0].size"),
             Problem::ZeroSize
         );
+        assert!(matches!(
+            field_error(&with_parts(&[&p("-5")]), "partitions[0].size"),
+            Problem::BadSize(SizeError::Syntax(_))
+        ));
+        assert!(toml_error(&with_parts(&[&p("1.5")])).contains("line"));
+        assert!(matches!(
+            field_error(
+                &with_parts(&["name = \"a\\u0000b\"\ntype = \"linux\"\nsize = 1"]),
+                "partitions[0].name"
+            ),
+            Problem::NulInName(_)
+        ));
         assert!(matches!(
             field_error("disk_size = \"lots\"\n", "disk_size"),
             Problem::BadSize(_)
