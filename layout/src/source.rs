@@ -23,7 +23,10 @@ impl BlobFile {
     pub fn open(path: &Path) -> io::Result<BlobFile> {
         let file = OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_CLOEXEC)
+            // O_NONBLOCK: opening a FIFO planted in place of a blob must fail
+            // the regular-file check below, not block forever. It does
+            // nothing to reads of regular files.
+            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
             .open(path)?;
         let meta = file.metadata()?;
         if !meta.is_file() {

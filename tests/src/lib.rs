@@ -1,1 +1,2 @@
 //! Support code for the end-to-end tests.
+pub mod oci_writer;
