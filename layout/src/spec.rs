@@ -36,6 +36,7 @@
 //! disk.
 
 use crate::gpt::{self, SECTOR_SIZE};
+pub use crate::oci::LayerRef;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::fmt::{self, Write as _};
@@ -156,15 +157,6 @@ pub enum Size {
     Bytes(u64),
     /// The largest free gap when the partition is placed, in whole MiB.
     Rest,
-}
-
-/// A layer of the image, by position in the manifest or by digest.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LayerRef {
-    /// The layer at this 0-based index.
-    Index(usize),
-    /// The layer with this digest (`sha256:…`).
-    Digest(String),
 }
 
 /// What a partition, or a file in a FAT32 partition, holds.
