@@ -17,6 +17,7 @@
 pub mod blockmap;
 pub mod cache;
 pub mod compose;
+pub mod export;
 pub mod fat32;
 pub mod gpt;
 pub mod monogon;

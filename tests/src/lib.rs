@@ -1,2 +1,6 @@
 //! Support code for the end-to-end tests.
+
+pub mod guest;
 pub mod oci_writer;
+pub mod sample;
+pub mod uki;
