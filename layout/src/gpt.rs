@@ -15,7 +15,7 @@
 //! (v4), which fits once three things are arranged:
 //!
 //! - it writes through a `Read + Write + Seek` device the size of the whole
-//!   disk and finds the backup header by seeking to its end. A [`Capture`]
+//!   disk and finds the backup header by seeking to its end. A `Capture`
 //!   device provides that without allocating the disk: it keeps only the two
 //!   GPT areas and fails any access outside them, so a crate that touched
 //!   other sectors would be caught rather than silently ignored;
