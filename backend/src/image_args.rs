@@ -1,1 +1,91 @@
-//! TODO(skeleton): arguments that select an image and a layout.
+//! Arguments that select an image and a layout, shared by the commands that
+//! compose a disk.
+
+use anyhow::Context as _;
+use clap::Args;
+use layout::compose::{compose, ComposeOptions, Disk};
+use layout::oci::{Image, OpenOptions};
+use layout::spec::{LayoutSpec, MonogonPreset};
+use std::path::PathBuf;
+
+/// Which image, which manifest, and how to lay the disk out.
+#[derive(Args, Debug, Clone)]
+pub struct ImageArgs {
+    /// OCI image layout directory (holds `oci-layout` and `index.json`).
+    #[arg(long, value_name = "DIR")]
+    pub image: PathBuf,
+    /// Manifest to use when the index has several: a ref name
+    /// (`org.opencontainers.image.ref.name`) or `sha256:<hex>`.
+    #[arg(long = "ref", value_name = "R")]
+    pub reference: Option<String>,
+    /// `monogon` (the built-in preset) or a TOML layout file.
+    #[arg(long, value_name = "monogon|FILE", default_value = "monogon")]
+    pub layout: String,
+    /// Disk size, e.g. `5GiB` (the layout's own size by default).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub disk_size: Option<u64>,
+    /// The A/B loader to install as `EFI/BOOT/BOOTx64.EFI` (monogon preset);
+    /// without it the kernel payload boots directly.
+    #[arg(long, value_name = "FILE")]
+    pub abloader: Option<PathBuf>,
+    /// Where decompressed zstd payloads are cached
+    /// (default `$XDG_CACHE_HOME/ocidisk`).
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Also check every payload's digest and chunk hashes.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    layout::spec::parse_size(s).map_err(|e| e.to_string())
+}
+
+impl ImageArgs {
+    /// Opens the image and reads the layout description.
+    pub fn open(&self) -> anyhow::Result<(Image, LayoutSpec)> {
+        let opts = OpenOptions {
+            reference: self.reference.clone(),
+            verify: self.verify,
+            cache_dir: self.cache.clone(),
+        };
+        let image = Image::open(&self.image, &opts)
+            .with_context(|| format!("opening image {}", self.image.display()))?;
+        let spec = if self.layout == "monogon" {
+            let mut preset = MonogonPreset {
+                abloader: self.abloader.clone(),
+                ..MonogonPreset::default()
+            };
+            if let Some(size) = self.disk_size {
+                preset.disk_size = size;
+            }
+            // arm64 images boot from BOOTAA64.EFI.
+            if let Some(config) = image.monogon() {
+                match config.product_info.efi_boot_file() {
+                    Some(name) => preset.efi_boot_file = name.to_owned(),
+                    None => tracing::warn!(
+                        architecture = config.product_info.architecture(),
+                        "unknown architecture in the image's variant; booting {}",
+                        preset.efi_boot_file
+                    ),
+                }
+            }
+            LayoutSpec::monogon(&preset)
+        } else {
+            if self.abloader.is_some() {
+                anyhow::bail!("--abloader applies to the monogon preset only; name the loader in the layout file");
+            }
+            LayoutSpec::from_file(std::path::Path::new(&self.layout), self.disk_size)?
+        };
+        Ok((image, spec))
+    }
+
+    /// Composes the disk that `disk_id` (which seeds its GUIDs) sees.
+    pub fn compose(&self, disk_id: &str) -> anyhow::Result<Disk> {
+        let (image, spec) = self.open()?;
+        let opts = ComposeOptions {
+            disk_id: disk_id.to_owned(),
+        };
+        Ok(compose(&image, &spec, &opts)?)
+    }
+}

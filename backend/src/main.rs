@@ -49,9 +49,36 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `ocidisk inspect | head` is not an error.
+        Err(err)
+            if err
+                .root_cause()
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(err) => {
-            eprintln!("ocidisk: {err:#}");
+            eprintln!("ocidisk: {}", describe(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line. The library errors already say
+/// their cause in their own message; a cause is printed only when it adds
+/// something.
+fn describe(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }

@@ -26,4 +26,6 @@ pub mod source;
 pub mod spec;
 
 pub use blockmap::{BlockMap, BlockMapBuilder, Extent, MapSummary};
+pub use compose::{compose, ComposeError, ComposeOptions, Disk, PartitionInfo};
 pub use source::{BlobFile, Content, Source};
+pub use spec::{LayoutSpec, MonogonPreset};
