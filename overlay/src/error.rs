@@ -108,9 +108,9 @@ pub enum OverlayError {
         /// The overlay file.
         path: PathBuf,
         /// The base identity recorded in the overlay.
-        overlay: BaseIdentity,
+        overlay: Box<BaseIdentity>,
         /// The base identity it was opened for.
-        expected: BaseIdentity,
+        expected: Box<BaseIdentity>,
     },
     /// A request reaches outside the disk (a guest error).
     #[error("overlay {path}: range {offset}+{len} is outside the disk of {disk_size} bytes")]

@@ -105,7 +105,7 @@ impl Geometry {
 
     /// Why `disk_size` cannot be an overlay's size, if it cannot.
     pub fn check_disk_size(disk_size: u64) -> Result<(), String> {
-        if disk_size == 0 || disk_size % SECTOR != 0 || disk_size > MAX_DISK_SIZE {
+        if disk_size == 0 || !disk_size.is_multiple_of(SECTOR) || disk_size > MAX_DISK_SIZE {
             return Err(format!(
                 "disk size {disk_size} is not a positive multiple of {SECTOR} bytes up to {MAX_DISK_SIZE}"
             ));

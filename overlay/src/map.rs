@@ -60,7 +60,7 @@ impl Map {
         let state = self.get(block);
         let mut b = block + 1;
         while b < end {
-            if b % PER_WORD == 0 && b + PER_WORD <= end && self.word(b) == pattern(state) {
+            if b.is_multiple_of(PER_WORD) && b + PER_WORD <= end && self.word(b) == pattern(state) {
                 b += PER_WORD;
                 continue;
             }

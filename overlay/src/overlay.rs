@@ -182,7 +182,7 @@ fn lock_file(file: &File, path: &Path, exclusive: bool) -> Result<(), OverlayErr
 /// Reads and checks the header; returns it and the slot it came from.
 fn load_header(storage: &dyn Storage, path: &Path) -> Result<(RawHeader, usize), OverlayError> {
     let len = storage
-        .len()
+        .file_len()
         .map_err(io_err(path, "reading the file's length"))?;
     let mut head = vec![0u8; (2 * SLOT_SIZE).min(len) as usize];
     storage
@@ -276,10 +276,8 @@ fn load_map(
                 ))
             }
         };
-        let seq = match found[chosen] {
-            Ok(seq) => seq,
-            Err(_) => 0, // unreachable: `chosen` is a valid slot
-        };
+        // `chosen` is a valid slot.
+        let seq = found[chosen].as_ref().copied().unwrap_or_default();
         let first_word = words.len();
         words.extend_from_slice(&scratch[chosen]);
         for (i, &w) in words[first_word..].iter().enumerate() {
@@ -447,7 +445,7 @@ impl Overlay {
         }
         let geo = Geometry::new(raw.disk_size);
         let len = storage
-            .len()
+            .file_len()
             .map_err(io_err(path, "reading the file's length"))?;
         if len < geo.file_len() {
             return Err(OverlayError::Truncated {
@@ -461,8 +459,8 @@ impl Overlay {
             if !opts.rebase {
                 return Err(OverlayError::BaseMismatch {
                     path: path.to_owned(),
-                    overlay: raw.base,
-                    expected: expected.clone(),
+                    overlay: Box::new(raw.base),
+                    expected: Box::new(expected.clone()),
                 });
             }
             if !opts.read_only && expected.manifest_digest.len() <= format::MAX_DIGEST_LEN {
@@ -578,7 +576,7 @@ impl Overlay {
     pub fn usage(&self) -> Result<Usage, OverlayError> {
         let (blocks_written, blocks_zero) = self.map.counts();
         let err = io_err(&self.path, "reading the file's size");
-        let file_len = self.storage.len().map_err(err)?;
+        let file_len = self.storage.file_len().map_err(err)?;
         let allocated_bytes = self
             .storage
             .allocated()

@@ -14,7 +14,7 @@ use std::os::unix::fs::MetadataExt;
 /// called from several threads at once.
 pub trait Storage: Send + Sync {
     /// The store's length in bytes.
-    fn len(&self) -> io::Result<u64>;
+    fn file_len(&self) -> io::Result<u64>;
     /// Sets the length (new bytes read as zeros and need not be allocated).
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Fills `bufs` from `offset`; reading past the end is an error.
@@ -32,8 +32,8 @@ pub trait Storage: Send + Sync {
 }
 
 impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
-    fn len(&self) -> io::Result<u64> {
-        (**self).len()
+    fn file_len(&self) -> io::Result<u64> {
+        (**self).file_len()
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
         (**self).set_len(len)
@@ -74,7 +74,7 @@ impl FileStorage {
 }
 
 impl Storage for FileStorage {
-    fn len(&self) -> io::Result<u64> {
+    fn file_len(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
 
