@@ -5,6 +5,9 @@
 //! be there, and every byte must hold a value it had at the last completed
 //! flush or was given since.
 
+// `&Vec<u8>` is a sized `ReadAt`, which `&dyn ReadAt` needs.
+#![allow(clippy::ptr_arg)]
+
 mod common;
 
 use common::{identity, read_all, split, MemStorage, Model, Rng, BS};

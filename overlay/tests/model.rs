@@ -23,9 +23,9 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     let pos = (any::<u64>(), any::<u64>());
     prop_oneof![
-        6 => (pos.clone(), any::<bool>()).prop_map(|((off, len), aligned)| Op::Write { off, len, aligned }),
-        2 => pos.clone().prop_map(|(off, len)| Op::WriteZeroes { off, len }),
-        2 => pos.clone().prop_map(|(off, len)| Op::Discard { off, len }),
+        6 => (pos, any::<bool>()).prop_map(|((off, len), aligned)| Op::Write { off, len, aligned }),
+        2 => pos.prop_map(|(off, len)| Op::WriteZeroes { off, len }),
+        2 => pos.prop_map(|(off, len)| Op::Discard { off, len }),
         2 => pos.prop_map(|(off, len)| Op::Read { off, len }),
         1 => Just(Op::Flush),
         1 => Just(Op::Reopen),
@@ -43,7 +43,7 @@ fn range(size: u64, off: u64, len: u64, aligned: bool) -> (u64, u64) {
         o = o / BS * BS;
         l = (l.div_ceil(BS) * BS).min(size - o);
     }
-    if len % 17 == 0 {
+    if len.is_multiple_of(17) {
         l = size - o; // to the very end, including a short last block
     }
     (o, l)

@@ -1,3 +1,5 @@
+// `&Vec<u8>` is a sized `ReadAt`, which `&dyn ReadAt` needs.
+#![allow(clippy::ptr_arg)]
 //! Shared by the overlay's tests: a storage that forgets what was not
 //! synced, a small deterministic random source, and test fixtures.
 #![allow(dead_code)]
