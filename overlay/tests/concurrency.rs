@@ -13,6 +13,9 @@ use std::sync::Arc;
 
 const THREADS: u64 = 4;
 
+/// A thread's range at its last completed flush, and what it wrote since.
+type ThreadState = (Vec<u8>, Vec<(u64, Vec<u8>)>);
+
 fn create(blocks: u64) -> (tempfile::TempDir, Overlay) {
     let dir = tempfile::tempdir().unwrap();
     let ov = Overlay::create(
@@ -179,7 +182,7 @@ fn concurrent_flushes_then_crash() {
         let region = size / THREADS - 1000;
         // Per thread: its range at its last completed flush, and the values
         // it wrote after.
-        let states: Vec<(Vec<u8>, Vec<(u64, Vec<u8>)>)> = std::thread::scope(|s| {
+        let states: Vec<ThreadState> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..THREADS)
                 .map(|t| {
                     let (ov, base) = (&ov, &base);
