@@ -1,0 +1,890 @@
+//! The overlay: opening, reading, writing, flushing.
+
+use crate::error::OverlayError;
+use crate::format::{
+    self, BlockState, Geometry, RawHeader, SlotError, BLOCK_SIZE, SLOT_SIZE, VERSION,
+    WORDS_PER_PAGE,
+};
+use crate::map::Map;
+use crate::storage::{FileStorage, Storage};
+use crate::stripes::Stripes;
+use blockio::{BaseIdentity, IoCursor, IoCursorMut, ReadAt};
+use std::fs::File;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use uuid::Uuid;
+
+/// What [`Overlay::create`] needs.
+#[derive(Clone, Debug)]
+pub struct CreateOptions {
+    /// Bytes of the virtual disk: a positive multiple of 512.
+    pub disk_size: u64,
+    /// The base the overlay belongs to.
+    pub base: BaseIdentity,
+}
+
+/// How [`Overlay::open`] treats the file.
+#[derive(Clone, Debug, Default)]
+pub struct OpenOptions {
+    /// Accept an overlay made for another base: its writes are kept over the
+    /// new base and the header records the new identity (not with
+    /// `read_only`, which writes nothing).
+    pub rebase: bool,
+    /// Every write is durable before it returns (the guest disabled its
+    /// write cache); see [`Overlay::set_writethrough`].
+    pub writethrough: bool,
+    /// Open without write access; writes fail, nothing is written.
+    pub read_only: bool,
+}
+
+/// An overlay's header: what it is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Format version of the file.
+    pub version: u32,
+    /// Bytes of the virtual disk.
+    pub disk_size: u64,
+    /// Bytes per block (copy-up and map granularity).
+    pub granularity: u32,
+    /// Random id made at creation; the base derives the disk's GUIDs from it.
+    pub disk_id: Uuid,
+    /// The base the overlay belongs to.
+    pub base: BaseIdentity,
+    /// How many times the header was written (1 at creation, +1 per rebase).
+    pub generation: u64,
+    /// Blocks of the disk.
+    pub blocks: u64,
+    /// Pages of the on-disk map (each stored twice).
+    pub map_pages: u64,
+    /// Where data block 0 lives in the file.
+    pub data_offset: u64,
+    /// The file's length (the data area is sparse).
+    pub file_len: u64,
+}
+
+impl Header {
+    fn from_raw(raw: RawHeader) -> Header {
+        let g = Geometry::new(raw.disk_size);
+        Header {
+            version: VERSION,
+            disk_size: raw.disk_size,
+            granularity: BLOCK_SIZE as u32,
+            disk_id: raw.disk_id,
+            base: raw.base,
+            generation: raw.generation,
+            blocks: g.blocks,
+            map_pages: g.map_pages,
+            data_offset: g.data_offset,
+            file_len: g.file_len(),
+        }
+    }
+}
+
+/// How much of the disk an overlay holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Usage {
+    /// Blocks of the disk.
+    pub blocks: u64,
+    /// Blocks written (data stored in the overlay).
+    pub blocks_written: u64,
+    /// Blocks zeroed or discarded (no data stored).
+    pub blocks_zero: u64,
+    /// The file's apparent length.
+    pub file_len: u64,
+    /// Bytes the host has allocated for the file.
+    pub allocated_bytes: u64,
+}
+
+/// Per map page: the newest valid slot's sequence number, and which slot
+/// the next flush overwrites (the other one, so the newest survives a torn
+/// write).
+#[derive(Clone, Copy)]
+struct PageSlots {
+    seq: u64,
+    next: usize,
+}
+
+/// A per-VM copy-on-write overlay over a read-only base.
+///
+/// All I/O methods take `&self`: one thread per virtqueue reads and writes
+/// in parallel. See `FORMAT.md` for the file and the durability argument.
+pub struct Overlay {
+    path: PathBuf,
+    storage: Box<dyn Storage>,
+    header: Header,
+    geo: Geometry,
+    map: Map,
+    stripes: Stripes,
+    /// Held across a whole flush: flushes run one at a time.
+    slots: Mutex<Vec<PageSlots>>,
+    writethrough: AtomicBool,
+    read_only: bool,
+    /// Set when `fdatasync` failed: the kernel may have dropped dirty data.
+    poisoned: AtomicBool,
+}
+
+static ZEROS: [u8; BLOCK_SIZE as usize] = [0; BLOCK_SIZE as usize];
+
+fn io_err(path: &Path, what: impl Into<String>) -> impl FnOnce(io::Error) -> OverlayError + '_ {
+    let what = what.into();
+    move |source| OverlayError::Io {
+        path: path.to_owned(),
+        what,
+        source,
+    }
+}
+
+fn corrupt(path: &Path, what: String) -> OverlayError {
+    OverlayError::Corrupt {
+        path: path.to_owned(),
+        what,
+    }
+}
+
+fn describe(e: &SlotError) -> String {
+    match e {
+        SlotError::Empty => "never written".into(),
+        SlotError::Magic => "wrong magic".into(),
+        SlotError::Version(v) => format!("version {v}"),
+        SlotError::Bad(why) => why.clone(),
+    }
+}
+
+/// Takes an advisory lock on the file so two processes never write one
+/// overlay (the lock dies with the process, so a killed backend leaves none).
+fn lock_file(file: &File, path: &Path, exclusive: bool) -> Result<(), OverlayError> {
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    } | libc::LOCK_NB;
+    loop {
+        // SAFETY: plain system call on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => {
+                return Err(OverlayError::Busy {
+                    path: path.to_owned(),
+                })
+            }
+            _ => return Err(io_err(path, "locking the file")(err)),
+        }
+    }
+}
+
+/// Reads and checks the header; returns it and the slot it came from.
+fn load_header(storage: &dyn Storage, path: &Path) -> Result<(RawHeader, usize), OverlayError> {
+    let len = storage
+        .file_len()
+        .map_err(io_err(path, "reading the file's length"))?;
+    let mut head = vec![0u8; (2 * SLOT_SIZE).min(len) as usize];
+    storage
+        .read_at(0, &mut [IoSliceMut::new(&mut head)])
+        .map_err(io_err(path, "reading the header"))?;
+    if head.len() >= 8 && head[..8] != format::HEADER_MAGIC {
+        return Err(OverlayError::NotAnOverlay {
+            path: path.to_owned(),
+            found: head[..8].to_vec(),
+        });
+    }
+    if len < 2 * SLOT_SIZE {
+        return Err(OverlayError::Truncated {
+            path: path.to_owned(),
+            len,
+            expected: 2 * SLOT_SIZE,
+        });
+    }
+    let slots = [
+        format::decode_header(&head[..SLOT_SIZE as usize]),
+        format::decode_header(&head[SLOT_SIZE as usize..]),
+    ];
+    for s in &slots {
+        if let Err(SlotError::Version(version)) = s {
+            return Err(OverlayError::UnsupportedVersion {
+                path: path.to_owned(),
+                version: *version,
+                supported: VERSION,
+            });
+        }
+    }
+    let best = match (&slots[0], &slots[1]) {
+        (Ok(a), Ok(b)) if b.generation > a.generation => 1,
+        (Ok(_), _) => 0,
+        (Err(_), Ok(_)) => 1,
+        (Err(a), Err(b)) => {
+            return Err(corrupt(
+                path,
+                format!(
+                    "header copy 0: {}; header copy 1: {}",
+                    describe(a),
+                    describe(b)
+                ),
+            ))
+        }
+    };
+    let [a, b] = slots;
+    let raw = if best == 0 { a } else { b };
+    raw.map(|r| (r, best))
+        .map_err(|e| corrupt(path, describe(&e)))
+}
+
+/// Reads and checks every map page; returns the words and each page's slots.
+fn load_map(
+    storage: &dyn Storage,
+    path: &Path,
+    geo: &Geometry,
+) -> Result<(Vec<u64>, Vec<PageSlots>), OverlayError> {
+    let mut words = Vec::with_capacity(geo.map_pages as usize * WORDS_PER_PAGE);
+    let mut slots = Vec::with_capacity(geo.map_pages as usize);
+    let mut buf = vec![0u8; 2 * SLOT_SIZE as usize];
+    let mut scratch = [Vec::new(), Vec::new()];
+    for page in 0..geo.map_pages {
+        storage
+            .read_at(geo.slot_offset(page, 0), &mut [IoSliceMut::new(&mut buf)])
+            .map_err(io_err(path, format!("reading map page {page}")))?;
+        let mut found = [Err(SlotError::Empty), Err(SlotError::Empty)];
+        for (s, slot) in found.iter_mut().enumerate() {
+            scratch[s].clear();
+            let bytes = &buf[s * SLOT_SIZE as usize..(s + 1) * SLOT_SIZE as usize];
+            *slot = format::decode_page(page, bytes, &mut scratch[s]);
+        }
+        let chosen = match (&found[0], &found[1]) {
+            (Ok(a), Ok(b)) if a == b => {
+                return Err(corrupt(
+                    path,
+                    format!("map page {page}: both copies have sequence number {a}"),
+                ))
+            }
+            (Ok(a), Ok(b)) => usize::from(b > a),
+            (Ok(_), Err(_)) => 0,
+            (Err(_), Ok(_)) => 1,
+            (Err(a), Err(b)) => {
+                return Err(corrupt(
+                    path,
+                    format!(
+                        "map page {page}: copy 0: {}; copy 1: {}",
+                        describe(a),
+                        describe(b)
+                    ),
+                ))
+            }
+        };
+        // `chosen` is a valid slot.
+        let seq = found[chosen].as_ref().copied().unwrap_or_default();
+        let first_word = words.len();
+        words.extend_from_slice(&scratch[chosen]);
+        for (i, &w) in words[first_word..].iter().enumerate() {
+            let first_block = (first_word + i) as u64 * 32;
+            for j in 0..32u64 {
+                let bits = (w >> (2 * j)) & 3;
+                let block = first_block + j;
+                if bits == 3 {
+                    return Err(corrupt(
+                        path,
+                        format!("map page {page}: block {block} has the invalid state 3"),
+                    ));
+                }
+                if bits != 0 && block >= geo.blocks {
+                    return Err(corrupt(
+                        path,
+                        format!(
+                            "map page {page}: block {block} is marked although the disk has {} blocks",
+                            geo.blocks
+                        ),
+                    ));
+                }
+            }
+        }
+        slots.push(PageSlots {
+            seq,
+            next: 1 - chosen,
+        });
+    }
+    Ok((words, slots))
+}
+
+impl Overlay {
+    /// Creates an overlay file at `path` for a disk of `opts.disk_size`
+    /// bytes over `opts.base`, and opens it. Writes the header and the map
+    /// only (the data area is sparse). The file appears complete or not at
+    /// all; an existing file is never overwritten.
+    pub fn create(path: &Path, opts: &CreateOptions) -> Result<Overlay, OverlayError> {
+        let exists = || OverlayError::AlreadyExists {
+            path: path.to_owned(),
+        };
+        if path.symlink_metadata().is_ok() {
+            return Err(exists());
+        }
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}-{nanos}",
+            name.unwrap_or_default(),
+            std::process::id()
+        ));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io_err(path, format!("creating {}", tmp.display())))?;
+        let result = Self::write_new(&FileStorage::new(file), path, opts).and_then(|()| {
+            // Linking fails if `path` appeared meanwhile: never clobber.
+            std::fs::hard_link(&tmp, path).map_err(|e| {
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    exists()
+                } else {
+                    io_err(path, "linking the new file into place")(e)
+                }
+            })
+        });
+        let _ = std::fs::remove_file(&tmp);
+        result?;
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(path, format!("syncing directory {}", dir.display())))?;
+        Self::open(path, &opts.base, opts.disk_size, &OpenOptions::default())
+    }
+
+    /// Writes a new overlay's header and map to `storage` and syncs it.
+    /// `path` only names it in errors.
+    pub fn write_new(
+        storage: &dyn Storage,
+        path: &Path,
+        opts: &CreateOptions,
+    ) -> Result<(), OverlayError> {
+        let invalid = |reason: String| OverlayError::InvalidOptions {
+            path: path.to_owned(),
+            reason,
+        };
+        Geometry::check_disk_size(opts.disk_size).map_err(invalid)?;
+        if opts.base.manifest_digest.len() > format::MAX_DIGEST_LEN {
+            return Err(invalid(format!(
+                "manifest digest is longer than {} bytes",
+                format::MAX_DIGEST_LEN
+            )));
+        }
+        let geo = Geometry::new(opts.disk_size);
+        let header = format::encode_header(&RawHeader {
+            generation: 1,
+            disk_size: opts.disk_size,
+            disk_id: Uuid::new_v4(),
+            base: opts.base.clone(),
+        });
+        let err = io_err(path, "writing the new overlay");
+        let write =
+            |offset: u64, bytes: &[u8]| storage.write_at(offset, &mut [IoSlice::new(bytes)]);
+        let result = (|| {
+            storage.set_len(geo.file_len())?;
+            write(0, &header)?;
+            write(SLOT_SIZE, &header)?;
+            let mut slot = vec![0u8; SLOT_SIZE as usize];
+            let empty = vec![0u64; WORDS_PER_PAGE];
+            for page in 0..geo.map_pages {
+                format::encode_page(page, 1, &empty, &mut slot);
+                write(geo.slot_offset(page, 0), &slot)?;
+            }
+            storage.sync_data()
+        })();
+        result.map_err(err)
+    }
+
+    /// Opens the overlay at `path` for a base with identity `expected` of
+    /// `disk_size` bytes. Refuses a file made for another disk size, or for
+    /// another base unless `opts.rebase`. Writes nothing unless rebasing.
+    pub fn open(
+        path: &Path,
+        expected: &BaseIdentity,
+        disk_size: u64,
+        opts: &OpenOptions,
+    ) -> Result<Overlay, OverlayError> {
+        let file = File::options()
+            .read(true)
+            .write(!opts.read_only)
+            .open(path)
+            .map_err(io_err(path, "opening"))?;
+        lock_file(&file, path, !opts.read_only)?;
+        Self::open_on(
+            Box::new(FileStorage::new(file)),
+            path,
+            expected,
+            disk_size,
+            opts,
+        )
+    }
+
+    /// [`open`](Self::open) on any storage; `path` only names it in errors.
+    pub fn open_on(
+        storage: Box<dyn Storage>,
+        path: &Path,
+        expected: &BaseIdentity,
+        disk_size: u64,
+        opts: &OpenOptions,
+    ) -> Result<Overlay, OverlayError> {
+        let (mut raw, slot) = load_header(&*storage, path)?;
+        if raw.disk_size != disk_size {
+            return Err(OverlayError::DiskSizeMismatch {
+                path: path.to_owned(),
+                overlay: raw.disk_size,
+                expected: disk_size,
+            });
+        }
+        let geo = Geometry::new(raw.disk_size);
+        let len = storage
+            .file_len()
+            .map_err(io_err(path, "reading the file's length"))?;
+        if len < geo.file_len() {
+            return Err(OverlayError::Truncated {
+                path: path.to_owned(),
+                len,
+                expected: geo.file_len(),
+            });
+        }
+        let (words, slots) = load_map(&*storage, path, &geo)?;
+        if raw.base != *expected {
+            if !opts.rebase {
+                return Err(OverlayError::BaseMismatch {
+                    path: path.to_owned(),
+                    overlay: Box::new(raw.base),
+                    expected: Box::new(expected.clone()),
+                });
+            }
+            if !opts.read_only && expected.manifest_digest.len() <= format::MAX_DIGEST_LEN {
+                raw.base = expected.clone();
+                raw.generation += 1;
+                let bytes = format::encode_header(&raw);
+                // The other copy: a torn write leaves the current one intact.
+                storage
+                    .write_at((1 - slot) as u64 * SLOT_SIZE, &mut [IoSlice::new(&bytes)])
+                    .and_then(|()| storage.sync_data())
+                    .map_err(io_err(path, "writing the rebased header"))?;
+            } else {
+                raw.base = expected.clone();
+            }
+        }
+        Ok(Overlay {
+            path: path.to_owned(),
+            storage,
+            header: Header::from_raw(raw),
+            geo,
+            map: Map::from_words(words),
+            stripes: Stripes::new(),
+            slots: Mutex::new(slots),
+            writethrough: AtomicBool::new(opts.writethrough),
+            read_only: opts.read_only,
+            poisoned: AtomicBool::new(false),
+        })
+    }
+
+    /// Reads an overlay's header without opening it for I/O and without
+    /// writing; the backend reads the disk id before composing the base.
+    pub fn read_header(path: &Path) -> Result<Header, OverlayError> {
+        let file = File::open(path).map_err(io_err(path, "opening"))?;
+        let (raw, _) = load_header(&FileStorage::new(file), path)?;
+        Ok(Header::from_raw(raw))
+    }
+
+    /// Opens an overlay read-only for whatever base it records, without
+    /// locking it (so it works while a backend serves it): for `overlay info`.
+    pub fn inspect(path: &Path) -> Result<Overlay, OverlayError> {
+        let file = File::open(path).map_err(io_err(path, "opening"))?;
+        let storage = Box::new(FileStorage::new(file));
+        let (raw, _) = load_header(&*storage, path)?;
+        let opts = OpenOptions {
+            read_only: true,
+            ..OpenOptions::default()
+        };
+        Self::open_on(storage, path, &raw.base, raw.disk_size, &opts)
+    }
+
+    /// Returns the overlay at `path` to the pristine base: every block reads
+    /// from the base again and the data area's space is released. Keeps the
+    /// disk id and base identity. A crash midway leaves either the old or
+    /// the pristine disk.
+    pub fn reset(path: &Path) -> Result<(), OverlayError> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_err(path, "opening"))?;
+        lock_file(&file, path, true)?;
+        let storage = Box::new(FileStorage::new(file));
+        let (raw, _) = load_header(&*storage, path)?;
+        let overlay = Self::open_on(
+            storage,
+            path,
+            &raw.base,
+            raw.disk_size,
+            &OpenOptions::default(),
+        )?;
+        overlay.reset_contents()
+    }
+
+    /// Forgets every write (see [`reset`](Self::reset)). The map reaches disk
+    /// before the data is released, so a crash never exposes punched data.
+    pub fn reset_contents(&self) -> Result<(), OverlayError> {
+        self.check_writable()?;
+        let blocks = self.geo.blocks;
+        {
+            let _guard = self.stripes.lock(0, blocks);
+            self.map.set(0, blocks, BlockState::Base);
+        }
+        self.flush()?;
+        self.storage
+            .punch_hole(self.geo.data_offset, blocks * BLOCK_SIZE)
+            .and_then(|()| self.storage.sync_data())
+            .map_err(io_err(&self.path, "releasing the data area"))
+    }
+
+    /// The header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The overlay file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Switches write-through on (every write durable before it returns) or
+    /// off. Writes completed before switching on are made durable by the
+    /// next flush or write-through write.
+    pub fn set_writethrough(&self, on: bool) {
+        self.writethrough.store(on, Ordering::SeqCst);
+    }
+
+    /// Whether write-through is on.
+    pub fn writethrough(&self) -> bool {
+        self.writethrough.load(Ordering::SeqCst)
+    }
+
+    /// How many blocks are written or zero, and the file's host allocation.
+    pub fn usage(&self) -> Result<Usage, OverlayError> {
+        let (blocks_written, blocks_zero) = self.map.counts();
+        let err = io_err(&self.path, "reading the file's size");
+        let file_len = self.storage.file_len().map_err(err)?;
+        let allocated_bytes = self
+            .storage
+            .allocated()
+            .map_err(io_err(&self.path, "reading the file's allocation"))?;
+        Ok(Usage {
+            blocks: self.geo.blocks,
+            blocks_written,
+            blocks_zero,
+            file_len,
+            allocated_bytes,
+        })
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), OverlayError> {
+        blockio::check_range(offset, len, self.geo.disk_size)
+            .map(|_| ())
+            .map_err(|_| OverlayError::OutOfRange {
+                path: self.path.clone(),
+                offset,
+                len,
+                disk_size: self.geo.disk_size,
+            })
+    }
+
+    fn check_writable(&self) -> Result<(), OverlayError> {
+        if self.read_only {
+            return Err(OverlayError::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Disk bytes `[start, end)` of block `b`.
+    fn block_bounds(&self, b: u64) -> (u64, u64) {
+        let start = b * BLOCK_SIZE;
+        (start, (start + BLOCK_SIZE).min(self.geo.disk_size))
+    }
+
+    /// Fills `bufs` with the disk's bytes at `offset`: written blocks from
+    /// the overlay, zero blocks with zeros, the rest from `base`.
+    pub fn read(
+        &self,
+        offset: u64,
+        bufs: &mut [IoSliceMut<'_>],
+        base: &dyn ReadAt,
+    ) -> Result<(), OverlayError> {
+        let len = blockio::total_len_mut(bufs);
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset + len;
+        let end_block = end.div_ceil(BLOCK_SIZE);
+        let mut cursor = IoCursorMut::new(bufs);
+        let mut b = offset / BLOCK_SIZE;
+        while b < end_block {
+            let (state, run_end) = self.map.run(b, end_block);
+            let from = offset.max(b * BLOCK_SIZE);
+            let to = end.min(run_end * BLOCK_SIZE);
+            let mut piece = cursor.take((to - from) as usize);
+            match state {
+                BlockState::Base => base.read_vectored_at(from, &mut piece).map_err(|source| {
+                    OverlayError::Base {
+                        path: self.path.clone(),
+                        offset: from,
+                        source,
+                    }
+                })?,
+                BlockState::Written => self
+                    .storage
+                    .read_at(self.geo.data_offset + from, &mut piece)
+                    .map_err(io_err(
+                        &self.path,
+                        format!("reading disk range {from}..{to}"),
+                    ))?,
+                BlockState::Zero => blockio::zero_fill(&mut piece),
+            }
+            b = run_end;
+        }
+        Ok(())
+    }
+
+    /// Writes `bufs` at `offset`. Data goes to the block's fixed place in the
+    /// data area first, then the map says written. A block written partly
+    /// for the first time is filled from `base` (or zeros) first.
+    pub fn write(
+        &self,
+        offset: u64,
+        bufs: &[IoSlice<'_>],
+        base: &dyn ReadAt,
+    ) -> Result<(), OverlayError> {
+        self.check_writable()?;
+        let len = blockio::total_len(bufs);
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset + len;
+        let (first, end_block) = (offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
+        // Overwriting written blocks cannot race with a copy-up: no lock.
+        let _guard =
+            (!self.map.all_written(first, end_block)).then(|| self.stripes.lock(first, end_block));
+        // Blocks below `full_end` end inside the request (the disk's short
+        // last block included).
+        let full_end = if end == self.geo.disk_size {
+            end_block
+        } else {
+            end / BLOCK_SIZE
+        };
+        let mut cursor = IoCursor::new(bufs);
+        let mut b = first;
+        while b < end_block {
+            let (bstart, bend) = self.block_bounds(b);
+            let (from, to) = (offset.max(bstart), end.min(bend));
+            if from == bstart && to == bend {
+                // A run of whole blocks: one pwritev straight from `bufs`.
+                let run_to = (full_end * BLOCK_SIZE).min(self.geo.disk_size);
+                let mut piece = cursor.take((run_to - from) as usize);
+                self.write_data(from, &mut piece)?;
+                self.map.set(b, full_end, BlockState::Written);
+                b = full_end;
+            } else {
+                let mut piece = cursor.take((to - from) as usize);
+                self.write_partial(b, from, &mut piece, base)?;
+                b += 1;
+            }
+        }
+        self.after_write()
+    }
+
+    /// Writes `[from, from + len(piece))` inside block `b`, which the request
+    /// covers only partly; the caller holds the block's stripe lock unless
+    /// the block was written.
+    fn write_partial(
+        &self,
+        b: u64,
+        from: u64,
+        piece: &mut [IoSlice<'_>],
+        base: &dyn ReadAt,
+    ) -> Result<(), OverlayError> {
+        let (bstart, bend) = self.block_bounds(b);
+        let state = self.map.get(b);
+        if state == BlockState::Written {
+            return self.write_data(from, piece);
+        }
+        // Copy-up: the whole block reaches the data area before the map
+        // says written, so the map never points at stale data.
+        let mut block = [0u8; BLOCK_SIZE as usize];
+        let blen = (bend - bstart) as usize;
+        if state == BlockState::Base {
+            base.read_exact_at(bstart, &mut block[..blen])
+                .map_err(|source| OverlayError::Base {
+                    path: self.path.clone(),
+                    offset: bstart,
+                    source,
+                })?;
+        }
+        let mut at = (from - bstart) as usize;
+        for p in piece.iter() {
+            block[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        self.write_data(bstart, &mut [IoSlice::new(&block[..blen])])?;
+        self.map.set(b, b + 1, BlockState::Written);
+        Ok(())
+    }
+
+    fn write_data(&self, from: u64, piece: &mut [IoSlice<'_>]) -> Result<(), OverlayError> {
+        let len = blockio::total_len(piece);
+        self.storage
+            .write_at(self.geo.data_offset + from, piece)
+            .map_err(io_err(
+                &self.path,
+                format!("writing disk range {from}+{len}"),
+            ))
+    }
+
+    fn after_write(&self) -> Result<(), OverlayError> {
+        if self.writethrough() {
+            self.flush()
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Makes `[offset, offset + len)` read as zeros. Whole blocks become zero
+    /// blocks (no data, space released); the partial blocks at either end
+    /// are written with zeros.
+    pub fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        base: &dyn ReadAt,
+    ) -> Result<(), OverlayError> {
+        self.zero_range(offset, len, Some(base))
+    }
+
+    /// Discards `[offset, offset + len)`: whole blocks become zero blocks (no
+    /// data, space released); partial blocks at either end keep their
+    /// contents (a discard promises nothing about them).
+    pub fn discard(&self, offset: u64, len: u64, base: &dyn ReadAt) -> Result<(), OverlayError> {
+        let _ = base;
+        self.zero_range(offset, len, None)
+    }
+
+    fn zero_range(
+        &self,
+        offset: u64,
+        len: u64,
+        partial_base: Option<&dyn ReadAt>,
+    ) -> Result<(), OverlayError> {
+        self.check_writable()?;
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset + len;
+        let (first, end_block) = (offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
+        let _guard = self.stripes.lock(first, end_block);
+        // Whole blocks: from the first block that starts inside the range to
+        // the last that ends inside it (the disk's short last block counts).
+        let full_first = offset.div_ceil(BLOCK_SIZE);
+        let full_end = if end == self.geo.disk_size {
+            end_block
+        } else {
+            end / BLOCK_SIZE
+        };
+        if full_first < full_end {
+            self.map.set(full_first, full_end, BlockState::Zero);
+            let (at, n) = (
+                self.geo.data_offset + full_first * BLOCK_SIZE,
+                (full_end - full_first) * BLOCK_SIZE,
+            );
+            self.storage
+                .punch_hole(at, n)
+                .map_err(io_err(&self.path, format!("releasing file range {at}+{n}")))?;
+        }
+        if let Some(base) = partial_base {
+            let mut partial = vec![first];
+            if end_block - 1 != first {
+                partial.push(end_block - 1);
+            }
+            for b in partial {
+                if b >= full_first && b < full_end {
+                    continue;
+                }
+                let (bstart, bend) = self.block_bounds(b);
+                let (from, to) = (offset.max(bstart), end.min(bend));
+                if self.map.get(b) != BlockState::Zero {
+                    let zeros = &ZEROS[..(to - from) as usize];
+                    self.write_partial(b, from, &mut [IoSlice::new(zeros)], base)?;
+                }
+            }
+        }
+        self.after_write()
+    }
+
+    /// Makes every write completed before the call durable.
+    ///
+    /// The dirty map pages are copied *before* the data is synced, so every
+    /// map entry written afterwards describes data already on disk, even
+    /// with writes running on other threads meanwhile. Each page goes to its
+    /// older copy, then a second sync; a torn page leaves the newer copy.
+    pub fn flush(&self) -> Result<(), OverlayError> {
+        if self.read_only {
+            return Ok(());
+        }
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(OverlayError::Poisoned {
+                path: self.path.clone(),
+            });
+        }
+        let dirty = self.map.take_dirty();
+        let restore = |dirty: &[(usize, Vec<u64>)]| {
+            for (page, _) in dirty {
+                self.map.mark_dirty(*page);
+            }
+        };
+        if let Err(e) = self.storage.sync_data() {
+            self.poisoned.store(true, Ordering::SeqCst);
+            restore(&dirty);
+            return Err(io_err(&self.path, "syncing data")(e));
+        }
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; SLOT_SIZE as usize];
+        for (page, words) in &dirty {
+            let s = slots[*page];
+            format::encode_page(*page as u64, s.seq + 1, words, &mut buf);
+            let at = self.geo.slot_offset(*page as u64, s.next);
+            if let Err(e) = self.storage.write_at(at, &mut [IoSlice::new(&buf)]) {
+                restore(&dirty);
+                return Err(io_err(&self.path, format!("writing map page {page}"))(e));
+            }
+        }
+        if let Err(e) = self.storage.sync_data() {
+            self.poisoned.store(true, Ordering::SeqCst);
+            restore(&dirty);
+            return Err(io_err(&self.path, "syncing the map")(e));
+        }
+        for (page, _) in &dirty {
+            let s = &mut slots[*page];
+            s.seq += 1;
+            s.next = 1 - s.next;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,134 @@
+//! Where an overlay's bytes live: a small trait over the file.
+//!
+//! The overlay needs positional vectored reads and writes, punching holes,
+//! and `fdatasync`. [`FileStorage`] is the real thing (`preadv`/`pwritev`
+//! straight from the caller's buffers); tests put a storage that forgets
+//! unsynced writes behind the same trait to simulate crashes.
+
+use std::fs::File;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+
+/// A file-like store for an overlay. All methods take `&self` and may be
+/// called from several threads at once.
+pub trait Storage: Send + Sync {
+    /// The store's length in bytes.
+    fn file_len(&self) -> io::Result<u64>;
+    /// Sets the length (new bytes read as zeros and need not be allocated).
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Fills `bufs` from `offset`; reading past the end is an error.
+    fn read_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()>;
+    /// Writes all of `bufs` at `offset` (the slice list is consumed).
+    fn write_at(&self, offset: u64, bufs: &mut [IoSlice<'_>]) -> io::Result<()>;
+    /// Releases `[offset, offset + len)`: it reads as zeros afterwards. A
+    /// store that cannot release space writes zeros or does nothing; the
+    /// overlay never reads a range it punched before writing it again.
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// Makes every completed write durable (`fdatasync`).
+    fn sync_data(&self) -> io::Result<()>;
+    /// Bytes the host has allocated for the store.
+    fn allocated(&self) -> io::Result<u64>;
+}
+
+impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
+    fn file_len(&self) -> io::Result<u64> {
+        (**self).file_len()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        (**self).set_len(len)
+    }
+    fn read_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+        (**self).read_at(offset, bufs)
+    }
+    fn write_at(&self, offset: u64, bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+        (**self).write_at(offset, bufs)
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        (**self).punch_hole(offset, len)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        (**self).sync_data()
+    }
+    fn allocated(&self) -> io::Result<u64> {
+        (**self).allocated()
+    }
+}
+
+/// An overlay file on the host.
+#[derive(Debug)]
+pub struct FileStorage {
+    file: File,
+}
+
+impl FileStorage {
+    /// Wraps an open file.
+    pub fn new(file: File) -> FileStorage {
+        FileStorage { file }
+    }
+
+    /// The file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+impl Storage for FileStorage {
+    fn file_len(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn read_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+        blockio::pread_exact_vectored(&self.file, offset, bufs)
+    }
+
+    fn write_at(&self, offset: u64, bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+        blockio::pwrite_all_vectored(&self.file, offset, bufs)
+    }
+
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "range too large",
+            ));
+        };
+        loop {
+            // SAFETY: plain system call on a file descriptor we own.
+            let r = unsafe {
+                libc::fallocate(
+                    self.file.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    off,
+                    l,
+                )
+            };
+            if r == 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // A file system without holes: the blocks keep their old
+                // bytes, which is fine because the map says zero.
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => return Ok(()),
+                _ => return Err(err),
+            }
+        }
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn allocated(&self) -> io::Result<u64> {
+        Ok(self.file.metadata()?.blocks() * 512)
+    }
+}

@@ -1,0 +1,270 @@
+// `&Vec<u8>` is a sized `ReadAt`, which `&dyn ReadAt` needs.
+#![allow(clippy::ptr_arg)]
+//! Shared by the overlay's tests: a storage that forgets what was not
+//! synced, a small deterministic random source, and test fixtures.
+#![allow(dead_code)]
+
+use overlay::storage::Storage;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// SplitMix64: enough randomness for test data, reproducible from a seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}
+
+pub fn identity(name: &str) -> blockio::BaseIdentity {
+    blockio::BaseIdentity {
+        manifest_digest: format!("sha256:{name}"),
+        layout_hash: [name.len() as u8; 32],
+    }
+}
+
+/// Splits `data` into up to four buffers at random points, so requests
+/// exercise the scatter-list cursors.
+pub fn split<'a>(data: &'a [u8], rng: &mut Rng) -> Vec<IoSlice<'a>> {
+    let mut cuts: Vec<usize> = (0..rng.below(4))
+        .map(|_| rng.below(data.len() as u64 + 1) as usize)
+        .collect();
+    cuts.push(0);
+    cuts.push(data.len());
+    cuts.sort();
+    cuts.windows(2)
+        .map(|w| IoSlice::new(&data[w[0]..w[1]]))
+        .collect()
+}
+
+/// Reads the whole disk through `ov`.
+pub fn read_all(ov: &overlay::Overlay, base: &Vec<u8>, rng: &mut Rng) -> Vec<u8> {
+    let mut out = vec![0u8; base.len()];
+    let len = out.len();
+    let cut = rng.below(len as u64) as usize;
+    let (a, b) = out.split_at_mut(cut);
+    ov.read(0, &mut [IoSliceMut::new(a), IoSliceMut::new(b)], base)
+        .expect("reading the whole disk");
+    assert_eq!(out.len(), len);
+    out
+}
+
+enum Op {
+    Write(u64, Vec<u8>),
+    Punch(u64, u64),
+    SetLen(u64),
+}
+
+struct Inner {
+    durable: Vec<u8>,
+    current: Vec<u8>,
+    pending: Vec<Op>,
+}
+
+/// A file in memory that keeps, on a simulated crash, what was synced plus
+/// a random subset of later writes, some of them torn at sector boundaries.
+/// After `die_after` mutating calls (writes, punches, syncs) every call
+/// fails: the crash happens at that instant.
+pub struct MemStorage {
+    inner: Mutex<Inner>,
+    die_after: AtomicI64,
+}
+
+fn apply(buf: &mut Vec<u8>, op: &Op) {
+    match op {
+        Op::Write(off, data) => {
+            let end = *off as usize + data.len();
+            if buf.len() < end {
+                buf.resize(end, 0);
+            }
+            buf[*off as usize..end].copy_from_slice(data);
+        }
+        Op::Punch(off, len) => {
+            let end = ((off + len) as usize).min(buf.len());
+            if (*off as usize) < end {
+                buf[*off as usize..end].fill(0);
+            }
+        }
+        Op::SetLen(len) => buf.resize(*len as usize, 0),
+    }
+}
+
+fn dead() -> io::Error {
+    io::Error::other("simulated crash")
+}
+
+impl MemStorage {
+    pub fn new() -> Arc<MemStorage> {
+        Self::from_bytes(Vec::new())
+    }
+
+    fn from_bytes(bytes: Vec<u8>) -> Arc<MemStorage> {
+        Arc::new(MemStorage {
+            inner: Mutex::new(Inner {
+                durable: bytes.clone(),
+                current: bytes,
+                pending: Vec::new(),
+            }),
+            die_after: AtomicI64::new(i64::MAX),
+        })
+    }
+
+    /// Crash after `n` more mutating calls.
+    pub fn die_after(&self, n: i64) {
+        self.die_after.store(n, Ordering::SeqCst);
+    }
+
+    fn tick(&self) -> io::Result<()> {
+        if self.die_after.fetch_sub(1, Ordering::SeqCst) <= 0 {
+            self.die_after.store(0, Ordering::SeqCst);
+            return Err(dead());
+        }
+        Ok(())
+    }
+
+    fn alive(&self) -> io::Result<()> {
+        if self.die_after.load(Ordering::SeqCst) <= 0 {
+            return Err(dead());
+        }
+        Ok(())
+    }
+
+    /// The file as the disk holds it after a crash now: synced bytes plus a
+    /// random subset of unsynced operations, applied in order, writes
+    /// possibly torn into sectors.
+    pub fn crash(&self, rng: &mut Rng) -> Arc<MemStorage> {
+        let inner = self.inner.lock().unwrap();
+        let mut bytes = inner.durable.clone();
+        for op in &inner.pending {
+            match (op, rng.below(3)) {
+                (_, 0) => {}
+                (Op::Write(off, data), 1) => {
+                    // Torn: each 512-byte piece independently.
+                    let mut at = 0usize;
+                    while at < data.len() {
+                        let n = (512 - ((*off as usize + at) % 512)).min(data.len() - at);
+                        if rng.below(2) == 0 {
+                            apply(
+                                &mut bytes,
+                                &Op::Write(*off + at as u64, data[at..at + n].to_vec()),
+                            );
+                        }
+                        at += n;
+                    }
+                }
+                (op, _) => apply(&mut bytes, op),
+            }
+        }
+        Self::from_bytes(bytes)
+    }
+
+    /// The current bytes (what a read sees).
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.inner.lock().unwrap().current.clone()
+    }
+
+    /// Replaces the bytes, durably (for corrupting a file in tests).
+    pub fn replace(&self, bytes: Vec<u8>) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.durable = bytes.clone();
+        inner.current = bytes;
+        inner.pending.clear();
+    }
+
+    fn push(&self, op: Op) -> io::Result<()> {
+        self.tick()?;
+        let mut inner = self.inner.lock().unwrap();
+        apply(&mut inner.current, &op);
+        inner.pending.push(op);
+        Ok(())
+    }
+}
+
+impl Storage for MemStorage {
+    fn file_len(&self) -> io::Result<u64> {
+        self.alive()?;
+        Ok(self.inner.lock().unwrap().current.len() as u64)
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.push(Op::SetLen(len))
+    }
+    fn read_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+        self.alive()?;
+        let inner = self.inner.lock().unwrap();
+        let mut at = offset as usize;
+        for b in bufs.iter_mut() {
+            let end = at + b.len();
+            if end > inner.current.len() {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "past the end"));
+            }
+            b.copy_from_slice(&inner.current[at..end]);
+            at = end;
+        }
+        Ok(())
+    }
+    fn write_at(&self, offset: u64, bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+        let data: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+        self.push(Op::Write(offset, data))
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.push(Op::Punch(offset, len))
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.tick()?;
+        let mut inner = self.inner.lock().unwrap();
+        let inner = &mut *inner;
+        for op in inner.pending.drain(..) {
+            apply(&mut inner.durable, &op);
+        }
+        Ok(())
+    }
+    fn allocated(&self) -> io::Result<u64> {
+        Ok(0)
+    }
+}
+
+/// The disk as a model sees it: what a write, zero or discard does.
+pub struct Model {
+    pub disk: Vec<u8>,
+}
+
+pub const BS: u64 = 4096;
+
+impl Model {
+    pub fn write(&mut self, off: u64, data: &[u8]) {
+        self.disk[off as usize..off as usize + data.len()].copy_from_slice(data);
+    }
+    /// The whole blocks of `[off, off + len)` (the disk's short last block
+    /// counts when the range reaches the end).
+    pub fn full_blocks(&self, off: u64, len: u64) -> (u64, u64) {
+        let end = off + len;
+        let size = self.disk.len() as u64;
+        let first = (off.div_ceil(BS) * BS).min(end);
+        let last = if end == size { end } else { end / BS * BS };
+        (first, last.max(first))
+    }
+    pub fn write_zeroes(&mut self, off: u64, len: u64) {
+        self.disk[off as usize..(off + len) as usize].fill(0);
+    }
+    pub fn discard(&mut self, off: u64, len: u64) -> (u64, u64) {
+        let (a, b) = self.full_blocks(off, len);
+        self.disk[a as usize..b as usize].fill(0);
+        (a, b)
+    }
+}

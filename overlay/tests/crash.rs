@@ -1,0 +1,234 @@
+//! Crash tests: the overlay runs on a storage that dies after a random number
+//! of operations (inside a write, between a flush's syncs, while writing map
+//! pages...) and then keeps only what was synced plus a random, possibly
+//! torn, subset of the rest. Reopening must succeed, every flushed write must
+//! be there, and every byte must hold a value it had at the last completed
+//! flush or was given since.
+
+// `&Vec<u8>` is a sized `ReadAt`, which `&dyn ReadAt` needs.
+#![allow(clippy::ptr_arg)]
+
+mod common;
+
+use common::{identity, read_all, split, MemStorage, Model, Rng, BS};
+use overlay::storage::Storage;
+use overlay::{CreateOptions, OpenOptions, Overlay};
+use std::path::Path;
+use std::sync::Arc;
+
+/// What the disk may read as after a crash.
+struct Expect {
+    /// The disk at the last completed flush.
+    flushed: Vec<u8>,
+    /// Ranges given new values since (including by the request in flight).
+    since: Vec<(u64, Vec<u8>)>,
+}
+
+impl Expect {
+    fn check(&self, actual: &[u8], round: usize) {
+        let mut bad = Vec::new();
+        for (c, chunk) in actual.chunks(4096).enumerate() {
+            let at = c * 4096;
+            // Most of a big disk is unchanged: skip equal chunks quickly.
+            if chunk == &self.flushed[at..at + chunk.len()] {
+                continue;
+            }
+            for (j, &a) in chunk.iter().enumerate() {
+                let i = (at + j) as u64;
+                if a == self.flushed[i as usize] {
+                    continue;
+                }
+                let ok = self.since.iter().any(|(off, data)| {
+                    i >= *off && i < off + data.len() as u64 && data[(i - off) as usize] == a
+                });
+                if !ok {
+                    bad.push(i);
+                }
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "round {round}: {} bytes hold values never written, first at {:?}",
+            bad.len(),
+            &bad[..bad.len().min(8)]
+        );
+    }
+}
+
+fn open(storage: &Arc<MemStorage>, size: u64) -> Overlay {
+    Overlay::open_on(
+        Box::new(storage.clone()),
+        Path::new("mem.overlay"),
+        &identity("crash"),
+        size,
+        &OpenOptions::default(),
+    )
+    .expect("reopening after a crash")
+}
+
+/// Runs random requests until the storage dies; returns whether it died.
+fn run_until_death(
+    ov: &Overlay,
+    base: &Vec<u8>,
+    model: &mut Model,
+    expect: &mut Expect,
+    rng: &mut Rng,
+) -> bool {
+    let size = base.len() as u64;
+    for _ in 0..200 {
+        let off = rng.below(size);
+        let mut len = rng.below((size - off).min(3 * BS + 100)) + 1;
+        let off = if rng.below(2) == 0 {
+            len = (len.div_ceil(BS) * BS).min(size - off / BS * BS);
+            off / BS * BS
+        } else {
+            off
+        };
+        let result = match rng.below(10) {
+            0..=5 => {
+                let data = rng.bytes(len as usize);
+                expect.since.push((off, data.clone()));
+                let r = ov.write(off, &split(&data, rng), base);
+                if r.is_ok() {
+                    model.write(off, &data);
+                }
+                r
+            }
+            6 => {
+                expect.since.push((off, vec![0; len as usize]));
+                let r = ov.write_zeroes(off, len, base);
+                if r.is_ok() {
+                    model.write_zeroes(off, len);
+                }
+                r
+            }
+            7 => {
+                let (a, b) = model.full_blocks(off, len);
+                expect.since.push((a, vec![0; (b - a) as usize]));
+                let r = ov.discard(off, len, base);
+                if r.is_ok() {
+                    model.discard(off, len);
+                }
+                r
+            }
+            _ => {
+                let r = ov.flush();
+                if r.is_ok() {
+                    expect.flushed.copy_from_slice(&model.disk);
+                    expect.since.clear();
+                }
+                r
+            }
+        };
+        if let Err(e) = result {
+            assert!(e.to_string().contains("simulated crash"), "{e}");
+            return true;
+        }
+    }
+    false
+}
+
+fn crash_rounds(seed: u64, blocks: u64) {
+    let mut rng = Rng(seed);
+    let size = blocks * BS - rng.below(8) * 512;
+    let base = rng.bytes(size as usize);
+    let mut storage = MemStorage::new();
+    let create = CreateOptions {
+        disk_size: size,
+        base: identity("crash"),
+    };
+    Overlay::write_new(&*storage, Path::new("mem.overlay"), &create).unwrap();
+    let mut model = Model { disk: base.clone() };
+    for round in 0..6 {
+        let ov = open(&storage, size);
+        // Reopening gives exactly what we read before the crash.
+        assert!(
+            read_all(&ov, &base, &mut rng) == model.disk,
+            "round {round}: reopen"
+        );
+        let mut expect = Expect {
+            flushed: model.disk.clone(),
+            since: Vec::new(),
+        };
+        storage.die_after(rng.below(120) as i64);
+        let died = run_until_death(&ov, &base, &mut model, &mut expect, &mut rng);
+        if !died {
+            storage.die_after(0);
+        }
+        drop(ov);
+        storage = storage.crash(&mut rng);
+        let ov = open(&storage, size);
+        let actual = read_all(&ov, &base, &mut rng);
+        expect.check(&actual, round);
+        // The header survived untouched and the disk is usable again.
+        assert_eq!(ov.header().disk_size, size);
+        model.disk = actual;
+    }
+}
+
+#[test]
+fn crashes_at_random_instants_lose_nothing_flushed() {
+    for seed in 0..80 {
+        crash_rounds(seed, 1 + seed % 23);
+    }
+}
+
+#[test]
+fn crashes_across_several_map_pages() {
+    for seed in 1000..1002 {
+        crash_rounds(seed, 16128 + 40);
+    }
+}
+
+/// A crash at every single storage operation of one flush-heavy sequence.
+#[test]
+fn crash_at_every_step_of_a_flush() {
+    for die in 0..40 {
+        let mut rng = Rng(die);
+        let size = 40 * BS;
+        let base = rng.bytes(size as usize);
+        let storage = MemStorage::new();
+        let create = CreateOptions {
+            disk_size: size,
+            base: identity("crash"),
+        };
+        Overlay::write_new(&*storage, Path::new("mem.overlay"), &create).unwrap();
+        let ov = open(&storage, size);
+        let mut model = Model { disk: base.clone() };
+        for i in 0..10u64 {
+            let data = rng.bytes(BS as usize + 100);
+            ov.write(i * 3 * BS + 50, &split(&data, &mut rng), &base)
+                .unwrap();
+            model.write(i * 3 * BS + 50, &data);
+        }
+        ov.flush().unwrap();
+        let flushed = model.disk.clone();
+        let mut expect = Expect {
+            flushed,
+            since: Vec::new(),
+        };
+        for i in 0..10u64 {
+            let data = rng.bytes(2 * BS as usize);
+            ov.write(i * 3 * BS + 7, &[std::io::IoSlice::new(&data)], &base)
+                .unwrap();
+            model.write(i * 3 * BS + 7, &data);
+            expect.since.push((i * 3 * BS + 7, data));
+            ov.discard(i * 3 * BS + BS, BS, &base).unwrap();
+            model.discard(i * 3 * BS + BS, BS);
+            expect.since.push((i * 3 * BS + BS, vec![0; BS as usize]));
+        }
+        storage.die_after(die as i64);
+        if ov.flush().is_ok() {
+            // The flush finished before the crash point: it all counts.
+            expect.flushed = model.disk.clone();
+            expect.since.clear();
+        }
+        drop(ov);
+        for trial in 0..4 {
+            let crashed = storage.crash(&mut rng);
+            let ov = open(&crashed, size);
+            expect.check(&read_all(&ov, &base, &mut rng), trial);
+        }
+        let _ = storage.sync_data();
+    }
+}
