@@ -14,7 +14,8 @@
 //! says the same to launchers that read lines.
 
 use crate::device::{BlkBackend, DeviceConfig, GuestMemory};
-use crate::disk::BlockDevice;
+use crate::disk::{BlockDevice, OverlayDisk, ReadOnlyDisk};
+use crate::image_args::ImageArgs;
 use anyhow::{bail, Context};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -30,12 +31,28 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 /// Arguments of `ocidisk serve`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// DEVELOPMENT ONLY, until the overlay is wired: serve this raw file.
-    #[arg(long, value_name = "FILE")]
-    pub raw: Option<PathBuf>,
-    /// Serve the disk read-only (the device offers VIRTIO_BLK_F_RO).
+    #[command(flatten)]
+    pub image: ImageArgs,
+    /// The VM's overlay file, which keeps what the guest writes: created if
+    /// it does not exist, reopened (same disk, same GUIDs) if it does.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "readonly",
+        conflicts_with = "readonly"
+    )]
+    pub overlay: Option<PathBuf>,
+    /// Serve the composed disk read-only, without an overlay (the device
+    /// offers VIRTIO_BLK_F_RO).
     #[arg(long)]
     pub readonly: bool,
+    /// Seeds the GUIDs of a `--readonly` disk (an overlay keeps its own id).
+    #[arg(long, value_name = "TEXT", default_value = "", requires = "readonly")]
+    pub disk_id: String,
+    /// Open an overlay made for another image or layout, keeping its writes
+    /// over the new base.
+    #[arg(long, requires = "overlay")]
+    pub rebase: bool,
     #[command(flatten)]
     pub serve: ServeOptions,
 }
@@ -76,15 +93,25 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 
 /// Runs `ocidisk serve`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let Some(raw) = &args.raw else {
-        bail!("serve: --raw FILE is required until images and overlays are wired in");
-    };
-    let file = crate::disk::RawFile::open(raw, args.readonly)
-        .with_context(|| format!("cannot open {}", raw.display()))?;
-    let disk: Arc<dyn BlockDevice> = if args.readonly {
-        Arc::new(crate::disk::ReadOnlyDisk::new(file)?)
-    } else {
-        Arc::new(file)
+    let disk: Arc<dyn BlockDevice> = match &args.overlay {
+        None => {
+            let disk = args.image.compose(&args.disk_id)?;
+            Arc::new(ReadOnlyDisk::new(disk.map)?)
+        }
+        Some(path) => {
+            let opts = overlay::OpenOptions {
+                rebase: args.rebase,
+                writethrough: args.serve.writethrough,
+                read_only: false,
+            };
+            let vm = args.image.open_overlay(path, true, &opts)?;
+            tracing::info!(
+                overlay = %path.display(),
+                disk_id = %vm.overlay.header().disk_id,
+                "opened overlay"
+            );
+            Arc::new(OverlayDisk::new(vm.disk.map, vm.overlay)?)
+        }
     };
     serve_device(disk, &args.serve)
 }
