@@ -26,6 +26,18 @@ pub struct CreateOptions {
     pub base: BaseIdentity,
 }
 
+/// A run of the disk that the guest changed (see [`Overlay::changes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// Disk offset of the first byte.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// True if the run reads as zeros (write-zeroes or discard), false if
+    /// it holds written data.
+    pub zero: bool,
+}
+
 /// How [`Overlay::open`] treats the file.
 #[derive(Clone, Debug, Default)]
 pub struct OpenOptions {
@@ -588,6 +600,33 @@ impl Overlay {
             file_len,
             allocated_bytes,
         })
+    }
+
+    /// The ranges of the disk that no longer read from the base, in disk
+    /// order: runs of written blocks and runs of zeroed blocks. For export
+    /// and inspection; taken while writes go on, it may already be stale.
+    pub fn changes(&self) -> Vec<Change> {
+        let mut out = Vec::new();
+        let mut block = 0;
+        while block < self.geo.blocks {
+            let (state, end) = self.map.run(block, self.geo.blocks);
+            let kind = match state {
+                BlockState::Base => None,
+                BlockState::Written => Some(false),
+                BlockState::Zero => Some(true),
+            };
+            if let Some(zero) = kind {
+                let (offset, _) = self.block_bounds(block);
+                let (_, stop) = self.block_bounds(end - 1);
+                out.push(Change {
+                    offset,
+                    len: stop - offset,
+                    zero,
+                });
+            }
+            block = end;
+        }
+        out
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<(), OverlayError> {

@@ -516,3 +516,43 @@ fn an_overlay_of_another_image_is_refused() {
         "the overlay changed"
     );
 }
+
+#[test]
+fn export_with_the_overlay_writes_the_vm_disk() {
+    let f = Fixture::new();
+    let server = f.serve(&[]);
+    let mut client = f.connect(1);
+    let q = client.queue();
+    q.write(3 << 20, &[0x11; 3 * 4096 + 512]).unwrap();
+    q.run(Op::WriteZeroes {
+        offset: 5 << 20,
+        len: 1 << 20,
+        unmap: true,
+    })
+    .unwrap();
+    let seen: Vec<u8> = (0..DISK_SIZE / BUF as u64)
+        .flat_map(|i| q.read(i * BUF as u64, BUF).unwrap())
+        .collect();
+    drop(client);
+    assert!(server.terminate().unwrap().success());
+
+    let out = f._dir.path().join("vm.raw");
+    let mut cmd =
+        std::process::Command::new(ocidisk_tests::blkio_client::ocidisk_binary().unwrap());
+    cmd.arg("export")
+        .args(f.image_args())
+        .arg("--overlay")
+        .arg(&f.overlay)
+        .arg("--output")
+        .arg(&out);
+    let status = cmd.status().unwrap();
+    assert!(status.success());
+    let exported = std::fs::read(&out).unwrap();
+    assert_eq!(exported.len() as u64, DISK_SIZE);
+    assert!(
+        exported == seen,
+        "the export differs from what the guest read"
+    );
+    assert_eq!(&exported[(5 << 20)..(6 << 20)], &vec![0u8; 1 << 20][..]);
+    assert_eq!(exported[3 << 20], 0x11);
+}
