@@ -8,8 +8,8 @@
 //! [`MAX_TRACKABLE_NS`] (68.7 s). Larger values land in the last bucket; the
 //! exact maximum is kept apart.
 
+use super::counter::Counter;
 use serde::{Deserialize, Serialize};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// log2 of the number of sub-buckets each power of two is cut into.
 pub const SUB_BUCKET_BITS: u32 = 7;
@@ -51,17 +51,17 @@ pub fn bucket_range(index: usize) -> (u64, u64) {
     (low, low + (1 << shift) - 1)
 }
 
-/// A histogram that many threads may record into at once.
+/// A histogram one thread records into while others read it.
 ///
-/// Each record is a handful of relaxed atomic adds; readers take a
-/// [`HistogramSnapshot`] that may be torn between buckets by concurrent
-/// records (a count may be ahead of the buckets by the few requests being
-/// recorded at that moment), which is what a monitoring read can live with.
+/// Recording is three relaxed atomic stores (bucket, sum and, rarely, max)
+/// with one writer at a time (see [`Counter`]); readers take a
+/// [`HistogramSnapshot`] whenever they like. A snapshot taken during a
+/// record may show the bucket without the sum or the other way round; the
+/// count is derived from the buckets, so percentiles are always consistent.
 pub struct AtomicHistogram {
-    buckets: Box<[AtomicU64]>,
-    count: AtomicU64,
-    sum: AtomicU64,
-    max: AtomicU64,
+    buckets: Box<[Counter]>,
+    sum: Counter,
+    max: Counter,
 }
 
 impl Default for AtomicHistogram {
@@ -74,41 +74,35 @@ impl AtomicHistogram {
     /// An empty histogram.
     pub fn new() -> Self {
         AtomicHistogram {
-            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum: AtomicU64::new(0),
-            max: AtomicU64::new(0),
+            buckets: (0..BUCKETS).map(|_| Counter::default()).collect(),
+            sum: Counter::default(),
+            max: Counter::default(),
         }
     }
 
-    /// Counts one value (in ns).
+    /// Counts one value (in ns). One writer thread at a time.
     #[inline]
     pub fn record(&self, value: u64) {
-        self.buckets[bucket_index(value)].fetch_add(1, Relaxed);
-        self.count.fetch_add(1, Relaxed);
-        self.sum.fetch_add(value, Relaxed);
-        // A plain load first: a new maximum is rare, and the load is far
-        // cheaper than a read-modify-write on every record.
-        if value > self.max.load(Relaxed) {
-            self.max.fetch_max(value, Relaxed);
-        }
+        self.buckets[bucket_index(value)].add(1);
+        self.sum.add(value);
+        self.max.raise(value);
     }
 
     /// The counts so far, with only the non-empty buckets kept.
     pub fn snapshot(&self) -> HistogramSnapshot {
-        let buckets = self
+        let buckets: Vec<(u32, u64)> = self
             .buckets
             .iter()
             .enumerate()
             .filter_map(|(i, b)| {
-                let n = b.load(Relaxed);
+                let n = b.get();
                 (n > 0).then_some((i as u32, n))
             })
             .collect();
         HistogramSnapshot {
-            count: self.count.load(Relaxed),
-            sum_ns: self.sum.load(Relaxed),
-            max_ns: self.max.load(Relaxed),
+            count: buckets.iter().map(|&(_, n)| n).sum(),
+            sum_ns: self.sum.get(),
+            max_ns: self.max.get(),
             buckets,
         }
     }

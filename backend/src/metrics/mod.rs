@@ -11,16 +11,19 @@
 //! q.finish(started, Done { kind: ReqKind::Read, offset, len, status: Status::Ok });
 //! ```
 //!
-//! Recording is a few relaxed atomic adds on counters that belong to the
-//! queue (each queue's counters sit on their own cache lines), so queues do
-//! not slow each other down and nothing on the I/O path takes a lock — except
-//! the optional request trace, whose per-queue buffer lock is only ever
-//! contended by the trace thread's brief swaps (see [`trace`]).
+//! Recording is a few relaxed atomic loads and stores on counters that
+//! belong to the queue: each queue has one writer, its worker thread (see
+//! `counter.rs` for why that makes read-modify-writes unnecessary), and its
+//! counters sit on their own cache lines, so queues do not slow each other
+//! down and nothing on the I/O path takes a lock — except the optional
+//! request trace, whose per-queue buffer lock is only ever contended by the
+//! trace thread's brief swaps (see [`trace`]).
 //!
 //! Readers take a [`Snapshot`]: served as Prometheus text and JSON by
 //! [`serve_http`], written at exit by [`write_stats_json`], and read back by
 //! `ocidisk stats`.
 
+mod counter;
 pub mod histogram;
 pub mod http;
 pub mod prometheus;
@@ -33,9 +36,9 @@ pub use http::{serve_http, MetricsServer};
 pub use report::{write_stats_json, StatsReport};
 pub use trace::{TraceTotals, TraceWriter};
 
+use counter::Counter;
 use serde::{Deserialize, Serialize};
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -151,19 +154,18 @@ pub struct Started {
 }
 
 /// One request type's counters on one queue.
+/// (Requests are the latency histogram's count.)
 struct KindCounters {
-    requests: AtomicU64,
-    bytes: AtomicU64,
-    errors: AtomicU64,
+    bytes: Counter,
+    errors: Counter,
     latency: AtomicHistogram,
 }
 
 impl KindCounters {
     fn new() -> Self {
         KindCounters {
-            requests: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
+            bytes: Counter::default(),
+            errors: Counter::default(),
             latency: AtomicHistogram::new(),
         }
     }
@@ -172,12 +174,17 @@ impl KindCounters {
 /// The counters of one virtqueue. Aligned to 128 bytes (two cache lines,
 /// the unit adjacent-line prefetchers pull in) so that queues updated by
 /// different threads never share a line.
+///
+/// The recording methods are for the queue's worker thread: one thread at a
+/// time may record into a queue (as vhost-user-backend runs each queue on
+/// one thread). Recording from two threads at once loses counts; it is
+/// never unsafe. Any thread may read.
 #[repr(align(128))]
 pub struct QueueMetrics {
-    in_flight: AtomicU64,
-    max_in_flight: AtomicU64,
-    base_read_bytes: AtomicU64,
-    overlay_read_bytes: AtomicU64,
+    in_flight: Counter,
+    max_in_flight: Counter,
+    base_read_bytes: Counter,
+    overlay_read_bytes: Counter,
     kinds: [KindCounters; 7],
     trace: Option<Arc<trace::QueueTrace>>,
     index: u16,
@@ -186,10 +193,10 @@ pub struct QueueMetrics {
 impl QueueMetrics {
     fn new(index: u16, trace: Option<Arc<trace::QueueTrace>>) -> Self {
         QueueMetrics {
-            in_flight: AtomicU64::new(0),
-            max_in_flight: AtomicU64::new(0),
-            base_read_bytes: AtomicU64::new(0),
-            overlay_read_bytes: AtomicU64::new(0),
+            in_flight: Counter::default(),
+            max_in_flight: Counter::default(),
+            base_read_bytes: Counter::default(),
+            overlay_read_bytes: Counter::default(),
             kinds: std::array::from_fn(|_| KindCounters::new()),
             trace,
             index,
@@ -200,27 +207,36 @@ impl QueueMetrics {
     /// starts its clock.
     #[inline]
     pub fn start(&self) -> Started {
-        let now = self.in_flight.fetch_add(1, Relaxed) + 1;
-        if now > self.max_in_flight.load(Relaxed) {
-            self.max_in_flight.fetch_max(now, Relaxed);
-        }
-        Started { at: Instant::now() }
+        self.start_at(Instant::now())
+    }
+
+    /// Like [`QueueMetrics::start`] with a clock reading the caller already
+    /// has — typically what the previous [`QueueMetrics::finish`] returned,
+    /// which saves one clock read per request in a loop that pops and
+    /// completes requests one after the other (the time to pop a request
+    /// then counts in its latency, which is where it belongs).
+    #[inline]
+    pub fn start_at(&self, at: Instant) -> Started {
+        self.in_flight.add(1);
+        self.max_in_flight.raise(self.in_flight.get());
+        Started { at }
     }
 
     /// Counts a completed request (and traces it when tracing is on).
+    /// Returns the clock reading it took, for [`QueueMetrics::start_at`].
     #[inline]
-    pub fn finish(&self, started: Started, done: Done) {
-        let latency = started.at.elapsed();
+    pub fn finish(&self, started: Started, done: Done) -> Instant {
+        let now = Instant::now();
+        let latency = now.saturating_duration_since(started.at);
         let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
         let k = &self.kinds[done.kind as usize];
-        k.requests.fetch_add(1, Relaxed);
         if done.status == Status::Ok {
-            k.bytes.fetch_add(done.len, Relaxed);
+            k.bytes.add(done.len);
         } else {
-            k.errors.fetch_add(1, Relaxed);
+            k.errors.add(1);
         }
         k.latency.record(ns);
-        self.in_flight.fetch_sub(1, Relaxed);
+        self.in_flight.sub(1);
         if let Some(t) = &self.trace {
             t.record(&trace::Record {
                 time_ns: t.since_epoch(started.at),
@@ -232,36 +248,40 @@ impl QueueMetrics {
                 status: done.status.code(),
             });
         }
+        now
     }
 
     /// Counts bytes of a read that came from the base image (the block map).
     #[inline]
     pub fn add_base_read(&self, bytes: u64) {
-        self.base_read_bytes.fetch_add(bytes, Relaxed);
+        self.base_read_bytes.add(bytes);
     }
 
     /// Counts bytes of a read that came from the overlay (guest-written data).
     #[inline]
     pub fn add_overlay_read(&self, bytes: u64) {
-        self.overlay_read_bytes.fetch_add(bytes, Relaxed);
+        self.overlay_read_bytes.add(bytes);
     }
 
     fn snapshot(&self) -> QueueSnapshot {
         QueueSnapshot {
             queue: u32::from(self.index),
-            in_flight: self.in_flight.load(Relaxed),
-            max_in_flight: self.max_in_flight.load(Relaxed),
-            base_read_bytes: self.base_read_bytes.load(Relaxed),
-            overlay_read_bytes: self.overlay_read_bytes.load(Relaxed),
+            in_flight: self.in_flight.get(),
+            max_in_flight: self.max_in_flight.get(),
+            base_read_bytes: self.base_read_bytes.get(),
+            overlay_read_bytes: self.overlay_read_bytes.get(),
             kinds: ReqKind::ALL
                 .iter()
                 .zip(&self.kinds)
-                .map(|(&kind, k)| KindSnapshot {
-                    kind,
-                    requests: k.requests.load(Relaxed),
-                    bytes: k.bytes.load(Relaxed),
-                    errors: k.errors.load(Relaxed),
-                    latency: k.latency.snapshot(),
+                .map(|(&kind, k)| {
+                    let latency = k.latency.snapshot();
+                    KindSnapshot {
+                        kind,
+                        requests: latency.count,
+                        bytes: k.bytes.get(),
+                        errors: k.errors.get(),
+                        latency,
+                    }
                 })
                 .collect(),
         }
@@ -274,7 +294,7 @@ impl QueueMetrics {
 pub struct DiskMetrics {
     labels: Labels,
     queues: Box<[QueueMetrics]>,
-    overlay_allocated_bytes: AtomicU64,
+    overlay_allocated_bytes: Counter,
     trace: Option<TraceWriter>,
     epoch: Instant,
     started_unix_ms: u64,
@@ -305,7 +325,7 @@ impl DiskMetrics {
         Arc::new(DiskMetrics {
             labels,
             queues,
-            overlay_allocated_bytes: AtomicU64::new(0),
+            overlay_allocated_bytes: Counter::default(),
             trace,
             epoch: Instant::now(),
             started_unix_ms,
@@ -333,7 +353,7 @@ impl DiskMetrics {
     /// Sets the overlay's allocated data bytes (a gauge; the overlay glue
     /// calls it whenever allocation changes, or before each snapshot).
     pub fn set_overlay_allocated(&self, bytes: u64) {
-        self.overlay_allocated_bytes.store(bytes, Relaxed);
+        self.overlay_allocated_bytes.set(bytes);
     }
 
     /// Flushes and closes the request trace, if there is one; records that
@@ -352,7 +372,7 @@ impl DiskMetrics {
             started_unix_ms: self.started_unix_ms,
             uptime_ns: u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX),
             histogram: HistogramFormat::current(),
-            overlay_allocated_bytes: self.overlay_allocated_bytes.load(Relaxed),
+            overlay_allocated_bytes: self.overlay_allocated_bytes.get(),
             trace: self.trace.as_ref().map(TraceWriter::totals),
             queues: self.queues.iter().map(QueueMetrics::snapshot).collect(),
         }
