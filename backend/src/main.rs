@@ -5,8 +5,12 @@ mod disk;
 mod export;
 mod image_args;
 mod inspect;
+#[allow(dead_code, unused_imports)] // Until the device records into it and serve exposes it.
+mod metrics;
 mod overlay_cmd;
 mod serve;
+mod stats_cmd;
+mod trace_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -30,6 +34,11 @@ enum Command {
     /// Inspect or reset a per-VM overlay file.
     #[command(subcommand)]
     Overlay(overlay_cmd::Command),
+    /// Show a served disk's guest I/O live, from its `--metrics` endpoint.
+    Stats(stats_cmd::Args),
+    /// Work with request traces written by `serve --trace`.
+    #[command(subcommand)]
+    Trace(trace_cmd::Command),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +55,8 @@ fn main() -> ExitCode {
         Command::Export(args) => export::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Overlay(cmd) => overlay_cmd::run(cmd),
+        Command::Stats(args) => stats_cmd::run(args),
+        Command::Trace(cmd) => trace_cmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
