@@ -10,6 +10,7 @@
 //! - the overlay (crate `overlay`) is the writable implementation.
 
 use blockio::{check_range, total_len, total_len_mut, ReadAt};
+pub use overlay::ReadSources;
 use std::io::{self, IoSlice, IoSliceMut};
 
 /// A disk as the virtio-blk device sees it.
@@ -28,7 +29,7 @@ pub trait BlockDevice: Send + Sync {
     fn read_only(&self) -> bool;
 
     /// Fills `bufs`, in order, with the bytes at `offset`.
-    fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()>;
+    fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<ReadSources>;
 
     /// Writes `bufs`, in order, at `offset`.
     fn write(&self, offset: u64, bufs: &[IoSlice<'_>]) -> io::Result<()>;
@@ -48,6 +49,12 @@ pub trait BlockDevice: Send + Sync {
     /// [`flush`](Self::flush)) and write-through (every write is durable when
     /// it completes). The guest chooses through the `writeback` config field.
     fn set_writeback(&self, on: bool);
+
+    /// Bytes of host storage the device's own writes take (an overlay's
+    /// allocation), if it keeps any.
+    fn allocated_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The error a read-only disk answers every modification with.
@@ -88,9 +95,14 @@ impl<B: ReadAt> BlockDevice for ReadOnlyDisk<B> {
         true
     }
 
-    fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
-        check_range(offset, total_len_mut(bufs), self.base.size())?;
-        self.base.read_vectored_at(offset, bufs)
+    fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<ReadSources> {
+        let len = total_len_mut(bufs);
+        check_range(offset, len, self.base.size())?;
+        self.base.read_vectored_at(offset, bufs)?;
+        Ok(ReadSources {
+            base: len,
+            overlay: 0,
+        })
     }
 
     fn write(&self, offset: u64, bufs: &[IoSlice<'_>]) -> io::Result<()> {
@@ -159,7 +171,7 @@ impl BlockDevice for OverlayDisk {
         false
     }
 
-    fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+    fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<ReadSources> {
         self.overlay
             .read(offset, bufs, &self.base)
             .map_err(overlay_error)
@@ -192,6 +204,10 @@ impl BlockDevice for OverlayDisk {
 
     fn set_writeback(&self, on: bool) {
         self.overlay.set_writethrough(!on);
+    }
+
+    fn allocated_bytes(&self) -> Option<u64> {
+        self.overlay.usage().ok().map(|u| u.allocated_bytes)
     }
 }
 
@@ -258,8 +274,12 @@ pub mod memory {
         fn read_only(&self) -> bool {
             self.read_only
         }
-        fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
-            self.data().as_slice().read_vectored_at(offset, bufs)
+        fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<ReadSources> {
+            self.data().as_slice().read_vectored_at(offset, bufs)?;
+            Ok(ReadSources {
+                base: total_len_mut(bufs),
+                overlay: 0,
+            })
         }
         fn write(&self, offset: u64, bufs: &[IoSlice<'_>]) -> io::Result<()> {
             self.modify(offset, total_len(bufs), |mut dst| {

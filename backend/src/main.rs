@@ -5,7 +5,6 @@ mod disk;
 mod export;
 mod image_args;
 mod inspect;
-#[allow(dead_code, unused_imports)] // Until the device records into it and serve exposes it.
 mod metrics;
 mod overlay_cmd;
 mod serve;

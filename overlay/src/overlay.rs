@@ -26,6 +26,16 @@ pub struct CreateOptions {
     pub base: BaseIdentity,
 }
 
+/// Where the bytes of a read came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadSources {
+    /// Bytes read from the base.
+    pub base: u64,
+    /// Bytes the overlay answered: written data, or zeros the guest asked
+    /// for.
+    pub overlay: u64,
+}
+
 /// A run of the disk that the guest changed (see [`Overlay::changes`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Change {
@@ -656,17 +666,19 @@ impl Overlay {
     }
 
     /// Fills `bufs` with the disk's bytes at `offset`: written blocks from
-    /// the overlay, zero blocks with zeros, the rest from `base`.
+    /// the overlay, zero blocks with zeros, the rest from `base`. Says how
+    /// many bytes came from where.
     pub fn read(
         &self,
         offset: u64,
         bufs: &mut [IoSliceMut<'_>],
         base: &dyn ReadAt,
-    ) -> Result<(), OverlayError> {
+    ) -> Result<ReadSources, OverlayError> {
         let len = blockio::total_len_mut(bufs);
         self.check_range(offset, len)?;
+        let mut sources = ReadSources::default();
         if len == 0 {
-            return Ok(());
+            return Ok(sources);
         }
         let end = offset + len;
         let end_block = end.div_ceil(BLOCK_SIZE);
@@ -677,6 +689,10 @@ impl Overlay {
             let from = offset.max(b * BLOCK_SIZE);
             let to = end.min(run_end * BLOCK_SIZE);
             let mut piece = cursor.take((to - from) as usize);
+            match state {
+                BlockState::Base => sources.base += to - from,
+                BlockState::Written | BlockState::Zero => sources.overlay += to - from,
+            }
             match state {
                 BlockState::Base => base.read_vectored_at(from, &mut piece).map_err(|source| {
                     OverlayError::Base {
@@ -696,7 +712,7 @@ impl Overlay {
             }
             b = run_end;
         }
-        Ok(())
+        Ok(sources)
     }
 
     /// Writes `bufs` at `offset`. Data goes to the block's fixed place in the

@@ -556,3 +556,90 @@ fn export_with_the_overlay_writes_the_vm_disk() {
     assert_eq!(&exported[(5 << 20)..(6 << 20)], &vec![0u8; 1 << 20][..]);
     assert_eq!(exported[3 << 20], 0x11);
 }
+
+#[test]
+fn metrics_count_what_the_guest_did() {
+    let f = Fixture::new();
+    let metrics_sock = f._dir.path().join("metrics.sock");
+    let stats = f._dir.path().join("stats.json");
+    let trace = f._dir.path().join("trace.bin");
+    let server = f.serve(&[
+        "--metrics",
+        metrics_sock.to_str().unwrap(),
+        "--stats-json",
+        stats.to_str().unwrap(),
+        "--trace",
+        trace.to_str().unwrap(),
+        "--serial",
+        "node-7",
+    ]);
+    let mut client = f.connect(1);
+    let q = client.queue();
+    // Two reads of the payload (base), a write, a read of it (overlay), and
+    // one request past the end.
+    q.read(1 << 20, 8192).unwrap();
+    q.read(2 << 20, 4096).unwrap();
+    q.write(4 << 20, &[3; 4096]).unwrap();
+    q.read(4 << 20, 4096).unwrap();
+    q.flush().unwrap();
+    assert!(q.read(DISK_SIZE, 512).is_err());
+
+    // Live: the Prometheus endpoint and `ocidisk stats`.
+    let out = std::process::Command::new(ocidisk_tests::blkio_client::ocidisk_binary().unwrap())
+        .args(["stats", metrics_sock.to_str().unwrap(), "--once", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prom = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "--unix-socket",
+            metrics_sock.to_str().unwrap(),
+            "http://localhost/metrics",
+        ])
+        .output()
+        .unwrap();
+    assert!(prom.status.success());
+    let prom = String::from_utf8(prom.stdout).unwrap();
+    assert!(
+        prom.lines()
+            .any(|l| l.starts_with("ocidisk_requests_total{")
+                && l.contains("serial=\"node-7\"")
+                && l.contains("type=\"read\"")
+                && l.ends_with(" 4")),
+        "{prom}"
+    );
+    drop(client);
+    assert!(server.terminate().unwrap().success());
+
+    // At exit: the totals file.
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    let read = &report["totals"]["read"];
+    assert_eq!(read["requests"], 4, "{report:#}");
+    assert_eq!(read["errors"], 1);
+    assert_eq!(read["bytes"], 8192 + 4096 + 4096);
+    assert_eq!(report["totals"]["write"]["bytes"], 4096);
+    assert_eq!(report["base_read_bytes"], 8192 + 4096);
+    assert_eq!(report["overlay_read_bytes"], 4096);
+    assert_eq!(report["serial"], "node-7");
+    // And the trace has every request.
+    let summary =
+        std::process::Command::new(ocidisk_tests::blkio_client::ocidisk_binary().unwrap())
+            .args(["trace", "summarize", trace.to_str().unwrap(), "--json"])
+            .output()
+            .unwrap();
+    assert!(
+        summary.status.success(),
+        "{}",
+        String::from_utf8_lossy(&summary.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&summary.stdout).unwrap();
+    assert_eq!(summary["kinds"]["read"]["requests"], 4, "{summary:#}");
+    assert_eq!(summary["kinds"]["write"]["requests"], 1, "{summary:#}");
+    assert_eq!(summary["dropped"], 0);
+}

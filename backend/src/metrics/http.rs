@@ -222,6 +222,7 @@ impl MetricsServer {
     }
 
     /// Stops serving and waits for the thread to end (within ~100 ms).
+    #[cfg(test)]
     pub fn shutdown(mut self) {
         self.stop_and_join();
     }

@@ -32,8 +32,8 @@ pub mod trace;
 pub mod units;
 
 pub use histogram::{AtomicHistogram, HistogramSnapshot};
-pub use http::{serve_http, MetricsServer};
-pub use report::{write_stats_json, StatsReport};
+pub use http::serve_http;
+pub use report::write_stats_json;
 pub use trace::{TraceTotals, TraceWriter};
 
 use counter::Counter;
@@ -341,13 +341,9 @@ impl DiskMetrics {
     }
 
     /// Number of queues counted.
+    #[cfg(test)]
     pub fn num_queues(&self) -> usize {
         self.queues.len()
-    }
-
-    /// The disk's labels.
-    pub fn labels(&self) -> &Labels {
-        &self.labels
     }
 
     /// Sets the overlay's allocated data bytes (a gauge; the overlay glue
