@@ -71,7 +71,9 @@ impl ImageArgs {
                     ),
                 }
             }
-            LayoutSpec::monogon(&preset)
+            let spec = LayoutSpec::monogon(&preset);
+            spec.validate("monogon preset")?;
+            spec
         } else {
             if self.abloader.is_some() {
                 anyhow::bail!("--abloader applies to the monogon preset only; name the loader in the layout file");
