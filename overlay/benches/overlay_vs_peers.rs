@@ -85,7 +85,7 @@ fn raw_and_overlay_writes(
     let raw = File::options()
         .read(true)
         .write(true)
-        .create(true)
+        .create_new(true)
         .open(&raw_path)
         .unwrap();
     raw.set_len(size).unwrap();
