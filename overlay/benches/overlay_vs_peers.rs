@@ -296,7 +296,9 @@ fn main() {
         base.read_vectored_at(off, &mut [IoSliceMut::new(b)])
             .unwrap()
     };
-    let through = |off: u64, b: &mut [u8]| ov.read(off, &mut [IoSliceMut::new(b)], &base).unwrap();
+    let through = |off: u64, b: &mut [u8]| {
+        ov.read(off, &mut [IoSliceMut::new(b)], &base).unwrap();
+    };
 
     let whole = Workload {
         name: "1 MiB sequential",
