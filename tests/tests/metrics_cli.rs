@@ -139,10 +139,8 @@ fn check_sample(v: &Value) {
     let iops = read["iops"].as_f64().expect("iops");
     assert!((iops - n as f64 / secs).abs() < 1e-6 * iops.max(1.0), "{v}");
     let mbs = read["mb_per_s"].as_f64().expect("mb_per_s");
-    assert!(
-        (mbs - (n * 4096) as f64 / secs / 1e6).abs() < 1e-9 + 1e-6 * mbs,
-        "{v}"
-    );
+    let bytes = read["bytes"].as_u64().expect("bytes") as f64;
+    assert!((mbs - bytes / secs / 1e6).abs() < 1e-9 + 1e-6 * mbs, "{v}");
     // Every read took 1 ms plus the time to record it.
     let (p50, p99, max) = (
         read["p50_ns"].as_u64().expect("p50"),
