@@ -98,7 +98,6 @@ impl BlkBackend {
         // Only this queue's worker thread records into its metrics.
         let metrics = self.metrics.as_deref().map(|m| m.queue(queue_index));
         let atomic = self.memory();
-        let mem = atomic.memory();
         let ctx = RequestContext {
             disk: &*self.disk,
             serial: &self.config.serial,
@@ -111,9 +110,16 @@ impl BlkBackend {
             if event_idx {
                 // Errors here mean the ring is outside guest memory; popping
                 // will find nothing then, so the loop ends.
-                let _ = queue.disable_notification(&*mem);
+                let _ = queue.disable_notification(&*atomic.memory());
             }
-            while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
+            loop {
+                // A fresh view of guest memory for every request: the
+                // frontend may have added a region (and had it acknowledged)
+                // while this loop ran, and its next request may live there.
+                let mem = atomic.memory();
+                let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
+                    break;
+                };
                 let started = metrics.map(|m| m.start());
                 let done = ctx.process(&mem, chain);
                 if let (Some(m), Some(started)) = (metrics, started) {
@@ -132,11 +138,15 @@ impl BlkBackend {
             }
             // With EVENT_IDX, re-enabling notifications reports requests
             // that arrived meanwhile: process them before sleeping.
-            if !event_idx || !queue.enable_notification(&*mem).unwrap_or(false) {
+            if !event_idx
+                || !queue
+                    .enable_notification(&*atomic.memory())
+                    .unwrap_or(false)
+            {
                 break;
             }
         }
-        if completed && queue.needs_notification(&*mem).unwrap_or(true) {
+        if completed && queue.needs_notification(&*atomic.memory()).unwrap_or(true) {
             if let Err(err) = state.signal_used_queue() {
                 tracing::debug!("cannot notify the driver: {err}");
             }
