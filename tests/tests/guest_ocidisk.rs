@@ -472,7 +472,7 @@ report system_sha256 "$(head -c {len} $(part_dev {SYSTEM_A}) | sha256sum | cut -
 #[test]
 #[ignore = "measurement: several UEFI boots under TCG, minutes"]
 fn measure_boot_time_ocidisk_vs_qemu_storage_daemon() {
-    const ROUNDS: usize = 3;
+    const ROUNDS: usize = 5;
     let f = Fixture::new();
     let raw = f.dir.path().join("peer.raw");
     let out = Command::new(&f.ocidisk)
@@ -504,7 +504,12 @@ fn measure_boot_time_ocidisk_vs_qemu_storage_daemon() {
                     VhostUserServer::qemu_storage_daemon(&raw, &socket, f.dir.path()).unwrap();
                 let run = VmConfig::uefi(&socket).run(f.dir.path());
                 server.stop().unwrap();
-                run.unwrap_or_else(|e| panic!("{e}"))
+                let run = run.unwrap_or_else(|e| panic!("{e}"));
+                eprintln!(
+                    "{name}: QEMU start to poweroff {:.1} s",
+                    run.elapsed.as_secs_f64()
+                );
+                run
             };
             times[i].push(run.elapsed.as_secs_f64());
             init[i].push(
@@ -521,7 +526,7 @@ fn measure_boot_time_ocidisk_vs_qemu_storage_daemon() {
         v[v.len() / 2]
     };
     println!(
-        "UEFI boot of the sample image, {ROUNDS} rounds, {}:",
+        "UEFI boot of the sample image, median of {ROUNDS} rounds, {}:",
         Accel::detect().as_str()
     );
     println!(
