@@ -12,6 +12,7 @@ mod stats_cmd;
 mod trace_cmd;
 
 use clap::{Parser, Subcommand};
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 /// Serve VM disks straight from OCI images over vhost-user-blk.
@@ -47,6 +48,11 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for people; launchers capture the log to files.
+        .with_ansi(std::io::stderr().is_terminal())
+        // A launcher may close the pipe it reads the log from: a log line
+        // that cannot be written is dropped, never a reason to panic.
+        .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {

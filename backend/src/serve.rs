@@ -405,8 +405,10 @@ impl Signals {
                 // valid out-pointer.
                 let rc = unsafe { libc::sigwait(&self.set, &mut sig) };
                 if rc == 0 {
-                    tracing::info!(signal = sig, "received a termination signal");
+                    // Terminate first: logging may fail (a closed stderr)
+                    // and must not stand between a signal and a clean exit.
                     shared.terminate();
+                    tracing::info!(signal = sig, "received a termination signal");
                 }
             })
             .map(drop)
