@@ -37,7 +37,7 @@
 //!
 //! Knobs: `OCIDISK_BENCH_DIR` (where the work directory goes; default the
 //! system's temporary directory), `RUNS` (prepare runs, default 3),
-//! `BOOT_RUNS` (default 2), `BOOT_TIMEOUT` (seconds per boot, default 900),
+//! `BOOT_RUNS` (default 3), `BOOT_TIMEOUT` (seconds per boot, default 900),
 //! `PARTS` (`prepare,boot`), `OCIDISK_BIN`, `OCIDISK_ACCEL`.
 
 use anyhow::{bail, ensure, Context, Result};
@@ -92,7 +92,7 @@ fn main() -> Result<()> {
         prepare::run(&ocidisk, work, &fs, &nodes, runs)?;
     }
     if parts.split(',').any(|p| p == "boot") {
-        let runs = env_num("BOOT_RUNS", 2)?;
+        let runs = env_num("BOOT_RUNS", 3)?;
         let timeout = Duration::from_secs(env_num("BOOT_TIMEOUT", 900)? as u64);
         boot::run(&ocidisk, work, runs, timeout)?;
     }
@@ -948,7 +948,15 @@ mod boot {
         let mut vms = Children::default();
         let mut consoles = Vec::new();
         for (i, disk) in disks.iter().enumerate() {
-            let console = logs.join(format!("console-{i}.log"));
+            // A fresh file: a console left by the previous launch would
+            // show its marker before this guest even started.
+            let console = logs.join(format!("console-{c:?}-{i}.log"));
+            match std::fs::remove_file(&console) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", console.display()))
+                }
+                _ => {}
+            }
             let vars = nodes.join(format!("OVMF_VARS-{i}.fd"));
             std::fs::copy(OVMF_VARS, &vars)
                 .with_context(|| format!("copying {OVMF_VARS} (package ovmf)"))?;
