@@ -10,6 +10,7 @@
 //! - the overlay (crate `overlay`) is the writable implementation.
 
 use blockio::{check_range, total_len, total_len_mut, ReadAt};
+pub use overlay::ReadSources;
 use std::io::{self, IoSlice, IoSliceMut};
 
 /// A disk as the virtio-blk device sees it.
@@ -28,7 +29,7 @@ pub trait BlockDevice: Send + Sync {
     fn read_only(&self) -> bool;
 
     /// Fills `bufs`, in order, with the bytes at `offset`.
-    fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()>;
+    fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<ReadSources>;
 
     /// Writes `bufs`, in order, at `offset`.
     fn write(&self, offset: u64, bufs: &[IoSlice<'_>]) -> io::Result<()>;
@@ -48,6 +49,12 @@ pub trait BlockDevice: Send + Sync {
     /// [`flush`](Self::flush)) and write-through (every write is durable when
     /// it completes). The guest chooses through the `writeback` config field.
     fn set_writeback(&self, on: bool);
+
+    /// Bytes of host storage the device's own writes take (an overlay's
+    /// allocation), if it keeps any.
+    fn allocated_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The error a read-only disk answers every modification with.
@@ -88,9 +95,14 @@ impl<B: ReadAt> BlockDevice for ReadOnlyDisk<B> {
         true
     }
 
-    fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
-        check_range(offset, total_len_mut(bufs), self.base.size())?;
-        self.base.read_vectored_at(offset, bufs)
+    fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<ReadSources> {
+        let len = total_len_mut(bufs);
+        check_range(offset, len, self.base.size())?;
+        self.base.read_vectored_at(offset, bufs)?;
+        Ok(ReadSources {
+            base: len,
+            overlay: 0,
+        })
     }
 
     fn write(&self, offset: u64, bufs: &[IoSlice<'_>]) -> io::Result<()> {
@@ -114,109 +126,88 @@ impl<B: ReadAt> BlockDevice for ReadOnlyDisk<B> {
     fn set_writeback(&self, _on: bool) {}
 }
 
-/// A raw disk image file served as is. DEVELOPMENT ONLY: `serve --raw`
-/// uses it until composed images with overlays are wired in; it will go.
-pub struct RawFile {
-    file: std::fs::File,
-    size: u64,
-    read_only: bool,
-    writeback: std::sync::atomic::AtomicBool,
+/// A VM's disk: the composed base with the VM's copy-on-write overlay on
+/// top. Reads take what the guest wrote from the overlay and the rest from
+/// the base; writes go only to the overlay.
+pub struct OverlayDisk {
+    base: layout::BlockMap,
+    overlay: overlay::Overlay,
 }
 
-impl RawFile {
-    /// Opens `path` (read-only if `read_only`).
-    pub fn open(path: &std::path::Path, read_only: bool) -> io::Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)?;
-        let size = file.metadata()?.len();
-        if !size.is_multiple_of(512) {
+impl OverlayDisk {
+    /// Serves `overlay` over `base`; the overlay was opened for this base.
+    pub fn new(base: layout::BlockMap, overlay: overlay::Overlay) -> io::Result<Self> {
+        if !base.size().is_multiple_of(512) || base.size() != overlay.header().disk_size {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("the file size {size} is not a multiple of 512 bytes"),
+                format!(
+                    "the base of {} bytes does not fit the overlay of {} bytes",
+                    base.size(),
+                    overlay.header().disk_size
+                ),
             ));
         }
-        Ok(Self {
-            file,
-            size,
-            read_only,
-            writeback: std::sync::atomic::AtomicBool::new(true),
-        })
-    }
-
-    fn after_write(&self) -> io::Result<()> {
-        if self.writeback.load(std::sync::atomic::Ordering::Relaxed) {
-            Ok(())
-        } else {
-            self.file.sync_data()
-        }
-    }
-
-    fn check_writable(&self, offset: u64, len: u64) -> io::Result<()> {
-        if self.read_only {
-            return Err(read_only_error());
-        }
-        check_range(offset, len, self.size).map(drop)
+        Ok(OverlayDisk { base, overlay })
     }
 }
 
-impl ReadAt for RawFile {
-    fn size(&self) -> u64 {
-        self.size
-    }
-    fn read_vectored_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
-        check_range(offset, total_len_mut(bufs), self.size)?;
-        blockio::pread_exact_vectored(&self.file, offset, bufs)
-    }
+/// Overlay errors keep their message (it names the file) and get the kind
+/// the device maps to a status.
+fn overlay_error(err: overlay::OverlayError) -> io::Error {
+    let kind = if err.is_guest_error() {
+        io::ErrorKind::InvalidInput
+    } else {
+        io::ErrorKind::Other
+    };
+    io::Error::new(kind, err)
 }
 
-impl BlockDevice for RawFile {
+impl BlockDevice for OverlayDisk {
     fn size(&self) -> u64 {
-        self.size
+        self.base.size()
     }
+
     fn read_only(&self) -> bool {
-        self.read_only
+        false
     }
-    fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
-        self.read_vectored_at(offset, bufs)
+
+    fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<ReadSources> {
+        self.overlay
+            .read(offset, bufs, &self.base)
+            .map_err(overlay_error)
     }
+
     fn write(&self, offset: u64, bufs: &[IoSlice<'_>]) -> io::Result<()> {
-        self.check_writable(offset, total_len(bufs))?;
-        let mut bufs: smallvec::SmallVec<[IoSlice<'_>; 32]> = bufs.iter().copied().collect();
-        blockio::pwrite_all_vectored(&self.file, offset, &mut bufs)?;
-        self.after_write()
+        self.overlay
+            .write(offset, bufs, &self.base)
+            .map_err(overlay_error)
     }
+
+    // With or without UNMAP, zeroed blocks become the overlay's zero state:
+    // they read as zeros and hold no data, which is what UNMAP permits and
+    // what a later write re-allocates anyway.
     fn write_zeroes(&self, offset: u64, len: u64, _unmap: bool) -> io::Result<()> {
-        self.discard(offset, len)?;
-        self.after_write()
+        self.overlay
+            .write_zeroes(offset, len, &self.base)
+            .map_err(overlay_error)
     }
+
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.check_writable(offset, len)?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: plain syscall on an open descriptor.
-        let rc = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        self.overlay
+            .discard(offset, len, &self.base)
+            .map_err(overlay_error)
     }
+
     fn flush(&self) -> io::Result<()> {
-        if self.read_only {
-            return Ok(());
-        }
-        self.file.sync_data()
+        self.overlay.flush().map_err(overlay_error)
     }
+
     fn set_writeback(&self, on: bool) {
-        self.writeback
-            .store(on, std::sync::atomic::Ordering::Relaxed);
+        self.overlay.set_writethrough(!on);
+    }
+
+    fn allocated_bytes(&self) -> Option<u64> {
+        self.overlay.usage().ok().map(|u| u.allocated_bytes)
     }
 }
 
@@ -283,8 +274,12 @@ pub mod memory {
         fn read_only(&self) -> bool {
             self.read_only
         }
-        fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
-            self.data().as_slice().read_vectored_at(offset, bufs)
+        fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<ReadSources> {
+            self.data().as_slice().read_vectored_at(offset, bufs)?;
+            Ok(ReadSources {
+                base: total_len_mut(bufs),
+                overlay: 0,
+            })
         }
         fn write(&self, offset: u64, bufs: &[IoSlice<'_>]) -> io::Result<()> {
             self.modify(offset, total_len(bufs), |mut dst| {

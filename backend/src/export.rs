@@ -5,6 +5,9 @@
 use crate::image_args::ImageArgs;
 use anyhow::Context as _;
 use std::fs::{File, OpenOptions};
+use std::io::IoSliceMut;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 /// Arguments of `ocidisk export`.
@@ -32,9 +35,26 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let disk = args.image.compose(&args.disk_id)?;
+    // Open everything before creating the output, so a bad argument leaves
+    // no file behind.
+    let (disk, overlay) = match &args.overlay {
+        None => (args.image.compose(&args.disk_id)?, None),
+        Some(path) => {
+            let opts = overlay::OpenOptions {
+                read_only: true,
+                ..overlay::OpenOptions::default()
+            };
+            let vm = args.image.open_overlay(path, false, &opts)?;
+            (vm.disk, Some(vm.overlay))
+        }
+    };
     let out = create_output(&args.output, args.force)?;
     layout::export::write_raw(&disk.map, &out)?;
+    if let Some(overlay) = &overlay {
+        apply_overlay(overlay, &disk.map, &out).with_context(|| {
+            format!("writing the overlay's changes to {}", args.output.display())
+        })?;
+    }
     out.sync_all()
         .with_context(|| format!("syncing {}", args.output.display()))?;
     Ok(())
@@ -61,4 +81,58 @@ fn create_output(path: &Path, force: bool) -> anyhow::Result<File> {
                 path.display()
             )
         })
+}
+
+/// Writes over the exported base what the VM changed: its written blocks,
+/// and zeros (as holes) where it zeroed or discarded.
+fn apply_overlay(
+    overlay: &overlay::Overlay,
+    base: &layout::BlockMap,
+    out: &File,
+) -> anyhow::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    for change in overlay.changes() {
+        if change.zero {
+            punch_hole(out, change.offset, change.len)?;
+            continue;
+        }
+        let mut done = 0;
+        while done < change.len {
+            let n = (change.len - done).min(buf.len() as u64) as usize;
+            let at = change.offset + done;
+            overlay.read(at, &mut [IoSliceMut::new(&mut buf[..n])], base)?;
+            out.write_all_at(&buf[..n], at)?;
+            done += n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// Makes `[offset, offset + len)` of `file` read as zeros, releasing the
+/// space where the file system can.
+fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
+    // SAFETY: a plain syscall on an open descriptor.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
+        return Err(err);
+    }
+    let zeros = vec![0u8; (1 << 20).min(len as usize)];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], offset + done)?;
+        done += n as u64;
+    }
+    Ok(())
 }

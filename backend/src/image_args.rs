@@ -6,7 +6,8 @@ use clap::Args;
 use layout::compose::{compose, ComposeOptions, Disk};
 use layout::oci::{Image, OpenOptions};
 use layout::spec::{LayoutSpec, MonogonPreset};
-use std::path::PathBuf;
+use overlay::{CreateOptions, OpenOptions as OverlayOpenOptions, Overlay, OverlayError};
+use std::path::{Path, PathBuf};
 
 /// Which image, which manifest, and how to lay the disk out.
 #[derive(Args, Debug, Clone)]
@@ -70,7 +71,9 @@ impl ImageArgs {
                     ),
                 }
             }
-            LayoutSpec::monogon(&preset)
+            let spec = LayoutSpec::monogon(&preset);
+            spec.validate("monogon preset")?;
+            spec
         } else {
             if self.abloader.is_some() {
                 anyhow::bail!("--abloader applies to the monogon preset only; name the loader in the layout file");
@@ -87,5 +90,59 @@ impl ImageArgs {
             disk_id: disk_id.to_owned(),
         };
         Ok(compose(&image, &spec, &opts)?)
+    }
+}
+
+/// A composed disk and the VM overlay that belongs to it.
+pub struct VmDisk {
+    pub disk: Disk,
+    pub overlay: Overlay,
+}
+
+impl ImageArgs {
+    /// Opens the overlay at `path` over the disk this image composes, using
+    /// the disk id the overlay stores (so the VM sees the same GUIDs on
+    /// every start). With `create`, an overlay that does not exist is made.
+    pub fn open_overlay(
+        &self,
+        path: &Path,
+        create: bool,
+        opts: &OverlayOpenOptions,
+    ) -> anyhow::Result<VmDisk> {
+        let header = match Overlay::read_header(path) {
+            Ok(header) => header,
+            Err(OverlayError::Io { source, .. })
+                if create && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                self.create_overlay(path)?;
+                Overlay::read_header(path)?
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let disk = self.compose(&header.disk_id.to_string())?;
+        let overlay = Overlay::open(path, &disk.identity, disk.map.size(), opts)?;
+        Ok(VmDisk { disk, overlay })
+    }
+
+    /// Creates an overlay for this image's disk. Another process creating
+    /// the same overlay at the same moment is not an error: one wins, and
+    /// both then open the winner's file.
+    fn create_overlay(&self, path: &Path) -> anyhow::Result<()> {
+        // The identity and size do not depend on the disk id, which the
+        // overlay makes; compose once to learn them (it takes well under a
+        // millisecond).
+        let disk = self.compose("")?;
+        let opts = CreateOptions {
+            disk_size: disk.map.size(),
+            base: disk.identity,
+        };
+        match Overlay::create(path, &opts) {
+            Ok(_) => {
+                tracing::info!(overlay = %path.display(), "created overlay");
+                Ok(())
+            }
+            Err(OverlayError::AlreadyExists { .. }) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
     }
 }

@@ -54,8 +54,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let report = report(&disk);
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &report)?;
-        writeln!(out)?;
+        // Rendered first and written as plain I/O: serde_json's writer
+        // error hides the io::Error (its `source()` skips it), so a closed
+        // pipe (`| head`) would not be recognised as one in `main`.
+        let text = serde_json::to_string_pretty(&report)?;
+        writeln!(out, "{text}")?;
     } else {
         print_table(&mut out, &report)?;
     }

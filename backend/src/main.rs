@@ -5,10 +5,14 @@ mod disk;
 mod export;
 mod image_args;
 mod inspect;
+mod metrics;
 mod overlay_cmd;
 mod serve;
+mod stats_cmd;
+mod trace_cmd;
 
 use clap::{Parser, Subcommand};
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 /// Serve VM disks straight from OCI images over vhost-user-blk.
@@ -30,6 +34,11 @@ enum Command {
     /// Inspect or reset a per-VM overlay file.
     #[command(subcommand)]
     Overlay(overlay_cmd::Command),
+    /// Show a served disk's guest I/O live, from its `--metrics` endpoint.
+    Stats(stats_cmd::Args),
+    /// Work with request traces written by `serve --trace`.
+    #[command(subcommand)]
+    Trace(trace_cmd::Command),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +48,11 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only for people; launchers capture the log to files.
+        .with_ansi(std::io::stderr().is_terminal())
+        // A launcher may close the pipe it reads the log from: a log line
+        // that cannot be written is dropped, never a reason to panic.
+        .log_internal_errors(false)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -46,6 +60,8 @@ fn main() -> ExitCode {
         Command::Export(args) => export::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Overlay(cmd) => overlay_cmd::run(cmd),
+        Command::Stats(args) => stats_cmd::run(args),
+        Command::Trace(cmd) => trace_cmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

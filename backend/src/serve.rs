@@ -14,7 +14,9 @@
 //! says the same to launchers that read lines.
 
 use crate::device::{BlkBackend, DeviceConfig, GuestMemory};
-use crate::disk::BlockDevice;
+use crate::disk::{BlockDevice, OverlayDisk, ReadOnlyDisk};
+use crate::image_args::ImageArgs;
+use crate::metrics::{self, DiskMetrics, Labels, TraceWriter};
 use anyhow::{bail, Context};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -30,12 +32,28 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 /// Arguments of `ocidisk serve`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// DEVELOPMENT ONLY, until the overlay is wired: serve this raw file.
-    #[arg(long, value_name = "FILE")]
-    pub raw: Option<PathBuf>,
-    /// Serve the disk read-only (the device offers VIRTIO_BLK_F_RO).
+    #[command(flatten)]
+    pub image: ImageArgs,
+    /// The VM's overlay file, which keeps what the guest writes: created if
+    /// it does not exist, reopened (same disk, same GUIDs) if it does.
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "readonly",
+        conflicts_with = "readonly"
+    )]
+    pub overlay: Option<PathBuf>,
+    /// Serve the composed disk read-only, without an overlay (the device
+    /// offers VIRTIO_BLK_F_RO).
     #[arg(long)]
     pub readonly: bool,
+    /// Seeds the GUIDs of a `--readonly` disk (an overlay keeps its own id).
+    #[arg(long, value_name = "TEXT", default_value = "", requires = "readonly")]
+    pub disk_id: String,
+    /// Open an overlay made for another image or layout, keeping its writes
+    /// over the new base.
+    #[arg(long, requires = "overlay")]
+    pub rebase: bool,
     #[command(flatten)]
     pub serve: ServeOptions,
 }
@@ -63,6 +81,39 @@ pub struct ServeOptions {
     /// The socket's permissions, in octal.
     #[arg(long, default_value = "0600", value_name = "MODE", value_parser = parse_mode)]
     pub socket_mode: u32,
+    /// Serve guest I/O metrics (Prometheus text at /metrics, JSON at
+    /// /metrics.json) on a loopback address like `127.0.0.1:9100` or a unix
+    /// socket path.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    /// Write the I/O totals as JSON to FILE when the process exits.
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
+    /// Record every request in FILE (format: backend/src/metrics/TRACE.md).
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+}
+
+impl ServeOptions {
+    /// The metrics the device records into, if anything asked for them.
+    fn disk_metrics(&self, disk_size: u64) -> anyhow::Result<Option<Arc<DiskMetrics>>> {
+        if self.metrics.is_none() && self.stats_json.is_none() && self.trace.is_none() {
+            return Ok(None);
+        }
+        let queues = self.num_queues as usize;
+        let labels = Labels {
+            serial: self.serial.clone(),
+            socket: self.socket.display().to_string(),
+        };
+        Ok(Some(match &self.trace {
+            None => DiskMetrics::new(queues, labels),
+            Some(path) => {
+                let trace = TraceWriter::create(path, queues, disk_size)
+                    .with_context(|| format!("cannot create the trace {}", path.display()))?;
+                DiskMetrics::with_trace(queues, labels, trace)
+            }
+        }))
+    }
 }
 
 /// Parses an octal permission mode such as `0600`, `600` or `0o660`.
@@ -76,15 +127,25 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 
 /// Runs `ocidisk serve`.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let Some(raw) = &args.raw else {
-        bail!("serve: --raw FILE is required until images and overlays are wired in");
-    };
-    let file = crate::disk::RawFile::open(raw, args.readonly)
-        .with_context(|| format!("cannot open {}", raw.display()))?;
-    let disk: Arc<dyn BlockDevice> = if args.readonly {
-        Arc::new(crate::disk::ReadOnlyDisk::new(file)?)
-    } else {
-        Arc::new(file)
+    let disk: Arc<dyn BlockDevice> = match &args.overlay {
+        None => {
+            let disk = args.image.compose(&args.disk_id)?;
+            Arc::new(ReadOnlyDisk::new(disk.map)?)
+        }
+        Some(path) => {
+            let opts = overlay::OpenOptions {
+                rebase: args.rebase,
+                writethrough: args.serve.writethrough,
+                read_only: false,
+            };
+            let vm = args.image.open_overlay(path, true, &opts)?;
+            tracing::info!(
+                overlay = %path.display(),
+                disk_id = %vm.overlay.header().disk_id,
+                "opened overlay"
+            );
+            Arc::new(OverlayDisk::new(vm.disk.map, vm.overlay)?)
+        }
     };
     serve_device(disk, &args.serve)
 }
@@ -110,6 +171,20 @@ pub fn serve_device(device: Arc<dyn BlockDevice>, opts: &ServeOptions) -> anyhow
     });
     signals.spawn_waiter(Arc::clone(&shared))?;
 
+    let metrics = opts.disk_metrics(config.size)?;
+    let _metrics_server = match (&opts.metrics, &metrics) {
+        (Some(addr), Some(m)) => {
+            let server = metrics::serve_http(addr, Arc::clone(m))
+                .with_context(|| format!("cannot serve metrics on {addr}"))?;
+            tracing::info!(addr = %server.local_addr(), "serving metrics");
+            Some(server)
+        }
+        _ => None,
+    };
+    if let Some(m) = &metrics {
+        spawn_allocation_gauge(Arc::clone(&device), Arc::clone(m), Arc::clone(&shared));
+    }
+
     let socket = SocketFile::bind(&opts.socket, opts.socket_mode)?;
     let mut listener = Listener::from(socket.listener.try_clone()?);
     tracing::info!(
@@ -125,13 +200,47 @@ pub fn serve_device(device: Arc<dyn BlockDevice>, opts: &ServeOptions) -> anyhow
         out.flush()?;
     }
 
-    let result = serve_loop(&device, &config, &shared, &mut listener, &wake_rx);
+    let result = serve_loop(&device, &config, &metrics, &shared, &mut listener, &wake_rx);
     // Whatever ended the loop, leave the disk durable and the path free.
     let flushed = device.flush().context("cannot flush the disk");
     drop(socket);
+    let reported = report_metrics(metrics.as_deref(), opts);
     result?;
     flushed?;
+    reported?;
     tracing::info!("flushed the disk and removed the socket; exiting");
+    Ok(())
+}
+
+/// Keeps the overlay-allocation gauge current, once a second, until the
+/// process terminates.
+fn spawn_allocation_gauge(
+    device: Arc<dyn BlockDevice>,
+    metrics: Arc<DiskMetrics>,
+    shared: Arc<Shared>,
+) {
+    std::thread::spawn(move || {
+        while !shared.terminated.load(Ordering::SeqCst) {
+            if let Some(bytes) = device.allocated_bytes() {
+                metrics.set_overlay_allocated(bytes);
+            }
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    });
+}
+
+/// Closes the trace and writes the totals file, as asked.
+fn report_metrics(metrics: Option<&DiskMetrics>, opts: &ServeOptions) -> anyhow::Result<()> {
+    let Some(metrics) = metrics else {
+        return Ok(());
+    };
+    if let Some(totals) = metrics.close_trace().context("cannot finish the trace")? {
+        tracing::info!(?totals, "trace written");
+    }
+    if let Some(path) = &opts.stats_json {
+        metrics::write_stats_json(path, &metrics.snapshot())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     Ok(())
 }
 
@@ -139,6 +248,7 @@ pub fn serve_device(device: Arc<dyn BlockDevice>, opts: &ServeOptions) -> anyhow
 fn serve_loop(
     device: &Arc<dyn BlockDevice>,
     config: &DeviceConfig,
+    metrics: &Option<Arc<DiskMetrics>>,
     shared: &Shared,
     listener: &mut Listener,
     wake: &UnixStream,
@@ -151,11 +261,10 @@ fn serve_loop(
             return Ok(());
         }
         let mem: GuestMemory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let backend = Arc::new(BlkBackend::new(
-            Arc::clone(device),
-            config.clone(),
-            mem.clone(),
-        ));
+        let backend = Arc::new(
+            BlkBackend::new(Arc::clone(device), config.clone(), mem.clone())
+                .with_metrics(metrics.clone()),
+        );
         let mut daemon = VhostUserDaemon::new("ocidisk".to_owned(), Arc::clone(&backend), mem)
             .map_err(|e| anyhow::anyhow!("cannot start the device: {e}"))?;
         if let Err(err) = daemon.start(listener) {
@@ -296,8 +405,10 @@ impl Signals {
                 // valid out-pointer.
                 let rc = unsafe { libc::sigwait(&self.set, &mut sig) };
                 if rc == 0 {
-                    tracing::info!(signal = sig, "received a termination signal");
+                    // Terminate first: logging may fail (a closed stderr)
+                    // and must not stand between a signal and a clean exit.
                     shared.terminate();
+                    tracing::info!(signal = sig, "received a termination signal");
                 }
             })
             .map(drop)

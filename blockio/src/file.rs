@@ -12,75 +12,65 @@ const IOV_MAX: usize = 1024;
 /// first is an [`io::ErrorKind::UnexpectedEof`] error naming the offset.
 pub fn pread_exact_vectored(
     file: &File,
-    mut offset: u64,
+    offset: u64,
     mut bufs: &mut [IoSliceMut<'_>],
 ) -> io::Result<()> {
     IoSliceMut::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        let cnt = bufs.len().min(IOV_MAX);
+    let fd = file.as_raw_fd();
+    transfer_all(
+        bufs,
+        offset,
         // SAFETY: `IoSliceMut` is ABI-compatible with `iovec` on Unix, and
         // every buffer is valid for writes for the duration of the call.
-        let n = unsafe {
-            libc::preadv(
-                file.as_raw_fd(),
-                bufs.as_ptr().cast::<libc::iovec>(),
-                cnt as libc::c_int,
-                offset as libc::off_t,
+        |iov, cnt, off| unsafe { libc::preadv(fd, iov.as_ptr().cast(), cnt, off) },
+        IoSliceMut::advance_slices,
+        |offset| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("file ends before offset {offset}"),
             )
-        };
-        match n {
-            n if n > 0 => {
-                offset += n as u64;
-                IoSliceMut::advance_slices(&mut bufs, n as usize);
-            }
-            0 => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("file ends before offset {offset}"),
-                ))
-            }
-            _ => {
-                let err = io::Error::last_os_error();
-                if err.kind() != io::ErrorKind::Interrupted {
-                    return Err(err);
-                }
-            }
-        }
-    }
-    Ok(())
+        },
+    )
 }
 
 /// Writes all of `bufs` to `file` at `offset`, retrying short writes and
 /// `EINTR`.
 pub fn pwrite_all_vectored(
     file: &File,
-    mut offset: u64,
+    offset: u64,
     mut bufs: &mut [IoSlice<'_>],
 ) -> io::Result<()> {
     IoSlice::advance_slices(&mut bufs, 0);
-    while !bufs.is_empty() {
-        let cnt = bufs.len().min(IOV_MAX);
+    let fd = file.as_raw_fd();
+    transfer_all(
+        bufs,
+        offset,
         // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, and every
         // buffer is valid for reads for the duration of the call.
-        let n = unsafe {
-            libc::pwritev(
-                file.as_raw_fd(),
-                bufs.as_ptr().cast::<libc::iovec>(),
-                cnt as libc::c_int,
-                offset as libc::off_t,
-            )
-        };
-        match n {
+        |iov, cnt, off| unsafe { libc::pwritev(fd, iov.as_ptr().cast(), cnt, off) },
+        IoSlice::advance_slices,
+        |_| io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing"),
+    )
+}
+
+/// Calls `syscall` on the first `IOV_MAX` buffers at the current offset
+/// until every buffer is done, advancing past short transfers and retrying
+/// `EINTR`; a transfer of nothing is `on_zero(offset)`.
+fn transfer_all<T>(
+    mut bufs: &mut [T],
+    mut offset: u64,
+    syscall: impl Fn(&[T], libc::c_int, libc::off_t) -> isize,
+    advance: fn(&mut &mut [T], usize),
+    on_zero: impl Fn(u64) -> io::Error,
+) -> io::Result<()> {
+    while !bufs.is_empty() {
+        let cnt = bufs.len().min(IOV_MAX) as libc::c_int;
+        match syscall(bufs, cnt, offset as libc::off_t) {
             n if n > 0 => {
                 offset += n as u64;
-                IoSlice::advance_slices(&mut bufs, n as usize);
+                advance(&mut bufs, n as usize);
             }
-            0 => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "pwritev wrote nothing",
-                ))
-            }
+            0 => return Err(on_zero(offset)),
             _ => {
                 let err = io::Error::last_os_error();
                 if err.kind() != io::ErrorKind::Interrupted {

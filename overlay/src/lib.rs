@@ -32,4 +32,4 @@ mod stripes;
 
 pub use error::OverlayError;
 pub use format::{BLOCK_SIZE, VERSION};
-pub use overlay::{CreateOptions, Header, OpenOptions, Overlay, Usage};
+pub use overlay::{Change, CreateOptions, Header, OpenOptions, Overlay, ReadSources, Usage};

@@ -26,6 +26,28 @@ pub struct CreateOptions {
     pub base: BaseIdentity,
 }
 
+/// Where the bytes of a read came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadSources {
+    /// Bytes read from the base.
+    pub base: u64,
+    /// Bytes the overlay answered: written data, or zeros the guest asked
+    /// for.
+    pub overlay: u64,
+}
+
+/// A run of the disk that the guest changed (see [`Overlay::changes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// Disk offset of the first byte.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// True if the run reads as zeros (write-zeroes or discard), false if
+    /// it holds written data.
+    pub zero: bool,
+}
+
 /// How [`Overlay::open`] treats the file.
 #[derive(Clone, Debug, Default)]
 pub struct OpenOptions {
@@ -590,6 +612,33 @@ impl Overlay {
         })
     }
 
+    /// The ranges of the disk that no longer read from the base, in disk
+    /// order: runs of written blocks and runs of zeroed blocks. For export
+    /// and inspection; taken while writes go on, it may already be stale.
+    pub fn changes(&self) -> Vec<Change> {
+        let mut out = Vec::new();
+        let mut block = 0;
+        while block < self.geo.blocks {
+            let (state, end) = self.map.run(block, self.geo.blocks);
+            let kind = match state {
+                BlockState::Base => None,
+                BlockState::Written => Some(false),
+                BlockState::Zero => Some(true),
+            };
+            if let Some(zero) = kind {
+                let (offset, _) = self.block_bounds(block);
+                let (_, stop) = self.block_bounds(end - 1);
+                out.push(Change {
+                    offset,
+                    len: stop - offset,
+                    zero,
+                });
+            }
+            block = end;
+        }
+        out
+    }
+
     fn check_range(&self, offset: u64, len: u64) -> Result<(), OverlayError> {
         blockio::check_range(offset, len, self.geo.disk_size)
             .map(|_| ())
@@ -617,17 +666,19 @@ impl Overlay {
     }
 
     /// Fills `bufs` with the disk's bytes at `offset`: written blocks from
-    /// the overlay, zero blocks with zeros, the rest from `base`.
+    /// the overlay, zero blocks with zeros, the rest from `base`. Says how
+    /// many bytes came from where.
     pub fn read(
         &self,
         offset: u64,
         bufs: &mut [IoSliceMut<'_>],
         base: &dyn ReadAt,
-    ) -> Result<(), OverlayError> {
+    ) -> Result<ReadSources, OverlayError> {
         let len = blockio::total_len_mut(bufs);
         self.check_range(offset, len)?;
+        let mut sources = ReadSources::default();
         if len == 0 {
-            return Ok(());
+            return Ok(sources);
         }
         let end = offset + len;
         let end_block = end.div_ceil(BLOCK_SIZE);
@@ -638,6 +689,10 @@ impl Overlay {
             let from = offset.max(b * BLOCK_SIZE);
             let to = end.min(run_end * BLOCK_SIZE);
             let mut piece = cursor.take((to - from) as usize);
+            match state {
+                BlockState::Base => sources.base += to - from,
+                BlockState::Written | BlockState::Zero => sources.overlay += to - from,
+            }
             match state {
                 BlockState::Base => base.read_vectored_at(from, &mut piece).map_err(|source| {
                     OverlayError::Base {
@@ -657,7 +712,7 @@ impl Overlay {
             }
             b = run_end;
         }
-        Ok(())
+        Ok(sources)
     }
 
     /// Writes `bufs` at `offset`. Data goes to the block's fixed place in the

@@ -5,6 +5,7 @@
 //! write to the same block, or one of them would be lost. Overwrites of
 //! blocks already written take no lock.
 
+use smallvec::SmallVec;
 use std::sync::{Mutex, MutexGuard};
 
 /// How many locks; block `b` uses lock `b % STRIPES`.
@@ -17,7 +18,7 @@ pub struct Stripes {
 
 /// The locks held for a range of blocks; released on drop.
 pub struct RangeGuard<'a> {
-    _guards: Vec<MutexGuard<'a, ()>>,
+    _guards: SmallVec<[MutexGuard<'a, ()>; 4]>,
 }
 
 impl Stripes {
@@ -33,16 +34,17 @@ impl Stripes {
     pub fn lock(&self, first: u64, end: u64) -> RangeGuard<'_> {
         let count = end.saturating_sub(first);
         let start = first % STRIPES;
-        let mut order: Vec<u64> = if count >= STRIPES {
-            (0..STRIPES).collect()
+        // Ascending stripe numbers: a range that wraps takes the low
+        // stripes first.
+        let (low, high) = if count >= STRIPES {
+            (0..0, 0..STRIPES)
         } else if start + count <= STRIPES {
-            (start..start + count).collect()
+            (0..0, start..start + count)
         } else {
-            (0..start + count - STRIPES).chain(start..STRIPES).collect()
+            (0..start + count - STRIPES, start..STRIPES)
         };
-        order.dedup();
-        let guards = order
-            .into_iter()
+        let guards = low
+            .chain(high)
             // A poisoned stripe guards no data, only ordering: carry on.
             .map(|s| {
                 self.locks[s as usize]

@@ -311,7 +311,8 @@ impl Server {
             .arg("--socket")
             .arg(socket)
             .args(args)
-            .env("RUST_LOG", "info")
+            // Failed requests are logged at debug: a failing test shows why.
+            .env("RUST_LOG", "info,ocidisk::device::request=debug")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -454,6 +455,9 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("ocidisk serve's log:\n{}", self.log());
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

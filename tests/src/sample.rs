@@ -24,6 +24,15 @@ pub const DATA: &str = "METROPOLIS-NODE-DATA";
 /// The greeting stored in the system payload, which the guest prints.
 pub const GREETING: &str = "hello from the ocidisk sample system payload";
 
+/// Size of `usr/share/ocidisk/noise`, a pseudo-random file that makes the
+/// system payload span several 1 MiB hash chunks and many pages, so reading
+/// it back exercises more than one tiny extent.
+pub const NOISE_LEN: usize = 3 << 20;
+
+/// The files of the sample system payload, as the guest's `find . -type f | sort` lists them.
+pub const SYSTEM_FILES: &str =
+    "./etc/greeting ./etc/os-release ./usr/share/ocidisk/README ./usr/share/ocidisk/noise";
+
 /// The sample payloads on disk.
 #[derive(Debug, Clone)]
 pub struct SamplePayloads {
@@ -33,6 +42,32 @@ pub struct SamplePayloads {
     pub kernel_efi: PathBuf,
     /// Hex SHA-256 of the system payload, which the guest checks.
     pub system_sha256: String,
+    /// The system payload's size in bytes (a multiple of erofs's 4 KiB block).
+    pub system_len: u64,
+    /// Hex SHA-256 of the `kernel.efi` payload.
+    pub kernel_efi_sha256: String,
+}
+
+/// Hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Deterministic bytes that do not compress (xorshift64), so payload digests
+/// are the same on every build.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
 }
 
 /// The sample guest's report script. `{size}` and `{sha}` are the system
@@ -40,6 +75,7 @@ pub struct SamplePayloads {
 fn sample_script(size: u64, sha: &str) -> String {
     format!(
         r#"
+report efi_booted "$([ -d /sys/firmware/efi ] && echo yes || echo no)"
 report partitions "$(for u in /sys/class/block/vda*/uevent; do n=$(sed -n 's/^PARTNAME=//p' $u); [ -n "$n" ] && printf '%s=%s ' "$(sed -n 's/^DEVNAME=//p' $u)" "$n"; done)"
 sys=$(part_dev {SYSTEM_A})
 got=$(dd if=$sys bs=4096 count=$(({size} / 4096)) 2>/dev/null | sha256sum | cut -d' ' -f1)
@@ -87,6 +123,9 @@ pub fn build_sample_payloads(assets: &Assets, dir: &Path) -> Result<SamplePayloa
         let p = tree.join(rel);
         std::fs::write(&p, text).map_err(io(format!("writing {}", p.display())))?;
     }
+    let noise = tree.join("usr/share/ocidisk/noise");
+    std::fs::write(&noise, pseudo_random(NOISE_LEN, 0x6f63_6964))
+        .map_err(io(format!("writing {}", noise.display())))?;
     let system = dir.join("system.erofs");
     // Fixed timestamp and UUID: the same inputs give the same payload digest.
     run_tool(
@@ -98,10 +137,7 @@ pub fn build_sample_payloads(assets: &Assets, dir: &Path) -> Result<SamplePayloa
     )?;
     let system_bytes =
         std::fs::read(&system).map_err(io(format!("reading {}", system.display())))?;
-    let system_sha256: String = Sha256::digest(&system_bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let system_sha256 = sha256_hex(&system_bytes);
 
     let initrd = dir.join("sample-initrd.cpio");
     InitramfsBuilder::new(assets)
@@ -124,10 +160,15 @@ pub fn build_sample_payloads(assets: &Assets, dir: &Path) -> Result<SamplePayloa
         dir,
         &kernel_efi,
     )?;
+    let kernel_efi_sha256 = sha256_hex(
+        &std::fs::read(&kernel_efi).map_err(io(format!("reading {}", kernel_efi.display())))?,
+    );
     Ok(SamplePayloads {
         system,
         kernel_efi,
         system_sha256,
+        system_len: system_bytes.len() as u64,
+        kernel_efi_sha256,
     })
 }
 

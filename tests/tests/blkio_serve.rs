@@ -3,17 +3,23 @@
 //! Needs the `ocidisk` binary: `cargo build -p ocidisk` first (see
 //! `ocidisk_tests::blkio_client::ocidisk_binary`).
 
+use layout::oci::{Image, OpenOptions};
+use layout::{ComposeOptions, LayoutSpec};
 use ocidisk_tests::blkio_client::{BlkioClient, Op, Server};
-use std::io;
+use ocidisk_tests::oci_writer::{efi_image, ImageBuilder, OsImage, Payload};
+use overlay::Overlay;
+use std::io::{self, IoSliceMut};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::Duration;
 
 const DISK_SIZE: u64 = 16 << 20;
 const BUF: usize = 1 << 20;
+/// The payload's size: it fills most of the one partition.
+const PAYLOAD_SIZE: usize = 12 << 20;
 
-/// A raw disk whose every byte tells its position: the u32 at each 4-byte
-/// aligned offset is that offset / 4, little-endian.
+/// Bytes that tell their position: the u32 at each 4-byte aligned offset is
+/// that offset / 4, little-endian.
 fn pattern(offset: u64, len: usize) -> Vec<u8> {
     assert_eq!(offset % 4, 0);
     (0..len / 4)
@@ -21,38 +27,111 @@ fn pattern(offset: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A 16 MiB disk composed from a real image: the GPT, one partition that
+/// holds the `system` payload (a position pattern) and zeros after it, and
+/// a VM overlay.
 struct Fixture {
     _dir: tempfile::TempDir,
-    disk: PathBuf,
+    image: PathBuf,
+    layout: PathBuf,
+    overlay: PathBuf,
     socket: PathBuf,
 }
 
 impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let disk = dir.path().join("disk.raw");
-        std::fs::write(&disk, pattern(0, DISK_SIZE as usize)).unwrap();
-        let socket = dir.path().join("ocidisk.sock");
+        let image = dir.path().join("image");
+        ImageBuilder::monogon(
+            OsImage::new()
+                .payload(Payload::new("kernel.efi", efi_image(64 << 10)))
+                .payload(Payload::new("system", pattern(0, PAYLOAD_SIZE))),
+        )
+        .write(&image)
+        .unwrap();
+        let layout = dir.path().join("layout.toml");
+        std::fs::write(
+            &layout,
+            r#"
+            disk_size = "16MiB"
+            [[partitions]]
+            name = "system"
+            type = "linux"
+            size = "rest"
+            content = "payload:system"
+            "#,
+        )
+        .unwrap();
         Self {
+            image,
+            layout,
+            overlay: dir.path().join("vm.overlay"),
+            socket: dir.path().join("ocidisk.sock"),
             _dir: dir,
-            disk,
-            socket,
         }
     }
 
+    fn image_args(&self) -> Vec<String> {
+        let path = |p: &PathBuf| p.to_str().unwrap().to_owned();
+        vec![
+            "--image".into(),
+            path(&self.image),
+            "--layout".into(),
+            path(&self.layout),
+        ]
+    }
+
+    /// Serves the disk with the fixture's overlay (`--readonly` in `extra`
+    /// serves it without).
     fn serve(&self, extra: &[&str]) -> Server {
-        let mut args = vec!["--raw", self.disk.to_str().unwrap()];
-        args.extend_from_slice(extra);
-        Server::start(&self.socket, &args).unwrap()
+        Server::start(&self.socket, &self.serve_args(extra)).unwrap()
+    }
+
+    fn serve_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args = self.image_args();
+        if !extra.contains(&"--readonly") {
+            args.push("--overlay".into());
+            args.push(self.overlay.to_str().unwrap().into());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
     }
 
     fn connect(&self, queues: usize) -> BlkioClient {
         BlkioClient::connect(&self.socket, queues, BUF).unwrap()
     }
 
+    /// The composed base disk the overlay belongs to (or, before an overlay
+    /// exists, the one with the empty disk id `--readonly` uses).
+    fn base(&self) -> layout::BlockMap {
+        let disk_id = match Overlay::read_header(&self.overlay) {
+            Ok(header) => header.disk_id.to_string(),
+            Err(_) => String::new(),
+        };
+        let image = Image::open(&self.image, &OpenOptions::default()).unwrap();
+        let spec = LayoutSpec::from_file(&self.layout, None).unwrap();
+        layout::compose(&image, &spec, &ComposeOptions { disk_id })
+            .unwrap()
+            .map
+    }
+
+    /// The base disk's bytes: what a range reads before the guest writes it.
+    fn base_bytes(&self, offset: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; len];
+        self.base().read_at(offset, &mut buf).unwrap();
+        buf
+    }
+
+    /// The disk as the overlay file holds it on disk (its last flushed map),
+    /// read while the backend may still be serving it.
     fn disk_bytes(&self, offset: u64, len: usize) -> Vec<u8> {
-        let data = std::fs::read(&self.disk).unwrap();
-        data[offset as usize..offset as usize + len].to_vec()
+        let base = self.base();
+        let overlay = Overlay::inspect(&self.overlay).unwrap();
+        let mut buf = vec![0u8; len];
+        overlay
+            .read(offset, &mut [IoSliceMut::new(&mut buf)], &base)
+            .unwrap();
+        buf
     }
 }
 
@@ -68,10 +147,10 @@ fn capacity_read_write_flush() {
     assert_eq!(client.capacity(), DISK_SIZE);
     assert!(!client.read_only());
     let q = client.queue();
-    assert_eq!(q.read(0, 4096).unwrap(), pattern(0, 4096));
+    assert_eq!(q.read(0, 4096).unwrap(), f.base_bytes(0, 4096));
     assert_eq!(
         q.read(DISK_SIZE - 8192, 8192).unwrap(),
-        pattern(DISK_SIZE - 8192, 8192)
+        f.base_bytes(DISK_SIZE - 8192, 8192)
     );
     // An unaligned, multi-page write, read back and found in the file.
     let data: Vec<u8> = (0..3 * 4096 + 512).map(|i| (i % 251) as u8).collect();
@@ -81,9 +160,9 @@ fn capacity_read_write_flush() {
     q.flush().unwrap();
     assert_eq!(f.disk_bytes(at, data.len()), data);
     // The neighbours are untouched.
-    assert_eq!(q.read(at - 512, 512).unwrap(), pattern(at - 512, 512));
+    assert_eq!(q.read(at - 512, 512).unwrap(), f.base_bytes(at - 512, 512));
     let end = at + data.len() as u64;
-    assert_eq!(q.read(end, 512).unwrap(), pattern(end, 512));
+    assert_eq!(q.read(end, 512).unwrap(), f.base_bytes(end, 512));
     drop(client);
     assert!(server.terminate().unwrap().success());
 }
@@ -109,7 +188,7 @@ fn discard_and_write_zeroes_read_back_as_zeros() {
         .unwrap();
         assert_eq!(q.read(offset, 12 << 10).unwrap(), vec![0; 12 << 10]);
         let after = offset + (12 << 10);
-        assert_eq!(q.read(after, 4096).unwrap(), pattern(after, 4096));
+        assert_eq!(q.read(after, 4096).unwrap(), f.base_bytes(after, 4096));
     }
 }
 
@@ -157,13 +236,13 @@ fn out_of_range_requests_fail_cleanly() {
     // Nothing changed, and the backend still serves.
     assert_eq!(
         q.read(DISK_SIZE - 8192, 8192).unwrap(),
-        pattern(DISK_SIZE - 8192, 8192)
+        f.base_bytes(DISK_SIZE - 8192, 8192)
     );
     assert!(server.is_running());
     q.flush().unwrap();
     assert_eq!(
         f.disk_bytes(DISK_SIZE - 8192, 8192),
-        pattern(DISK_SIZE - 8192, 8192)
+        f.base_bytes(DISK_SIZE - 8192, 8192)
     );
 }
 
@@ -253,7 +332,7 @@ fn a_second_connection_sees_the_first_ones_flushed_writes() {
     }
     let mut client = client.expect("cannot reconnect");
     assert_eq!(client.queue().read(4096, 8192).unwrap(), data);
-    assert_eq!(client.queue().read(0, 4096).unwrap(), pattern(0, 4096));
+    assert_eq!(client.queue().read(0, 4096).unwrap(), f.base_bytes(0, 4096));
     drop(client);
     assert!(server.is_running());
     // One log line per connection event.
@@ -300,7 +379,7 @@ fn socket_mode_and_stale_socket() {
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o640);
     let mut client = f.connect(1);
-    assert_eq!(client.queue().read(0, 512).unwrap(), pattern(0, 512));
+    assert_eq!(client.queue().read(0, 512).unwrap(), f.base_bytes(0, 512));
     drop(client);
     assert!(server.terminate().unwrap().success());
 }
@@ -309,7 +388,7 @@ fn socket_mode_and_stale_socket() {
 fn a_live_socket_is_refused() {
     let f = Fixture::new();
     let mut first = f.serve(&[]);
-    let err = Server::start(&f.socket, &["--raw", f.disk.to_str().unwrap()])
+    let err = Server::start(&f.socket, &f.serve_args(&[]))
         .err()
         .expect("a second server started on a live socket");
     let msg = format!("{err:#}");
@@ -317,14 +396,14 @@ fn a_live_socket_is_refused() {
     // The first one still serves.
     assert!(first.is_running());
     let mut client = BlkioClient::connect(&f.socket, 1, BUF).unwrap();
-    assert_eq!(client.queue().read(0, 512).unwrap(), pattern(0, 512));
+    assert_eq!(client.queue().read(0, 512).unwrap(), f.base_bytes(0, 512));
 }
 
 #[test]
 fn a_regular_file_at_the_socket_path_is_left_alone() {
     let f = Fixture::new();
     std::fs::write(&f.socket, b"not a socket").unwrap();
-    let err = Server::start(&f.socket, &["--raw", f.disk.to_str().unwrap()])
+    let err = Server::start(&f.socket, &f.serve_args(&[]))
         .err()
         .expect("started over a regular file");
     assert!(format!("{err:#}").contains("not a socket"), "{err:#}");
@@ -339,9 +418,10 @@ fn read_only_device() {
     assert!(BlkioClient::connect(&f.socket, 1, BUF).is_err());
     let mut client = BlkioClient::connect_read_only(&f.socket, 1, BUF).unwrap();
     assert!(client.read_only());
-    assert_eq!(client.queue().read(0, 4096).unwrap(), pattern(0, 4096));
+    assert_eq!(client.queue().read(0, 4096).unwrap(), f.base_bytes(0, 4096));
     assert!(client.queue().write(0, &[1; 512]).is_err());
-    assert_eq!(f.disk_bytes(0, 512), pattern(0, 512));
+    // Nothing was written anywhere: no overlay was even made.
+    assert!(!f.overlay.exists());
 }
 
 #[test]
@@ -365,5 +445,201 @@ fn kill_9_then_restart_keeps_every_flushed_write() {
     for (offset, data) in &flushed {
         assert_eq!(&client.queue().read(*offset, data.len()).unwrap(), data);
     }
-    assert_eq!(client.queue().read(0, 4096).unwrap(), pattern(0, 4096));
+    assert_eq!(client.queue().read(0, 4096).unwrap(), f.base_bytes(0, 4096));
+}
+
+#[test]
+fn the_partition_reads_as_the_payload_then_zeros() {
+    let f = Fixture::new();
+    let _server = f.serve(&[]);
+    let mut client = f.connect(1);
+    let q = client.queue();
+    // The primary GPT header, generated in memory.
+    assert_eq!(&q.read(512, 512).unwrap()[..8], b"EFI PART");
+    // The partition starts at 1 MiB and holds the payload straight from its
+    // blob, then zeros to its end.
+    let start = 1u64 << 20;
+    for chunk in 0..(PAYLOAD_SIZE / BUF) as u64 {
+        let at = chunk * BUF as u64;
+        assert!(
+            q.read(start + at, BUF).unwrap() == pattern(at, BUF),
+            "payload bytes differ in MiB {chunk}"
+        );
+    }
+    let after = start + PAYLOAD_SIZE as u64;
+    assert_eq!(q.read(after, 64 << 10).unwrap(), vec![0; 64 << 10]);
+}
+
+#[test]
+fn a_restarted_backend_reopens_the_overlay_with_the_same_guids() {
+    let f = Fixture::new();
+    let server = f.serve(&[]);
+    let gpt = f.connect(1).queue().read(0, 34 * 512).unwrap();
+    assert!(server.terminate().unwrap().success());
+    let header = Overlay::read_header(&f.overlay).unwrap();
+
+    let _server = f.serve(&[]);
+    assert_eq!(f.connect(1).queue().read(0, 34 * 512).unwrap(), gpt);
+    assert_eq!(
+        Overlay::read_header(&f.overlay).unwrap().disk_id,
+        header.disk_id
+    );
+}
+
+#[test]
+fn an_overlay_of_another_image_is_refused() {
+    let f = Fixture::new();
+    let server = f.serve(&[]);
+    f.connect(1).queue().write(8192, &[7; 4096]).unwrap();
+    assert!(server.terminate().unwrap().success());
+    let before = std::fs::read(&f.overlay).unwrap();
+
+    // Another image: the same layout over a different payload.
+    let other = f._dir.path().join("other-image");
+    ImageBuilder::monogon(
+        OsImage::new()
+            .payload(Payload::new("kernel.efi", efi_image(64 << 10)))
+            .payload(Payload::new("system", vec![1; 4096])),
+    )
+    .write(&other)
+    .unwrap();
+    let mut args = f.serve_args(&[]);
+    args[1] = other.to_str().unwrap().to_owned();
+    let err = Server::start(&f.socket, &args)
+        .err()
+        .expect("served an overlay over another image");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("vm.overlay"), "{msg}");
+    assert_eq!(
+        std::fs::read(&f.overlay).unwrap(),
+        before,
+        "the overlay changed"
+    );
+}
+
+#[test]
+fn export_with_the_overlay_writes_the_vm_disk() {
+    let f = Fixture::new();
+    let server = f.serve(&[]);
+    let mut client = f.connect(1);
+    let q = client.queue();
+    q.write(3 << 20, &[0x11; 3 * 4096 + 512]).unwrap();
+    q.run(Op::WriteZeroes {
+        offset: 5 << 20,
+        len: 1 << 20,
+        unmap: true,
+    })
+    .unwrap();
+    let seen: Vec<u8> = (0..DISK_SIZE / BUF as u64)
+        .flat_map(|i| q.read(i * BUF as u64, BUF).unwrap())
+        .collect();
+    drop(client);
+    assert!(server.terminate().unwrap().success());
+
+    let out = f._dir.path().join("vm.raw");
+    let mut cmd =
+        std::process::Command::new(ocidisk_tests::blkio_client::ocidisk_binary().unwrap());
+    cmd.arg("export")
+        .args(f.image_args())
+        .arg("--overlay")
+        .arg(&f.overlay)
+        .arg("--output")
+        .arg(&out);
+    let status = cmd.status().unwrap();
+    assert!(status.success());
+    let exported = std::fs::read(&out).unwrap();
+    assert_eq!(exported.len() as u64, DISK_SIZE);
+    assert!(
+        exported == seen,
+        "the export differs from what the guest read"
+    );
+    assert_eq!(&exported[(5 << 20)..(6 << 20)], &vec![0u8; 1 << 20][..]);
+    assert_eq!(exported[3 << 20], 0x11);
+}
+
+#[test]
+fn metrics_count_what_the_guest_did() {
+    let f = Fixture::new();
+    let metrics_sock = f._dir.path().join("metrics.sock");
+    let stats = f._dir.path().join("stats.json");
+    let trace = f._dir.path().join("trace.bin");
+    let server = f.serve(&[
+        "--metrics",
+        metrics_sock.to_str().unwrap(),
+        "--stats-json",
+        stats.to_str().unwrap(),
+        "--trace",
+        trace.to_str().unwrap(),
+        "--serial",
+        "node-7",
+    ]);
+    let mut client = f.connect(1);
+    let q = client.queue();
+    // Two reads of the payload (base), a write, a read of it (overlay), and
+    // one request past the end.
+    q.read(1 << 20, 8192).unwrap();
+    q.read(2 << 20, 4096).unwrap();
+    q.write(4 << 20, &[3; 4096]).unwrap();
+    q.read(4 << 20, 4096).unwrap();
+    q.flush().unwrap();
+    assert!(q.read(DISK_SIZE, 512).is_err());
+
+    // Live: the Prometheus endpoint and `ocidisk stats`.
+    let out = std::process::Command::new(ocidisk_tests::blkio_client::ocidisk_binary().unwrap())
+        .args(["stats", metrics_sock.to_str().unwrap(), "--once", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prom = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "--unix-socket",
+            metrics_sock.to_str().unwrap(),
+            "http://localhost/metrics",
+        ])
+        .output()
+        .unwrap();
+    assert!(prom.status.success());
+    let prom = String::from_utf8(prom.stdout).unwrap();
+    assert!(
+        prom.lines()
+            .any(|l| l.starts_with("ocidisk_requests_total{")
+                && l.contains("serial=\"node-7\"")
+                && l.contains("type=\"read\"")
+                && l.ends_with(" 4")),
+        "{prom}"
+    );
+    drop(client);
+    assert!(server.terminate().unwrap().success());
+
+    // At exit: the totals file.
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    let read = &report["totals"]["read"];
+    assert_eq!(read["requests"], 4, "{report:#}");
+    assert_eq!(read["errors"], 1);
+    assert_eq!(read["bytes"], 8192 + 4096 + 4096);
+    assert_eq!(report["totals"]["write"]["bytes"], 4096);
+    assert_eq!(report["base_read_bytes"], 8192 + 4096);
+    assert_eq!(report["overlay_read_bytes"], 4096);
+    assert_eq!(report["serial"], "node-7");
+    // And the trace has every request.
+    let summary =
+        std::process::Command::new(ocidisk_tests::blkio_client::ocidisk_binary().unwrap())
+            .args(["trace", "summarize", trace.to_str().unwrap(), "--json"])
+            .output()
+            .unwrap();
+    assert!(
+        summary.status.success(),
+        "{}",
+        String::from_utf8_lossy(&summary.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&summary.stdout).unwrap();
+    assert_eq!(summary["kinds"]["read"]["requests"], 4, "{summary:#}");
+    assert_eq!(summary["kinds"]["write"]["requests"], 1, "{summary:#}");
+    assert_eq!(summary["dropped"], 0);
 }

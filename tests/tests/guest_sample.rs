@@ -3,7 +3,9 @@
 //! the data partition across two VMs.
 
 use ocidisk_tests::guest::{Assets, VhostUserServer, VmConfig};
-use ocidisk_tests::sample::{build_sample_image, build_sample_raw_disk, GREETING, SAMPLE_REF};
+use ocidisk_tests::sample::{
+    build_sample_image, build_sample_raw_disk, GREETING, SAMPLE_REF, SYSTEM_FILES,
+};
 
 #[test]
 fn sample_image_boots_and_its_data_partition_persists() {
@@ -55,10 +57,7 @@ fn sample_image_boots_and_its_data_partition_persists() {
         assert_eq!(run.get("system_sha256").unwrap(), payloads.system_sha256);
         assert_eq!(run.get("system_matches_payload").unwrap(), "yes");
         assert_eq!(run.get("greeting").unwrap(), GREETING);
-        assert_eq!(
-            run.get("system_files").unwrap().trim(),
-            "./etc/greeting ./etc/os-release ./usr/share/ocidisk/README"
-        );
+        assert_eq!(run.get("system_files").unwrap().trim(), SYSTEM_FILES);
         assert_eq!(
             run.get("esp_files").unwrap().trim(),
             "./EFI/BOOT/BOOTx64.EFI ./EFI/metropolis/boot-a.efi"

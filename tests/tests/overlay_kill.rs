@@ -144,7 +144,21 @@ fn flushed_writes_survive_kill_9() {
             .stdout(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(150 + rng.below(600)));
+        // Kill at a random moment after the child's first flush: on a busy
+        // machine starting the child alone can take longer than any fixed
+        // delay.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("durable ")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: the child did not flush within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(rng.below(600)));
         child.kill().unwrap(); // SIGKILL
         let status = child.wait().unwrap();
         assert!(

@@ -7,14 +7,18 @@
 //! thread without contention.
 
 use crate::device::config::{DeviceConfig, WCE_OFFSET};
-use crate::device::request::RequestContext;
+use crate::device::request::{Completion, RequestContext};
 use crate::disk::BlockDevice;
+use crate::metrics::{DiskMetrics, Done, ReqKind, Status};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -42,6 +46,7 @@ pub struct BlkBackend {
     event_idx: AtomicBool,
     writeback: AtomicBool,
     stats: Stats,
+    metrics: Option<Arc<DiskMetrics>>,
 }
 
 impl BlkBackend {
@@ -57,7 +62,14 @@ impl BlkBackend {
             event_idx: AtomicBool::new(false),
             writeback: AtomicBool::new(writeback),
             stats: Stats::default(),
+            metrics: None,
         }
+    }
+
+    /// Records every request into `metrics` (queue `i` into its queue `i`).
+    pub fn with_metrics(mut self, metrics: Option<Arc<DiskMetrics>>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The connection's request counters.
@@ -82,9 +94,10 @@ impl BlkBackend {
 
     /// Completes every available request of `vring`, then notifies the
     /// driver once if it wants to be.
-    fn process_queue(&self, vring: &VringRwLock<GuestMemory>) {
+    fn process_queue(&self, queue_index: usize, vring: &VringRwLock<GuestMemory>) {
+        // Only this queue's worker thread records into its metrics.
+        let metrics = self.metrics.as_deref().map(|m| m.queue(queue_index));
         let atomic = self.memory();
-        let mem = atomic.memory();
         let ctx = RequestContext {
             disk: &*self.disk,
             serial: &self.config.serial,
@@ -97,10 +110,23 @@ impl BlkBackend {
             if event_idx {
                 // Errors here mean the ring is outside guest memory; popping
                 // will find nothing then, so the loop ends.
-                let _ = queue.disable_notification(&*mem);
+                let _ = queue.disable_notification(&*atomic.memory());
             }
-            while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
+            loop {
+                // A fresh view of guest memory for every request: the
+                // frontend may have added a region (and had it acknowledged)
+                // while this loop ran, and its next request may live there.
+                let mem = atomic.memory();
+                let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
+                    break;
+                };
+                let started = metrics.map(|m| m.start());
                 let done = ctx.process(&mem, chain);
+                if let (Some(m), Some(started)) = (metrics, started) {
+                    m.finish(started, metric_of(&done));
+                    m.add_base_read(done.summary.base_bytes);
+                    m.add_overlay_read(done.summary.overlay_bytes);
+                }
                 self.stats.requests.fetch_add(1, Ordering::Relaxed);
                 if done.status != Some(0) {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -112,15 +138,43 @@ impl BlkBackend {
             }
             // With EVENT_IDX, re-enabling notifications reports requests
             // that arrived meanwhile: process them before sleeping.
-            if !event_idx || !queue.enable_notification(&*mem).unwrap_or(false) {
+            if !event_idx
+                || !queue
+                    .enable_notification(&*atomic.memory())
+                    .unwrap_or(false)
+            {
                 break;
             }
         }
-        if completed && queue.needs_notification(&*mem).unwrap_or(true) {
+        if completed && queue.needs_notification(&*atomic.memory()).unwrap_or(true) {
             if let Err(err) = state.signal_used_queue() {
                 tracing::debug!("cannot notify the driver: {err}");
             }
         }
+    }
+}
+
+/// What the metrics record of a completed request.
+fn metric_of(done: &Completion) -> Done {
+    let kind = match done.summary.kind {
+        Some(VIRTIO_BLK_T_IN) => ReqKind::Read,
+        Some(VIRTIO_BLK_T_OUT) => ReqKind::Write,
+        Some(VIRTIO_BLK_T_FLUSH) => ReqKind::Flush,
+        Some(VIRTIO_BLK_T_DISCARD) => ReqKind::Discard,
+        Some(VIRTIO_BLK_T_WRITE_ZEROES) => ReqKind::WriteZeroes,
+        Some(VIRTIO_BLK_T_GET_ID) => ReqKind::GetId,
+        _ => ReqKind::Unsupported,
+    };
+    let status = match done.status {
+        Some(0) => Status::Ok,
+        Some(2) => Status::Unsupported,
+        _ => Status::IoErr,
+    };
+    Done {
+        kind,
+        offset: done.summary.offset,
+        len: done.summary.len,
+        status,
     }
 }
 
@@ -215,15 +269,16 @@ impl VhostUserBackend for BlkBackend {
         device_event: u16,
         evset: EventSet,
         vrings: &[Self::Vring],
-        _thread_id: usize,
+        thread_id: usize,
     ) -> io::Result<()> {
         if evset != EventSet::IN {
             return Ok(());
         }
         // Each thread owns one queue, so its event is always 0; anything else
         // is ignored rather than treated as fatal.
+        // With one queue per thread, the thread index is the queue index.
         if let Some(vring) = vrings.get(usize::from(device_event)) {
-            self.process_queue(vring);
+            self.process_queue(thread_id, vring);
         }
         Ok(())
     }

@@ -167,6 +167,25 @@ pub struct Completion {
     pub used_len: u32,
     /// The status written, or `None` if the chain had no place for one.
     pub status: Option<u8>,
+    /// What was asked, as far as the chain said it.
+    pub summary: Summary,
+}
+
+/// What a request asked for, for metrics and traces: its type, where, and
+/// how many bytes it covered (data moved for reads, writes and GET_ID; the
+/// summed segment lengths for discard and write-zeroes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// The request type, or `None` if the chain had no readable header.
+    pub kind: Option<u32>,
+    /// Byte offset on the disk (the header's sector × 512).
+    pub offset: u64,
+    /// Bytes covered.
+    pub len: u64,
+    /// Bytes of a read that came from the base disk.
+    pub base_bytes: u64,
+    /// Bytes of a read that the overlay answered.
+    pub overlay_bytes: u64,
 }
 
 /// One descriptor's guest memory range.
@@ -420,7 +439,8 @@ impl RequestContext<'_> {
     {
         let head = chain.head_index();
         let chain = Chain::collect(chain);
-        let result = self.execute(mem, &chain);
+        let mut summary = Summary::default();
+        let result = self.execute(mem, &chain, &mut summary);
         if let Err(err) = &result {
             tracing::debug!(head, "request failed: {err}");
         }
@@ -438,6 +458,7 @@ impl RequestContext<'_> {
                 // within `u32`.
                 used_len: u32::try_from(data_in + 1).unwrap_or(u32::MAX),
                 status: Some(status),
+                summary,
             }
         } else {
             tracing::debug!(head, "request has no writable status byte");
@@ -445,12 +466,20 @@ impl RequestContext<'_> {
                 head,
                 used_len: 0,
                 status: None,
+                summary,
             }
         }
     }
 
     /// Carries out the request; returns the number of data-in bytes written.
-    fn execute(&self, mem: &GuestMemoryMmap, chain: &Chain) -> Result<u64, RequestError> {
+    /// Fills `summary` as soon as the header is known, so failed requests
+    /// are counted under their type too.
+    fn execute(
+        &self,
+        mem: &GuestMemoryMmap,
+        chain: &Chain,
+        summary: &mut Summary,
+    ) -> Result<u64, RequestError> {
         if let Some(defect) = chain.defect {
             return Err(defect.into());
         }
@@ -469,6 +498,11 @@ impl RequestContext<'_> {
             header[15],
         ]);
         let data_out = chain.readable_len - HEADER_LEN as u64;
+        *summary = Summary {
+            kind: Some(kind),
+            offset: sector.saturating_mul(1 << SECTOR_SHIFT),
+            ..Summary::default()
+        };
         // The status byte was found, so the writable stream has at least one
         // byte whenever a status can be written at all.
         let data_in = chain.writable_len.saturating_sub(1);
@@ -485,9 +519,12 @@ impl RequestContext<'_> {
             VIRTIO_BLK_T_IN => {
                 no_data_out()?;
                 let offset = self.data_range(sector, data_in)?;
+                summary.len = data_in;
                 if data_in > 0 {
                     let mut bufs = guest_iovecs(mem, chain.writable(), 0, data_in)?;
-                    disk.read(offset, &mut bufs)?;
+                    let sources = disk.read(offset, &mut bufs)?;
+                    summary.base_bytes = sources.base;
+                    summary.overlay_bytes = sources.overlay;
                 }
                 Ok(data_in)
             }
@@ -497,6 +534,7 @@ impl RequestContext<'_> {
                     return Err(RequestError::ReadOnly(kind));
                 }
                 let offset = self.data_range(sector, data_out)?;
+                summary.len = data_out;
                 if data_out > 0 {
                     let bufs = guest_iovecs(mem, chain.readable(), HEADER_LEN as u64, data_out)?;
                     let bufs: SmallVec<[IoSlice<'_>; INLINE_SEGMENTS]> =
@@ -514,6 +552,7 @@ impl RequestContext<'_> {
             VIRTIO_BLK_T_GET_ID => {
                 no_data_out()?;
                 let n = data_in.min(SERIAL_LEN as u64);
+                summary.len = n;
                 write_stream(mem, chain.writable(), 0, &self.serial[..n as usize])?;
                 Ok(n)
             }
@@ -522,7 +561,7 @@ impl RequestContext<'_> {
                 if disk.read_only() {
                     return Err(RequestError::ReadOnly(kind));
                 }
-                self.discard_or_zero(mem, chain, kind, data_out)?;
+                summary.len = self.discard_or_zero(mem, chain, kind, data_out)?;
                 Ok(0)
             }
             other => Err(RequestError::UnsupportedType(other)),
@@ -537,16 +576,16 @@ impl RequestContext<'_> {
         disk_range(sector, len, self.disk.size())
     }
 
-    /// Reads, checks and carries out a discard or write-zeroes segment list.
-    /// All segments are checked before the first is carried out, so that a
-    /// bad list changes nothing.
+    /// Reads, checks and carries out a discard or write-zeroes segment list;
+    /// returns the bytes it covers. All segments are checked before the
+    /// first is carried out, so that a bad list changes nothing.
     fn discard_or_zero(
         &self,
         mem: &GuestMemoryMmap,
         chain: &Chain,
         kind: u32,
         len: u64,
-    ) -> Result<(), RequestError> {
+    ) -> Result<u64, RequestError> {
         if len == 0 || !len.is_multiple_of(SEGMENT_LEN as u64) {
             return Err(RequestError::BadSegmentList(len));
         }
@@ -574,6 +613,7 @@ impl RequestContext<'_> {
             0
         };
         let size = self.disk.size();
+        let mut covered = 0u64;
         for seg in segments.clone() {
             if seg.flags & !allowed_flags != 0 {
                 return Err(RequestError::UnsupportedFlags(seg.flags));
@@ -582,6 +622,7 @@ impl RequestContext<'_> {
                 return Err(RequestError::SegmentTooLarge(seg.num_sectors));
             }
             disk_range(seg.sector, u64::from(seg.num_sectors) << SECTOR_SHIFT, size)?;
+            covered += u64::from(seg.num_sectors) << SECTOR_SHIFT;
         }
         for seg in segments {
             let offset = seg.sector << SECTOR_SHIFT;
@@ -596,7 +637,7 @@ impl RequestContext<'_> {
                 self.disk.discard(offset, len)?;
             }
         }
-        Ok(())
+        Ok(covered)
     }
 }
 
@@ -664,7 +705,16 @@ mod tests {
             RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
         }
 
+        /// Runs a chain; the summary is checked on its own
+        /// (`summarized`), so the outcome compares without it.
         fn run_raw(&self, descs: &[RawDescriptor]) -> Completion {
+            Completion {
+                summary: Summary::default(),
+                ..self.run_summarized(descs)
+            }
+        }
+
+        fn run_summarized(&self, descs: &[RawDescriptor]) -> Completion {
             self.mem.write_obj(0xffu8, GuestAddress(STATUS)).unwrap();
             let queue = MockSplitQueue::new(&self.mem, 256);
             let chain = queue.build_desc_chain(descs).unwrap();
@@ -730,6 +780,7 @@ mod tests {
             head,
             used_len,
             status: Some(S_OK),
+            summary: Summary::default(),
         }
     }
 
@@ -738,7 +789,47 @@ mod tests {
             head: 0,
             used_len: 1,
             status: Some(status),
+            summary: Summary::default(),
         }
+    }
+
+    #[test]
+    fn summaries_say_what_was_asked_and_where_the_bytes_came_from() {
+        let h = Harness::new();
+        let raw = |descs: &[D]| -> Vec<RawDescriptor> {
+            descs
+                .iter()
+                .map(|&(a, l, w)| Harness::raw(a, l, w))
+                .collect()
+        };
+        h.header(VIRTIO_BLK_T_IN, 3);
+        let done = h.run_summarized(&raw(&[
+            (HDR, 16, false),
+            (DATA, 1024, true),
+            (STATUS, 1, true),
+        ]));
+        assert_eq!(
+            done.summary,
+            Summary {
+                kind: Some(VIRTIO_BLK_T_IN),
+                offset: 3 * 512,
+                len: 1024,
+                base_bytes: 1024,
+                overlay_bytes: 0,
+            }
+        );
+        // A failed request still says what it was.
+        h.header(VIRTIO_BLK_T_OUT, u64::MAX / 512);
+        let done = h.run_summarized(&raw(&[
+            (HDR, 16, false),
+            (DATA, 512, false),
+            (STATUS, 1, true),
+        ]));
+        assert_eq!(done.status, Some(S_IOERR));
+        assert_eq!(done.summary.kind, Some(VIRTIO_BLK_T_OUT));
+        // No header: no type.
+        let done = h.run_summarized(&raw(&[(HDR, 8, false), (STATUS, 1, true)]));
+        assert_eq!(done.summary.kind, None);
     }
 
     #[test]
@@ -831,7 +922,8 @@ mod tests {
             Completion {
                 head: 0,
                 used_len: 0,
-                status: None
+                status: None,
+                summary: Summary::default(),
             }
         );
         assert_eq!(h.modifications(), 0);

@@ -124,7 +124,9 @@ impl VhostUserServer {
             .arg(socket)
             .arg("--overlay")
             .arg(overlay)
-            .args(extra);
+            .args(extra)
+            // The log is a file that errors quote: no terminal colour codes.
+            .env("NO_COLOR", "1");
         VhostUserServer::spawn(
             "ocidisk serve",
             cmd,
