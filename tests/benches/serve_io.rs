@@ -354,24 +354,6 @@ impl Fixture {
         std::fs::create_dir_all(cell_dir)?;
         let socket = cell_dir.join("sock");
         let server = match peer {
-            // TEMPORARY until serve takes --image/--overlay.
-            Peer::Ocidisk if std::env::var_os("OCIDISK_BENCH_RAW_DEV").is_some() => {
-                punch_hole(&self.raw, self.data)?;
-                let mut cmd = Command::new(&self.ocidisk);
-                cmd.arg("serve")
-                    .arg("--raw")
-                    .arg(&self.raw)
-                    .arg("--socket")
-                    .arg(&socket)
-                    .args(["--num-queues", &queues.to_string()]);
-                VhostUserServer::spawn(
-                    "ocidisk",
-                    cmd,
-                    &socket,
-                    Readiness::StdoutLine("ready socket=".into()),
-                    &cell_dir.join("server.log"),
-                )?
-            }
             Peer::Ocidisk => {
                 let queues = queues.to_string();
                 VhostUserServer::ocidisk_serve(
