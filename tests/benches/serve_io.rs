@@ -213,9 +213,16 @@ enum Peer {
     Ocidisk,
     QsdRaw,
     QsdQcow2,
+    /// ocidisk with `--metrics` on: what counting every request costs.
+    OcidiskMetrics,
 }
 
-const PEERS: [Peer; 3] = [Peer::Ocidisk, Peer::QsdRaw, Peer::QsdQcow2];
+const PEERS: [Peer; 4] = [
+    Peer::Ocidisk,
+    Peer::QsdRaw,
+    Peer::QsdQcow2,
+    Peer::OcidiskMetrics,
+];
 
 impl Peer {
     fn name(self) -> &'static str {
@@ -223,6 +230,7 @@ impl Peer {
             Peer::Ocidisk => "ocidisk",
             Peer::QsdRaw => "qsd-raw",
             Peer::QsdQcow2 => "qsd-qcow2",
+            Peer::OcidiskMetrics => "ocidisk+metrics",
         }
     }
 }
@@ -354,14 +362,19 @@ impl Fixture {
         std::fs::create_dir_all(cell_dir)?;
         let socket = cell_dir.join("sock");
         let server = match peer {
-            Peer::Ocidisk => {
+            Peer::Ocidisk | Peer::OcidiskMetrics => {
                 let queues = queues.to_string();
+                let metrics = cell_dir.join("metrics.sock");
+                let mut args = vec!["--num-queues", &queues];
+                if peer == Peer::OcidiskMetrics {
+                    args.extend(["--metrics", metrics.to_str().unwrap_or_default()]);
+                }
                 VhostUserServer::ocidisk_serve(
                     &self.ocidisk,
                     &self.image,
                     &cell_dir.join("overlay"),
                     &socket,
-                    &["--num-queues", &queues],
+                    &args,
                     cell_dir,
                 )?
             }
@@ -753,7 +766,7 @@ fn measure(
     };
     let sample =
         sample.with_context(|| format!("{} {}: server log:\n{log}", peer.name(), w.label()))?;
-    if let (Peer::Ocidisk, Some(status)) = (peer, status) {
+    if let (Peer::Ocidisk | Peer::OcidiskMetrics, Some(status)) = (peer, status) {
         let status = status?;
         ensure!(
             status.success(),
@@ -818,7 +831,7 @@ fn report(
     settings: &Settings,
     fixture: &Fixture,
     cases: &[(Workload, usize)],
-    rows: &[[Row; 3]],
+    rows: &[[Row; 4]],
 ) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Reproduce: `{REPRODUCE}`\n");
@@ -840,7 +853,7 @@ fn report(
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     for ((w, queues), row) in cases.iter().zip(rows) {
         for (peer, r) in PEERS.iter().zip(row) {
-            let ratio = if *peer == Peer::Ocidisk {
+            let ratio = if matches!(peer, Peer::Ocidisk | Peer::OcidiskMetrics) {
                 "—".to_owned()
             } else {
                 format!("{:.2}×", row[0].iops / r.iops)
@@ -866,12 +879,13 @@ fn report(
     );
     let _ = writeln!(
         out,
-        "| workload | queues | ocidisk ÷ qsd-raw | ocidisk ÷ qsd-qcow2 | target | met |"
+        "| workload | queues | ocidisk ÷ qsd-raw | ocidisk ÷ qsd-qcow2 | target | met | metrics on ÷ off |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
     for ((w, queues), row) in cases.iter().zip(rows) {
         let vs_raw = row[0].iops / row[1].iops;
         let vs_qcow2 = row[0].iops / row[2].iops;
+        let metrics_cost = row[3].iops / row[0].iops;
         let (target, met) = match (w.dir, w.block) {
             (Direction::Read, _) => ("≥ 1.2× raw", vs_raw >= 1.2),
             (Direction::Write, b) if b == 4 * KIB => {
@@ -881,7 +895,7 @@ fn report(
         };
         let _ = writeln!(
             out,
-            "| {} | {queues} | {vs_raw:.2}× | {vs_qcow2:.2}× | {target} | {} |",
+            "| {} | {queues} | {vs_raw:.2}× | {vs_qcow2:.2}× | {target} | {} | {metrics_cost:.3} |",
             w.label(),
             if met { "yes" } else { "**no**" }
         );
@@ -927,7 +941,7 @@ fn run() -> anyhow::Result<()> {
         .collect();
     ensure!(!cases.is_empty(), "no workload matches the filter");
     // samples[case][peer] over repetitions.
-    let mut samples: Vec<[Vec<Sample>; 3]> = cases.iter().map(|_| Default::default()).collect();
+    let mut samples: Vec<[Vec<Sample>; 4]> = cases.iter().map(|_| Default::default()).collect();
     let mut cell = 0;
     for rep in 0..settings.reps {
         for (c, (w, queues)) in cases.iter().enumerate() {
@@ -950,15 +964,9 @@ fn run() -> anyhow::Result<()> {
             }
         }
     }
-    let rows: Vec<[Row; 3]> = samples
+    let rows: Vec<[Row; 4]> = samples
         .iter()
-        .map(|per_peer| {
-            [
-                Row::of(&per_peer[0]),
-                Row::of(&per_peer[1]),
-                Row::of(&per_peer[2]),
-            ]
-        })
+        .map(|per_peer| per_peer.each_ref().map(|s| Row::of(s)))
         .collect();
     if settings.smoke {
         eprintln!("serve_io: smoke run (no --bench): the figures below mean nothing");
