@@ -746,6 +746,12 @@ fn measure(
     cell: usize,
 ) -> anyhow::Result<Sample> {
     let cell_dir = fixture.root.join(format!("cell-{cell}"));
+    if matches!(w.dir, Direction::Write) {
+        // Every write cell starts with no writeback pending, whoever wrote
+        // last.
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+    }
     let server = fixture.start(peer, queues, &cell_dir)?;
     let buf_len = (w.depth * w.block).next_multiple_of(2 * MIB);
     let sample = (|| {
@@ -760,6 +766,12 @@ fn measure(
         // thrown away anyway, so the server is killed instead.
         Direction::Write => {
             drop(server);
+            // The raw file outlives the cell: drop its dirty pages now, or
+            // their writeback would throttle whichever server writes next
+            // (the qcow2 and overlay files go with the cell's directory).
+            if peer == Peer::QsdRaw {
+                punch_hole(&fixture.raw, fixture.data)?;
+            }
             None
         }
         Direction::Read => Some(server.stop()),
