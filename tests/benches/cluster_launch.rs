@@ -42,7 +42,8 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use ocidisk_tests::guest::{Accel, Assets, OVMF_CODE, OVMF_VARS};
-use ocidisk_tests::oci_writer::{efi_image, ImageBuilder, OsImage, Payload};
+use ocidisk_tests::hostfs::FsInfo;
+use ocidisk_tests::oci_writer::{efi_image, random_bytes, ImageBuilder, OsImage, Payload};
 use ocidisk_tests::sample::build_sample_image;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -148,44 +149,6 @@ fn ocidisk_binary() -> Result<PathBuf> {
          (or set OCIDISK_BIN)",
         target.display()
     )
-}
-
-/// The file system of the work directory, and whether it can share extents
-/// between files (tried with `FICLONE`, not guessed from the name).
-struct FsInfo {
-    name: String,
-    reflink: bool,
-}
-
-impl FsInfo {
-    fn probe(dir: &Path) -> Result<FsInfo> {
-        let d = File::open(dir)?;
-        // SAFETY: an all-zero statfs is a valid value for fstatfs to fill.
-        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-        // SAFETY: fstatfs fills the struct we pass; the descriptor is open.
-        if unsafe { libc::fstatfs(d.as_raw_fd(), &mut st) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("fstatfs");
-        }
-        let name = match st.f_type as u64 {
-            0xef53 => "ext4".to_owned(),
-            0x5846_5342 => "xfs".to_owned(),
-            0x9123_683e => "btrfs".to_owned(),
-            0x0102_1994 => "tmpfs".to_owned(),
-            0x2fc1_2fc1 => "zfs".to_owned(),
-            0x794c_7630 => "overlayfs".to_owned(),
-            other => format!("file system type {other:#x}"),
-        };
-        let src_path = dir.join("reflink-probe.src");
-        let dst_path = dir.join("reflink-probe.dst");
-        std::fs::write(&src_path, vec![7u8; 4096])?;
-        let src = File::open(&src_path)?;
-        let dst = File::create(&dst_path)?;
-        // SAFETY: FICLONE takes the source descriptor as its argument.
-        let reflink = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == 0;
-        std::fs::remove_file(&src_path)?;
-        std::fs::remove_file(&dst_path)?;
-        Ok(FsInfo { name, reflink })
-    }
 }
 
 /// Children that are killed and reaped when dropped, so that an error or a
@@ -452,22 +415,6 @@ fn mib(bytes: u64) -> String {
     } else {
         format!("{m:.0} MiB")
     }
-}
-
-/// Incompressible pseudo-random bytes (splitmix64), so that no file system
-/// or page cache trick makes the payload cheaper than a real one.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// `ocidisk export --image IMAGE --cache CACHE --output OUT`: the raw image

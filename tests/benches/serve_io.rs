@@ -273,7 +273,7 @@ impl Fixture {
                 (tmp.path().to_owned(), Some(tmp))
             }
         };
-        let payload = pseudo_random(settings.payload_len, 0x0c1d_15c0);
+        let payload = ocidisk_tests::oci_writer::random_bytes(settings.payload_len, 0x0c1d_15c0);
         let image = root.join("image");
         let built = ImageBuilder::monogon(
             OsImage::new()
@@ -509,17 +509,6 @@ fn punch_hole(path: &Path, region: Region) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Deterministic, incompressible bytes.
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-    let mut rng = Rng(seed);
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        out.extend_from_slice(&rng.next().to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// xorshift64*: fast, and good enough to spread offsets.
 struct Rng(u64);
 
@@ -696,7 +685,8 @@ fn run_cell(
                 let barrier = &barrier;
                 let target = Target::new(region, w, i, queues, seed ^ (i as u64 + 1) << 32);
                 s.spawn(move || {
-                    let write_data = pseudo_random(w.depth * w.block, seed ^ i as u64);
+                    let write_data =
+                        ocidisk_tests::oci_writer::random_bytes(w.depth * w.block, seed ^ i as u64);
                     q.buf()[..write_data.len()].copy_from_slice(&write_data);
                     barrier.wait();
                     let start = Instant::now();

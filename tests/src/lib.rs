@@ -2,6 +2,7 @@
 
 pub mod blkio_client;
 pub mod guest;
+pub mod hostfs;
 pub mod oci_writer;
 pub mod sample;
 pub mod uki;

@@ -6,7 +6,9 @@
 //! `ocidisk_tests::blkio_client::ocidisk_binary`).
 
 use ocidisk_tests::blkio_client::{BlkioClient, Server};
-use ocidisk_tests::oci_writer::{efi_image, snapshot, ImageBuilder, OsImage, Payload};
+use ocidisk_tests::oci_writer::{
+    efi_image, random_bytes, snapshot, ImageBuilder, OsImage, Payload,
+};
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::Path;
@@ -27,22 +29,6 @@ const RSS_BUDGET: u64 = 16 * MIB;
 /// its header and map, not payload.
 const OVERLAY_AT_LAUNCH_BUDGET: u64 = MIB;
 const BUF: usize = 1 << 20;
-
-/// Incompressible bytes (splitmix64), so that the payload is as costly to
-/// copy as a real one would be.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// The `key: value kB` fields of `/proc/PID/status` (or `smaps_rollup`), in bytes.
 fn proc_kib_fields(text: &str) -> BTreeMap<String, u64> {

@@ -1,0 +1,48 @@
+//! What the host's file system can do, for benchmarks that compare copies
+//! with reflinks.
+
+use anyhow::{Context as _, Result};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// The file system of the work directory, and whether it can share extents
+/// between files (tried with `FICLONE`, not guessed from the name).
+pub struct FsInfo {
+    /// Its name (`ext4`, `xfs`, …) or type number.
+    pub name: String,
+    /// Whether `FICLONE` works between two files in it.
+    pub reflink: bool,
+}
+
+impl FsInfo {
+    /// Probes the file system of `dir` (writes and removes two small files).
+    pub fn probe(dir: &Path) -> Result<FsInfo> {
+        let d = File::open(dir)?;
+        // SAFETY: an all-zero statfs is a valid value for fstatfs to fill.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: fstatfs fills the struct we pass; the descriptor is open.
+        if unsafe { libc::fstatfs(d.as_raw_fd(), &mut st) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("fstatfs");
+        }
+        let name = match st.f_type as u64 {
+            0xef53 => "ext4".to_owned(),
+            0x5846_5342 => "xfs".to_owned(),
+            0x9123_683e => "btrfs".to_owned(),
+            0x0102_1994 => "tmpfs".to_owned(),
+            0x2fc1_2fc1 => "zfs".to_owned(),
+            0x794c_7630 => "overlayfs".to_owned(),
+            other => format!("file system type {other:#x}"),
+        };
+        let src_path = dir.join("reflink-probe.src");
+        let dst_path = dir.join("reflink-probe.dst");
+        std::fs::write(&src_path, vec![7u8; 4096])?;
+        let src = File::open(&src_path)?;
+        let dst = File::create(&dst_path)?;
+        // SAFETY: FICLONE takes the source descriptor as its argument.
+        let reflink = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == 0;
+        std::fs::remove_file(&src_path)?;
+        std::fs::remove_file(&dst_path)?;
+        Ok(FsInfo { name, reflink })
+    }
+}
