@@ -207,8 +207,8 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
     }
 }
 
-/// A running metrics endpoint; stops (and removes its unix socket) on
-/// [`MetricsServer::shutdown`] or drop.
+/// A running metrics endpoint; stops (and removes its unix socket) when
+/// dropped.
 pub struct MetricsServer {
     addr: Addr,
     stop: Arc<AtomicBool>,
