@@ -12,7 +12,7 @@
 //! - [`gpt`] writes the protective MBR and both GPT copies;
 //! - [`fat32`] synthesizes a FAT32 file system whose files point into blobs;
 //! - [`spec`] describes a disk's partitions: the `monogon` preset or a TOML file;
-//! - [`compose`] turns an image and a spec into a [`Disk`].
+//! - [`compose`](mod@compose) turns an image and a spec into a [`Disk`].
 
 pub mod blockmap;
 pub mod cache;

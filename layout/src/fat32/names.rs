@@ -18,7 +18,7 @@ pub type ShortName = [u8; 11];
 /// Why a long name cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NameProblem {
-    /// Longer than [`MAX_NAME_UNITS`] UTF-16 code units.
+    /// Longer than 255 UTF-16 code units.
     TooLong(usize),
     /// Holds a control character or one of `"*/:<>?\|`.
     BadChar(char),
