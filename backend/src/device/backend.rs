@@ -106,6 +106,9 @@ impl BlkBackend {
         let mut state = vring.get_mut();
         let queue = state.get_queue_mut();
         let mut completed = false;
+        // The clock reading that ended the previous request of this drain:
+        // the next one starts then, which saves a clock read per request.
+        let mut last_finish = None;
         loop {
             if event_idx {
                 // Errors here mean the ring is outside guest memory; popping
@@ -120,10 +123,13 @@ impl BlkBackend {
                 let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
                     break;
                 };
-                let started = metrics.map(|m| m.start());
+                let started = metrics.map(|m| match last_finish {
+                    Some(at) => m.start_at(at),
+                    None => m.start(),
+                });
                 let done = ctx.process(&mem, chain);
                 if let (Some(m), Some(started)) = (metrics, started) {
-                    m.finish(started, metric_of(&done));
+                    last_finish = Some(m.finish(started, metric_of(&done)));
                     m.add_base_read(done.summary.base_bytes);
                     m.add_overlay_read(done.summary.overlay_bytes);
                 }
