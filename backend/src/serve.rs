@@ -13,7 +13,7 @@
 //! waits for the path never connects too early. `ready socket=PATH` on stdout
 //! says the same to launchers that read lines.
 
-use crate::device::{BlkBackend, DeviceConfig, GuestMemory};
+use crate::device::{BlkBackend, DeviceConfig, GuestMemory, Stats};
 use crate::disk::{BlockDevice, OverlayDisk, ReadOnlyDisk};
 use crate::image_args::ImageArgs;
 use crate::metrics::{self, DiskMetrics, Labels, TraceWriter};
@@ -281,11 +281,7 @@ fn serve_loop(
         // Dropping the daemon stops and joins the worker threads, so no
         // request is in flight when the disk is flushed.
         drop(daemon);
-        let stats = backend.stats();
-        let (requests, errors) = (
-            stats.requests.load(Ordering::Relaxed),
-            stats.errors.load(Ordering::Relaxed),
-        );
+        let Stats { requests, errors } = backend.stats();
         match ended {
             // A frontend that goes away mid-message has disconnected too.
             Ok(())

@@ -30,12 +30,21 @@ use vmm_sys_util::event::{
 pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap>;
 
 /// Request counters of one connection, for the log line at disconnect.
-#[derive(Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Requests completed.
-    pub requests: AtomicU64,
+    pub requests: u64,
     /// Requests completed with an error status (or no status at all).
-    pub errors: AtomicU64,
+    pub errors: u64,
+}
+
+/// One queue's [`Stats`], on a cache line of its own: only that queue's
+/// worker writes it, so queues never contend for it.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct QueueStats {
+    requests: AtomicU64,
+    errors: AtomicU64,
 }
 
 /// A virtio-blk device for one vhost-user connection.
@@ -45,7 +54,7 @@ pub struct BlkBackend {
     mem: RwLock<GuestMemory>,
     event_idx: AtomicBool,
     writeback: AtomicBool,
-    stats: Stats,
+    stats: Box<[QueueStats]>,
     metrics: Option<Arc<DiskMetrics>>,
 }
 
@@ -55,13 +64,16 @@ impl BlkBackend {
     pub fn new(disk: Arc<dyn BlockDevice>, config: DeviceConfig, mem: GuestMemory) -> Self {
         let writeback = !config.writethrough;
         disk.set_writeback(writeback);
+        let stats = (0..config.num_queues)
+            .map(|_| QueueStats::default())
+            .collect();
         Self {
             disk,
             config,
             mem: RwLock::new(mem),
             event_idx: AtomicBool::new(false),
             writeback: AtomicBool::new(writeback),
-            stats: Stats::default(),
+            stats,
             metrics: None,
         }
     }
@@ -72,9 +84,12 @@ impl BlkBackend {
         self
     }
 
-    /// The connection's request counters.
-    pub fn stats(&self) -> &Stats {
-        &self.stats
+    /// The connection's request counters, summed over its queues.
+    pub fn stats(&self) -> Stats {
+        self.stats.iter().fold(Stats::default(), |sum, q| Stats {
+            requests: sum.requests + q.requests.load(Ordering::Relaxed),
+            errors: sum.errors + q.errors.load(Ordering::Relaxed),
+        })
     }
 
     /// The guest's current write-back setting.
@@ -97,6 +112,7 @@ impl BlkBackend {
     fn process_queue(&self, queue_index: usize, vring: &VringRwLock<GuestMemory>) {
         // Only this queue's worker thread records into its metrics.
         let metrics = self.metrics.as_deref().map(|m| m.queue(queue_index));
+        let stats = &self.stats[queue_index.min(self.stats.len().saturating_sub(1))];
         let atomic = self.memory();
         let ctx = RequestContext {
             disk: &*self.disk,
@@ -133,9 +149,9 @@ impl BlkBackend {
                     m.add_base_read(done.summary.base_bytes);
                     m.add_overlay_read(done.summary.overlay_bytes);
                 }
-                self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                stats.requests.fetch_add(1, Ordering::Relaxed);
                 if done.status != Some(0) {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    stats.errors.fetch_add(1, Ordering::Relaxed);
                 }
                 match queue.add_used(&*mem, done.head, done.used_len) {
                     Ok(()) => completed = true,
@@ -428,8 +444,13 @@ mod tests {
             })
             .collect();
         assert_eq!(used, [(0, 1), (3, 1), (6, 0), (7, 513)]);
-        assert_eq!(b.stats().requests.load(Ordering::Relaxed), 4);
-        assert_eq!(b.stats().errors.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            b.stats(),
+            Stats {
+                requests: 4,
+                errors: 2
+            }
+        );
         // Unknown events and event sets are ignored, not fatal.
         b.handle_event(5, EventSet::IN, std::slice::from_ref(&vring), 0)
             .unwrap();

@@ -10,5 +10,5 @@ pub mod backend;
 pub mod config;
 pub mod request;
 
-pub use backend::{BlkBackend, GuestMemory};
+pub use backend::{BlkBackend, GuestMemory, Stats};
 pub use config::DeviceConfig;
