@@ -86,11 +86,16 @@ impl ImageArgs {
     /// Composes the disk that `disk_id` (which seeds its GUIDs) sees.
     pub fn compose(&self, disk_id: &str) -> anyhow::Result<Disk> {
         let (image, spec) = self.open()?;
-        let opts = ComposeOptions {
-            disk_id: disk_id.to_owned(),
-        };
-        Ok(compose(&image, &spec, &opts)?)
+        compose_for(&image, &spec, disk_id)
     }
+}
+
+/// Composes the disk `disk_id` sees from an image already opened.
+fn compose_for(image: &Image, spec: &LayoutSpec, disk_id: &str) -> anyhow::Result<Disk> {
+    let opts = ComposeOptions {
+        disk_id: disk_id.to_owned(),
+    };
+    Ok(compose(image, spec, &opts)?)
 }
 
 /// A composed disk and the VM overlay that belongs to it.
@@ -109,40 +114,42 @@ impl ImageArgs {
         create: bool,
         opts: &OverlayOpenOptions,
     ) -> anyhow::Result<VmDisk> {
+        // Opened once: with --verify, opening hashes every payload.
+        let (image, spec) = self.open()?;
         let header = match Overlay::read_header(path) {
             Ok(header) => header,
             Err(OverlayError::Io { source, .. })
                 if create && source.kind() == std::io::ErrorKind::NotFound =>
             {
-                self.create_overlay(path)?;
+                create_overlay(&image, &spec, path)?;
                 Overlay::read_header(path)?
             }
             Err(err) => return Err(err.into()),
         };
-        let disk = self.compose(&header.disk_id.to_string())?;
+        let disk = compose_for(&image, &spec, &header.disk_id.to_string())?;
         let overlay = Overlay::open(path, &disk.identity, disk.map.size(), opts)?;
         Ok(VmDisk { disk, overlay })
     }
+}
 
-    /// Creates an overlay for this image's disk. Another process creating
-    /// the same overlay at the same moment is not an error: one wins, and
-    /// both then open the winner's file.
-    fn create_overlay(&self, path: &Path) -> anyhow::Result<()> {
-        // The identity and size do not depend on the disk id, which the
-        // overlay makes; compose once to learn them (it takes well under a
-        // millisecond).
-        let disk = self.compose("")?;
-        let opts = CreateOptions {
-            disk_size: disk.map.size(),
-            base: disk.identity,
-        };
-        match Overlay::create(path, &opts) {
-            Ok(_) => {
-                tracing::info!(overlay = %path.display(), "created overlay");
-                Ok(())
-            }
-            Err(OverlayError::AlreadyExists { .. }) => Ok(()),
-            Err(err) => Err(err.into()),
+/// Creates an overlay for the disk `image` and `spec` compose. Another
+/// process creating the same overlay at the same moment is not an error: one
+/// wins, and both then open the winner's file.
+fn create_overlay(image: &Image, spec: &LayoutSpec, path: &Path) -> anyhow::Result<()> {
+    // The identity and size do not depend on the disk id, which the
+    // overlay makes; compose once to learn them (it takes well under a
+    // millisecond).
+    let disk = compose_for(image, spec, "")?;
+    let opts = CreateOptions {
+        disk_size: disk.map.size(),
+        base: disk.identity,
+    };
+    match Overlay::create(path, &opts) {
+        Ok(_) => {
+            tracing::info!(overlay = %path.display(), "created overlay");
+            Ok(())
         }
+        Err(OverlayError::AlreadyExists { .. }) => Ok(()),
+        Err(err) => Err(err.into()),
     }
 }
