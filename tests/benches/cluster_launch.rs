@@ -41,6 +41,7 @@
 //! `PARTS` (`prepare,boot`), `OCIDISK_BIN`, `OCIDISK_ACCEL`.
 
 use anyhow::{bail, ensure, Context, Result};
+use ocidisk_tests::blkio_client::ocidisk_bench_binary;
 use ocidisk_tests::guest::{Accel, Assets, OVMF_CODE, OVMF_VARS};
 use ocidisk_tests::hostfs::FsInfo;
 use ocidisk_tests::oci_writer::{efi_image, random_bytes, ImageBuilder, OsImage, Payload};
@@ -67,7 +68,7 @@ const VMS: usize = 3;
 
 fn main() -> Result<()> {
     println!("reproduce: `{REPRODUCE}`\n");
-    let ocidisk = ocidisk_binary()?;
+    let ocidisk = ocidisk_bench_binary()?;
     let base = match std::env::var_os("OCIDISK_BENCH_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => std::env::temp_dir(),
@@ -121,34 +122,6 @@ fn env_list(name: &str, default: &[usize]) -> Result<Vec<usize>> {
             .collect(),
         Err(_) => Ok(default.to_vec()),
     }
-}
-
-/// The `ocidisk` binary: `$OCIDISK_BIN`, else the release build next to
-/// this benchmark, else the debug build (with a warning).
-fn ocidisk_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("OCIDISK_BIN") {
-        return Ok(path.into());
-    }
-    let exe = std::env::current_exe().context("cannot find the benchmark executable")?;
-    // target/<profile>/deps/<bench> → target/
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .with_context(|| format!("unexpected benchmark path {}", exe.display()))?;
-    for profile in ["release", "debug"] {
-        let bin = target.join(profile).join("ocidisk");
-        if bin.is_file() {
-            if profile == "debug" {
-                eprintln!("warning: measuring a debug build of ocidisk; build --release first");
-            }
-            return Ok(bin);
-        }
-    }
-    bail!(
-        "no ocidisk binary in {}/release: run `cargo build --release -p ocidisk` first \
-         (or set OCIDISK_BIN)",
-        target.display()
-    )
 }
 
 /// Children that are killed and reaped when dropped, so that an error or a

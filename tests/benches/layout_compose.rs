@@ -25,11 +25,12 @@
 //! Figures are medians; the peers run interleaved with `ocidisk export` so
 //! that load from other processes hits them alike.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use layout::compose::{compose, ComposeOptions, Disk};
 use layout::oci::{Image, OpenOptions};
 use layout::spec::{LayoutSpec, MonogonPreset};
 use layout::{Extent, Source};
+use ocidisk_tests::blkio_client::ocidisk_bench_binary;
 use ocidisk_tests::hostfs::FsInfo;
 use ocidisk_tests::oci_writer::{efi_image, random_bytes, ImageBuilder, OsImage, Payload};
 use std::collections::HashSet;
@@ -56,7 +57,7 @@ const DISK_ID: &str = "node-1";
 
 fn main() -> Result<()> {
     println!("reproduce: `{REPRODUCE}`\n");
-    let ocidisk = ocidisk_binary()?;
+    let ocidisk = ocidisk_bench_binary()?;
     let base = match std::env::var_os("OCIDISK_BENCH_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => std::env::temp_dir(),
@@ -92,34 +93,6 @@ fn main() -> Result<()> {
     print_compose(&compose_rows, &memory);
     print_exports(&export_rows, &compose_rows[0]);
     Ok(())
-}
-
-/// The `ocidisk` binary: `$OCIDISK_BIN`, else the release build next to
-/// this benchmark, else the debug build.
-fn ocidisk_binary() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("OCIDISK_BIN") {
-        return Ok(path.into());
-    }
-    let exe = std::env::current_exe().context("cannot find the benchmark executable")?;
-    // target/<profile>/deps/<bench> → target/
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .with_context(|| format!("unexpected benchmark path {}", exe.display()))?;
-    for profile in ["release", "debug"] {
-        let bin = target.join(profile).join("ocidisk");
-        if bin.is_file() {
-            if profile == "debug" {
-                eprintln!("warning: measuring a debug build of ocidisk; build --release first");
-            }
-            return Ok(bin);
-        }
-    }
-    bail!(
-        "no ocidisk binary in {}/release: run `cargo build --release -p ocidisk` first \
-         (or set OCIDISK_BIN)",
-        target.display()
-    )
 }
 
 /// Writes the Monogon-format image; the payload bytes are dropped again

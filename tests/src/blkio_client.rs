@@ -291,6 +291,35 @@ pub fn ocidisk_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// The `ocidisk` binary a benchmark measures: `OCIDISK_BIN`, else the
+/// release build in the benchmark's target directory, else the debug build
+/// (with a warning on stderr, since its figures mean little).
+pub fn ocidisk_bench_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("OCIDISK_BIN") {
+        return Ok(path.into());
+    }
+    let exe = std::env::current_exe().context("cannot find the benchmark executable")?;
+    // target/<profile>/deps/<bench> → target/
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .ok_or_else(|| anyhow!("unexpected benchmark path {}", exe.display()))?;
+    for profile in ["release", "debug"] {
+        let bin = target.join(profile).join("ocidisk");
+        if bin.is_file() {
+            if profile == "debug" {
+                eprintln!("warning: measuring a debug build of ocidisk; build --release first");
+            }
+            return Ok(bin);
+        }
+    }
+    bail!(
+        "no ocidisk binary in {}/release: run `cargo build --release -p ocidisk` first \
+         (or set OCIDISK_BIN)",
+        target.display()
+    )
+}
+
 /// A running `ocidisk serve`.
 pub struct Server {
     child: Option<Child>,
