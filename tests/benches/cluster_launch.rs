@@ -43,7 +43,7 @@
 use anyhow::{bail, ensure, Context, Result};
 use ocidisk_tests::blkio_client::ocidisk_bench_binary;
 use ocidisk_tests::guest::{Accel, Assets, OVMF_CODE, OVMF_VARS};
-use ocidisk_tests::hostfs::FsInfo;
+use ocidisk_tests::hostfs::{bench_dir, FsInfo};
 use ocidisk_tests::oci_writer::{efi_image, random_bytes, ImageBuilder, OsImage, Payload};
 use ocidisk_tests::sample::build_sample_image;
 use std::collections::BTreeMap;
@@ -69,14 +69,7 @@ const VMS: usize = 3;
 fn main() -> Result<()> {
     println!("reproduce: `{REPRODUCE}`\n");
     let ocidisk = ocidisk_bench_binary()?;
-    let base = match std::env::var_os("OCIDISK_BENCH_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => std::env::temp_dir(),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix("ocidisk-cluster-")
-        .tempdir_in(&base)
-        .with_context(|| format!("creating a directory in {}", base.display()))?;
+    let tmp = bench_dir("ocidisk-cluster-")?;
     let work = tmp.path();
     let parts = std::env::var("PARTS").unwrap_or_else(|_| "prepare,boot".to_owned());
     let fs = FsInfo::probe(work)?;

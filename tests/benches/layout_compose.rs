@@ -31,7 +31,7 @@ use layout::oci::{Image, OpenOptions};
 use layout::spec::{LayoutSpec, MonogonPreset};
 use layout::{Extent, Source};
 use ocidisk_tests::blkio_client::ocidisk_bench_binary;
-use ocidisk_tests::hostfs::FsInfo;
+use ocidisk_tests::hostfs::{bench_dir, FsInfo};
 use ocidisk_tests::oci_writer::{efi_image, random_bytes, ImageBuilder, OsImage, Payload};
 use std::collections::HashSet;
 use std::fs::File;
@@ -58,14 +58,7 @@ const DISK_ID: &str = "node-1";
 fn main() -> Result<()> {
     println!("reproduce: `{REPRODUCE}`\n");
     let ocidisk = ocidisk_bench_binary()?;
-    let base = match std::env::var_os("OCIDISK_BENCH_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => std::env::temp_dir(),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix("ocidisk-bench-")
-        .tempdir_in(&base)
-        .with_context(|| format!("creating a directory in {}", base.display()))?;
+    let tmp = bench_dir("ocidisk-bench-")?;
     let dir = tmp.path();
     let image_dir = dir.join("image");
     let cache_dir = dir.join("cache");

@@ -4,7 +4,21 @@
 use anyhow::{Context as _, Result};
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// A fresh directory for a benchmark's files, removed when dropped: under
+/// `$OCIDISK_BENCH_DIR` if set (to measure another file system), else under
+/// the system's temporary directory.
+pub fn bench_dir(prefix: &str) -> Result<tempfile::TempDir> {
+    let base = match std::env::var_os("OCIDISK_BENCH_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::temp_dir(),
+    };
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&base)
+        .with_context(|| format!("creating a directory in {}", base.display()))
+}
 
 /// The file system of the work directory, and whether it can share extents
 /// between files (tried with `FICLONE`, not guessed from the name).
