@@ -13,6 +13,7 @@
 //! waits for the path never connects too early. `ready socket=PATH` on stdout
 //! says the same to launchers that read lines.
 
+use crate::device::parallel::Helpers;
 use crate::device::{BlkBackend, DeviceConfig, GuestMemory, Stats};
 use crate::disk::{BlockDevice, OverlayDisk, ReadOnlyDisk};
 use crate::image_args::ImageArgs;
@@ -92,9 +93,26 @@ pub struct ServeOptions {
     /// Record every request in FILE (format: backend/src/metrics/TRACE.md).
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
+    /// Helper threads that share each read of 256 KiB or more with the queue
+    /// threads [default: one per CPU; 0 or 1 reads on the queue thread only].
+    #[arg(long, value_name = "N")]
+    pub helper_threads: Option<usize>,
 }
 
 impl ServeOptions {
+    /// The helper threads for large transfers, unless there is nothing to
+    /// share them with.
+    fn helpers(&self) -> anyhow::Result<Option<Arc<Helpers>>> {
+        let helpers = match self.helper_threads {
+            None => Helpers::for_this_machine(),
+            Some(0 | 1) => Ok(None),
+            Some(n) => Helpers::new(n).map(Some),
+        };
+        Ok(helpers
+            .context("cannot start the helper threads")?
+            .map(Arc::new))
+    }
+
     /// The metrics the device records into, if anything asked for them.
     fn disk_metrics(&self, disk_size: u64) -> anyhow::Result<Option<Arc<DiskMetrics>>> {
         if self.metrics.is_none() && self.stats_json.is_none() && self.trace.is_none() {
@@ -170,6 +188,7 @@ pub fn serve_device(device: Arc<dyn BlockDevice>, opts: &ServeOptions) -> anyhow
         wake: wake_tx,
     });
     signals.spawn_waiter(Arc::clone(&shared))?;
+    let helpers = opts.helpers()?;
 
     let metrics = opts.disk_metrics(config.size)?;
     let _metrics_server = match (&opts.metrics, &metrics) {
@@ -200,7 +219,15 @@ pub fn serve_device(device: Arc<dyn BlockDevice>, opts: &ServeOptions) -> anyhow
         out.flush()?;
     }
 
-    let result = serve_loop(&device, &config, &metrics, &shared, &mut listener, &wake_rx);
+    let result = serve_loop(
+        &device,
+        &config,
+        &metrics,
+        &helpers,
+        &shared,
+        &mut listener,
+        &wake_rx,
+    );
     // Whatever ended the loop, leave the disk durable and the path free.
     let flushed = device.flush().context("cannot flush the disk");
     drop(socket);
@@ -249,6 +276,7 @@ fn serve_loop(
     device: &Arc<dyn BlockDevice>,
     config: &DeviceConfig,
     metrics: &Option<Arc<DiskMetrics>>,
+    helpers: &Option<Arc<Helpers>>,
     shared: &Shared,
     listener: &mut Listener,
     wake: &UnixStream,
@@ -263,7 +291,8 @@ fn serve_loop(
         let mem: GuestMemory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let backend = Arc::new(
             BlkBackend::new(Arc::clone(device), config.clone(), mem.clone())
-                .with_metrics(metrics.clone()),
+                .with_metrics(metrics.clone())
+                .with_helpers(helpers.clone()),
         );
         let mut daemon = VhostUserDaemon::new("ocidisk".to_owned(), Arc::clone(&backend), mem)
             .map_err(|e| anyhow::anyhow!("cannot start the device: {e}"))?;

@@ -7,6 +7,7 @@
 //! thread without contention.
 
 use crate::device::config::{DeviceConfig, WCE_OFFSET};
+use crate::device::parallel::Helpers;
 use crate::device::request::{Completion, RequestContext};
 use crate::disk::BlockDevice;
 use crate::metrics::{DiskMetrics, Done, ReqKind, Status};
@@ -56,6 +57,7 @@ pub struct BlkBackend {
     writeback: AtomicBool,
     stats: Box<[QueueStats]>,
     metrics: Option<Arc<DiskMetrics>>,
+    helpers: Option<Arc<Helpers>>,
 }
 
 impl BlkBackend {
@@ -75,12 +77,19 @@ impl BlkBackend {
             writeback: AtomicBool::new(writeback),
             stats,
             metrics: None,
+            helpers: None,
         }
     }
 
     /// Records every request into `metrics` (queue `i` into its queue `i`).
     pub fn with_metrics(mut self, metrics: Option<Arc<DiskMetrics>>) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Shares large transfers with `helpers`.
+    pub fn with_helpers(mut self, helpers: Option<Arc<Helpers>>) -> Self {
+        self.helpers = helpers;
         self
     }
 
@@ -117,6 +126,7 @@ impl BlkBackend {
         let ctx = RequestContext {
             disk: &*self.disk,
             serial: &self.config.serial,
+            helpers: self.helpers.as_deref(),
         };
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let mut state = vring.get_mut();
