@@ -32,7 +32,9 @@
 //! Environment: `OCIDISK_BENCH_SECS` (measured seconds per cell, default 3),
 //! `OCIDISK_BENCH_REPS` (default 3), `OCIDISK_BENCH_PAYLOAD_MIB` (default
 //! 512), `OCIDISK_BENCH_DIR` (where the image and disks go; default a
-//! temporary directory). A positional argument keeps only the workloads
+//! temporary directory), `OCIDISK_BENCH_SERVE_ARGS` (extra arguments for
+//! every `ocidisk serve`, split at spaces, such as `--helper-threads 0`, to
+//! compare settings). A positional argument keeps only the workloads
 //! whose name contains it. Progress goes to stderr, the table to stdout.
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it does a quick
@@ -252,6 +254,8 @@ struct Fixture {
     blob: PathBuf,
     payload: Vec<u8>,
     disk_size: u64,
+    /// Extra arguments for `ocidisk serve`.
+    serve_args: Vec<String>,
     /// The system payload's bytes on the disk.
     system: Region,
     /// The data partition.
@@ -343,6 +347,11 @@ impl Fixture {
             blob,
             payload,
             disk_size,
+            serve_args: std::env::var("OCIDISK_BENCH_SERVE_ARGS")
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect(),
             system,
             data,
         })
@@ -369,6 +378,7 @@ impl Fixture {
                 if peer == Peer::OcidiskMetrics {
                     args.extend(["--metrics", metrics.to_str().unwrap_or_default()]);
                 }
+                args.extend(self.serve_args.iter().map(String::as_str));
                 VhostUserServer::ocidisk_serve(
                     &self.ocidisk,
                     &self.image,

@@ -7,13 +7,15 @@
 //! thread without contention.
 
 use crate::device::config::{DeviceConfig, WCE_OFFSET};
-use crate::device::parallel::Helpers;
-use crate::device::request::{Completion, RequestContext};
+use crate::device::parallel::{Helpers, MIN_SPLIT};
+use crate::device::request::{Completion, Request, RequestContext};
 use crate::disk::BlockDevice;
-use crate::metrics::{DiskMetrics, Done, ReqKind, Status};
+use crate::metrics::{DiskMetrics, Done, QueueMetrics, ReqKind, Started, Status};
+use smallvec::SmallVec;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_blk::{
@@ -58,6 +60,8 @@ pub struct BlkBackend {
     stats: Box<[QueueStats]>,
     metrics: Option<Arc<DiskMetrics>>,
     helpers: Option<Arc<Helpers>>,
+    /// How many queues are being drained right now.
+    draining: AtomicUsize,
 }
 
 impl BlkBackend {
@@ -78,6 +82,7 @@ impl BlkBackend {
             stats,
             metrics: None,
             helpers: None,
+            draining: AtomicUsize::new(0),
         }
     }
 
@@ -118,23 +123,37 @@ impl BlkBackend {
 
     /// Completes every available request of `vring`, then notifies the
     /// driver once if it wants to be.
+    ///
+    /// Requests run on this thread in the order they are popped, except
+    /// large ones when there are helper threads: those are set aside and run
+    /// together on the helpers once the ring is empty (or [`MAX_BATCH`] are
+    /// waiting), so that a guest streaming through one queue keeps every
+    /// core copying. virtio lets a device complete requests in any order.
     fn process_queue(&self, queue_index: usize, vring: &VringRwLock<GuestMemory>) {
-        // Only this queue's worker thread records into its metrics.
-        let metrics = self.metrics.as_deref().map(|m| m.queue(queue_index));
-        let stats = &self.stats[queue_index.min(self.stats.len().saturating_sub(1))];
         let atomic = self.memory();
+        let draining = Draining::enter(&self.draining);
+        // When other queues are draining too, their threads already keep the
+        // cores busy, and handing work around would only add wake-ups.
+        let helpers = self
+            .helpers
+            .as_deref()
+            .filter(|h| draining.queues() < h.threads());
         let ctx = RequestContext {
             disk: &*self.disk,
             serial: &self.config.serial,
-            helpers: self.helpers.as_deref(),
+            helpers,
         };
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let mut state = vring.get_mut();
         let queue = state.get_queue_mut();
-        let mut completed = false;
-        // The clock reading that ended the previous request of this drain:
-        // the next one starts then, which saves a clock read per request.
-        let mut last_finish = None;
+        let mut retire = Retire {
+            // Only this queue's worker thread records into its metrics.
+            metrics: self.metrics.as_deref().map(|m| m.queue(queue_index)),
+            stats: &self.stats[queue_index.min(self.stats.len().saturating_sub(1))],
+            last_finish: None,
+            completed: false,
+        };
+        let mut batch = Batch::new();
         loop {
             if event_idx {
                 // Errors here mean the ring is outside guest memory; popping
@@ -149,24 +168,28 @@ impl BlkBackend {
                 let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
                     break;
                 };
-                let started = metrics.map(|m| match last_finish {
-                    Some(at) => m.start_at(at),
-                    None => m.start(),
-                });
-                let done = ctx.process(&mem, chain);
-                if let (Some(m), Some(started)) = (metrics, started) {
-                    last_finish = Some(m.finish(started, metric_of(&done)));
-                    m.add_base_read(done.summary.base_bytes);
-                    m.add_overlay_read(done.summary.overlay_bytes);
+                let started = retire.start();
+                let request = Request::new(chain);
+                match helpers {
+                    Some(helpers) if request.data_len() >= MIN_SPLIT => {
+                        batch.push(Deferred {
+                            request,
+                            mem,
+                            started,
+                            done: None,
+                        });
+                        if batch.len() == MAX_BATCH {
+                            self.run_batch(&ctx, helpers, &mut batch, queue, &mut retire);
+                        }
+                    }
+                    _ => {
+                        let done = ctx.complete(&mem, &request);
+                        retire.done(queue, &mem, started, &done);
+                    }
                 }
-                stats.requests.fetch_add(1, Ordering::Relaxed);
-                if done.status != Some(0) {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
-                }
-                match queue.add_used(&*mem, done.head, done.used_len) {
-                    Ok(()) => completed = true,
-                    Err(err) => tracing::debug!(head = done.head, "cannot complete request: {err}"),
-                }
+            }
+            if let Some(helpers) = helpers {
+                self.run_batch(&ctx, helpers, &mut batch, queue, &mut retire);
             }
             // With EVENT_IDX, re-enabling notifications reports requests
             // that arrived meanwhile: process them before sleeping.
@@ -178,10 +201,119 @@ impl BlkBackend {
                 break;
             }
         }
-        if completed && queue.needs_notification(&*atomic.memory()).unwrap_or(true) {
+        if retire.completed && queue.needs_notification(&*atomic.memory()).unwrap_or(true) {
             if let Err(err) = state.signal_used_queue() {
                 tracing::debug!("cannot notify the driver: {err}");
             }
+        }
+    }
+
+    /// Carries out the set-aside requests on the helper threads, then
+    /// completes them in the order they were popped.
+    fn run_batch(
+        &self,
+        ctx: &RequestContext<'_>,
+        helpers: &Helpers,
+        batch: &mut Batch,
+        queue: &mut Queue,
+        retire: &mut Retire<'_>,
+    ) {
+        if batch.is_empty() {
+            return;
+        }
+        helpers.for_each(batch, |d| d.done = Some(ctx.complete(&d.mem, &d.request)));
+        for d in batch.drain(..) {
+            if let Some(done) = &d.done {
+                retire.done(queue, &d.mem, d.started, done);
+            }
+        }
+    }
+}
+
+/// Counts a queue as draining while it lives.
+struct Draining<'a> {
+    count: &'a AtomicUsize,
+    queues: usize,
+}
+
+impl<'a> Draining<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        let queues = count.fetch_add(1, Ordering::Relaxed) + 1;
+        Self { count, queues }
+    }
+
+    /// Queues draining when this one started, itself included.
+    fn queues(&self) -> usize {
+        self.queues
+    }
+}
+
+impl Drop for Draining<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Large requests waiting for the helper threads. Sixteen 1 MiB reads are
+/// enough to keep a few cores busy for milliseconds; more would only delay
+/// the first completion.
+const MAX_BATCH: usize = 16;
+
+/// A request set aside for the helper threads, with the memory view it was
+/// popped under.
+struct Deferred {
+    request: Request,
+    mem: GuestMemoryGuard,
+    started: Option<Started>,
+    done: Option<Completion>,
+}
+
+type Batch = SmallVec<[Deferred; MAX_BATCH]>;
+type Queue = virtio_queue::Queue;
+type GuestMemoryGuard = <GuestMemory as GuestAddressSpace>::T;
+
+/// Completes requests on the used ring and counts them, for one drain of
+/// one queue.
+struct Retire<'a> {
+    metrics: Option<&'a QueueMetrics>,
+    stats: &'a QueueStats,
+    /// The clock reading that ended the previous request: the next request
+    /// popped starts then, which saves a clock read per request.
+    last_finish: Option<Instant>,
+    /// Whether anything was added to the used ring.
+    completed: bool,
+}
+
+impl Retire<'_> {
+    /// Starts the clock of a request just popped.
+    fn start(&mut self) -> Option<Started> {
+        let m = self.metrics?;
+        Some(match self.last_finish.take() {
+            Some(at) => m.start_at(at),
+            None => m.start(),
+        })
+    }
+
+    /// Counts `done` and puts it on the used ring.
+    fn done(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        started: Option<Started>,
+        done: &Completion,
+    ) {
+        if let (Some(m), Some(started)) = (self.metrics, started) {
+            self.last_finish = Some(m.finish(started, metric_of(done)));
+            m.add_base_read(done.summary.base_bytes);
+            m.add_overlay_read(done.summary.overlay_bytes);
+        }
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        if done.status != Some(0) {
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        match queue.add_used(mem, done.head, done.used_len) {
+            Ok(()) => self.completed = true,
+            Err(err) => tracing::debug!(head = done.head, "cannot complete request: {err}"),
         }
     }
 }

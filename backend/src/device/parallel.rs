@@ -14,6 +14,7 @@
 //! hand-off to another thread (a wake-up, a few microseconds) costs more than
 //! the copy it shares.
 
+use rayon::iter::{IntoParallelRefMutIterator, ParallelIterator};
 use std::io;
 use std::ops::Range;
 
@@ -77,6 +78,29 @@ impl Helpers {
         }
         self.pool
             .install(|| run_range(&cuts, 0..cuts.count(), &piece, &merge))
+    }
+
+    /// How many threads the pool has.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Calls `f` on every item, spread over the helper threads, and returns
+    /// when all calls have returned.
+    pub fn for_each<T, F>(&self, items: &mut [T], f: F)
+    where
+        T: Send,
+        F: Fn(&mut T) + Sync,
+    {
+        match items {
+            [] => {}
+            // One item gains nothing from a hand-off, unless it splits
+            // itself (`run` hands its pieces to the pool on its own).
+            [one] => f(one),
+            _ => self
+                .pool
+                .install(|| items.par_iter_mut().for_each(|item| f(item))),
+        }
     }
 
     /// How many pieces a transfer of `len` bytes is cut into.

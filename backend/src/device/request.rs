@@ -423,6 +423,32 @@ struct Segment {
     flags: u32,
 }
 
+/// A request as its descriptor chain describes it, not yet carried out.
+pub struct Request {
+    head: u16,
+    chain: Chain,
+}
+
+impl Request {
+    /// Walks `chain`'s descriptors. Reads no guest memory but the
+    /// descriptors themselves; problems are kept for the answer.
+    pub fn new<M>(chain: DescriptorChain<M>) -> Self
+    where
+        M: Deref<Target = GuestMemoryMmap>,
+    {
+        Self {
+            head: chain.head_index(),
+            chain: Chain::collect(chain),
+        }
+    }
+
+    /// The most bytes the request can move: the larger of its two streams.
+    /// What decides whether it is worth handing to another thread.
+    pub fn data_len(&self) -> u64 {
+        self.chain.readable_len.max(self.chain.writable_len)
+    }
+}
+
 /// What the device needs to carry out requests.
 pub struct RequestContext<'a> {
     /// The disk.
@@ -434,14 +460,10 @@ pub struct RequestContext<'a> {
 }
 
 impl RequestContext<'_> {
-    /// Carries out the request in `chain` and writes its status. Never fails:
-    /// the outcome goes to the driver.
-    pub fn process<M>(&self, mem: &GuestMemoryMmap, chain: DescriptorChain<M>) -> Completion
-    where
-        M: Deref<Target = GuestMemoryMmap>,
-    {
-        let head = chain.head_index();
-        let chain = Chain::collect(chain);
+    /// Carries out `request` and writes its status. Never fails: the outcome
+    /// goes to the driver.
+    pub fn complete(&self, mem: &GuestMemoryMmap, request: &Request) -> Completion {
+        let Request { head, ref chain } = *request;
         let mut summary = Summary::default();
         let result = self.execute(mem, &chain, &mut summary);
         if let Err(err) = &result {
@@ -756,7 +778,7 @@ mod tests {
                 serial: SERIAL,
                 helpers: self.helpers.as_ref(),
             };
-            ctx.process(&self.mem, chain)
+            ctx.complete(&self.mem, &Request::new(chain))
         }
 
         fn run(&self, descs: &[D]) -> Completion {
