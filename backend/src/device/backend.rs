@@ -221,6 +221,13 @@ impl BlkBackend {
         if batch.is_empty() {
             return;
         }
+        // Several requests share the threads whole; a lone one is cut into
+        // pieces instead.
+        let whole = RequestContext {
+            helpers: None,
+            ..*ctx
+        };
+        let ctx = if batch.len() > 1 { &whole } else { ctx };
         helpers.for_each(batch, |d| d.done = Some(ctx.complete(&d.mem, &d.request)));
         for d in batch.drain(..) {
             if let Some(done) = &d.done {

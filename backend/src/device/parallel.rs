@@ -1,24 +1,31 @@
-//! Large transfers split over helper threads.
+//! Large transfers shared with helper threads.
 //!
 //! A virtqueue's requests run one after another on the queue's worker
 //! thread. For small requests that is what makes the device fast (no
 //! hand-off between threads), but a 1 MiB read from the page cache is a
 //! memory copy that one core finishes at roughly its memory bandwidth, while
 //! the other cores idle: a guest streaming a file through one queue would be
-//! bound to one core. [`Helpers`] cuts such a transfer into pieces at 4 KiB
-//! boundaries of the disk and copies them on a small thread pool, one piece
-//! per core, and returns when all are done, so requests still complete in
-//! order and nothing about them changes but the speed.
+//! bound to one core. [`Helpers`] shares such work between the calling
+//! thread and a small pool: either a set of whole requests
+//! ([`Helpers::for_each`]) or one transfer cut into pieces at 4 KiB
+//! boundaries of the disk ([`Helpers::run`]). Both return when all the work
+//! is done, so nothing about a request changes but the speed.
 //!
-//! Only transfers of at least [`MIN_SPLIT`] bytes are split: below that the
-//! hand-off to another thread (a wake-up, a few microseconds) costs more than
-//! the copy it shares.
+//! The calling thread starts working at once and helpers join as they wake
+//! up; everyone takes the next item from a shared cursor until none is left.
+//! So a helper that wakes late costs nothing but its share, and the work
+//! never waits for a thread that is not there.
+//!
+//! Only transfers of at least [`MIN_SPLIT`] bytes are worth it: below that
+//! the hand-off to another thread (a wake-up, some microseconds) costs more
+//! than the copy it shares.
 
-use rayon::iter::{IntoParallelRefMutIterator, ParallelIterator};
 use std::io;
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
-/// The smallest transfer worth splitting.
+/// The smallest transfer worth sharing.
 pub const MIN_SPLIT: u64 = 256 * 1024;
 /// The smallest piece: half of [`MIN_SPLIT`], so that a transfer of exactly
 /// that size goes to two threads.
@@ -27,15 +34,17 @@ const MIN_PIECE: u64 = MIN_SPLIT / 2;
 /// page cache, whole blocks of an overlay.
 const PIECE_ALIGN: u64 = 4096;
 
-/// A pool of helper threads that share large transfers.
+/// A pool of helper threads that share large transfers with the thread that
+/// asks.
 pub struct Helpers {
     pool: rayon::ThreadPool,
+    /// The calling thread plus the pool's.
     threads: usize,
 }
 
 impl Helpers {
-    /// A pool with one thread per CPU this process may run on, or `None` on
-    /// a single CPU, where splitting cannot help.
+    /// Helpers for one thread per CPU this process may run on, or `None` on
+    /// a single CPU, where sharing cannot help.
     pub fn for_this_machine() -> io::Result<Option<Self>> {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         if cpus < 2 {
@@ -44,11 +53,12 @@ impl Helpers {
         Self::new(cpus).map(Some)
     }
 
-    /// A pool of `threads` helper threads.
+    /// Helpers that let `threads` threads work at once: the caller and
+    /// `threads - 1` pool threads (at least one).
     pub fn new(threads: usize) -> io::Result<Self> {
-        let threads = threads.max(1);
+        let threads = threads.max(2);
         let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
+            .num_threads(threads - 1)
             .thread_name(|i| format!("ocidisk-helper-{i}"))
             // Transfers need little stack; the default 2 MiB would only
             // reserve address space.
@@ -58,12 +68,38 @@ impl Helpers {
         Ok(Self { pool, threads })
     }
 
+    /// How many threads work at once: the caller and the pool's.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Calls `f` on every item, on this thread and the helpers, and returns
+    /// when all calls have returned.
+    pub fn for_each<T, F>(&self, items: &mut [T], f: F)
+    where
+        T: Send,
+        F: Fn(&mut T) + Sync,
+    {
+        if items.len() < 2 {
+            items.iter_mut().for_each(f);
+            return;
+        }
+        let helpers = items.len() - 1;
+        let cursor = Mutex::new(items.iter_mut());
+        let next = || cursor.lock().unwrap_or_else(|e| e.into_inner()).next();
+        self.share(helpers, || {
+            while let Some(item) = next() {
+                f(item);
+            }
+        });
+    }
+
     /// Transfers `len` bytes by calling `piece(range)` for byte ranges that
-    /// tile `0..len`, in parallel when `len` is large, and folds their
-    /// results with `merge`. The first error is returned, after every piece
-    /// has finished: no piece still runs when this returns.
+    /// tile `0..len`, several at once when `len` is large, and folds their
+    /// results with `merge`, in no particular order. Returns an error if any piece failed, after
+    /// every piece has finished: no piece still runs when this returns.
     ///
-    /// Ranges other than the last start at offsets `r` with
+    /// Ranges other than the first start at offsets `r` with
     /// `(base + r) % 4096 == 0`, where `base` is the transfer's disk offset.
     pub fn run<T, E, P, M>(&self, base: u64, len: u64, piece: P, merge: M) -> Result<T, E>
     where
@@ -76,31 +112,48 @@ impl Helpers {
         if cuts.count() == 1 {
             return piece(0..len);
         }
-        self.pool
-            .install(|| run_range(&cuts, 0..cuts.count(), &piece, &merge))
+        let fold = |a: Result<T, E>, b: Result<T, E>| Ok(merge(a?, b?));
+        let next = AtomicUsize::new(0);
+        self.share(cuts.count() - 1, || {
+            let mut done: Option<Result<T, E>> = None;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= cuts.count() {
+                    break;
+                }
+                let r = piece(cuts.piece(i));
+                done = Some(match done {
+                    Some(d) => fold(d, r),
+                    None => r,
+                });
+            }
+            done
+        })
+        .into_iter()
+        .flatten()
+        .reduce(fold)
+        // Unreachable: the calling thread takes at least the first piece.
+        .unwrap_or_else(|| piece(0..0))
     }
 
-    /// How many threads the pool has.
-    pub fn threads(&self) -> usize {
-        self.threads
-    }
-
-    /// Calls `f` on every item, spread over the helper threads, and returns
-    /// when all calls have returned.
-    pub fn for_each<T, F>(&self, items: &mut [T], f: F)
+    /// Runs `work` on this thread and on up to `wanted` helpers, and returns
+    /// every call's result once all have returned. `work` takes its items
+    /// from a shared cursor, so any number of calls finishes the work.
+    fn share<R, W>(&self, wanted: usize, work: W) -> SmallResults<R>
     where
-        T: Send,
-        F: Fn(&mut T) + Sync,
+        R: Send,
+        W: Fn() -> R + Sync,
     {
-        match items {
-            [] => {}
-            // One item gains nothing from a hand-off, unless it splits
-            // itself (`run` hands its pieces to the pool on its own).
-            [one] => f(one),
-            _ => self
-                .pool
-                .install(|| items.par_iter_mut().for_each(|item| f(item))),
-        }
+        let helpers = wanted.min(self.threads - 1);
+        let results: Mutex<SmallResults<R>> = Mutex::new(SmallResults::new());
+        let keep = |r: R| results.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+        self.pool.in_place_scope(|scope| {
+            for _ in 0..helpers {
+                scope.spawn(|_| keep(work()));
+            }
+            keep(work());
+        });
+        results.into_inner().unwrap_or_else(|e| e.into_inner())
     }
 
     /// How many pieces a transfer of `len` bytes is cut into.
@@ -113,25 +166,8 @@ impl Helpers {
     }
 }
 
-/// Runs pieces `range` of `cuts` by halving the range and letting rayon's
-/// work stealing spread the halves over the pool's threads.
-fn run_range<T, E, P, M>(cuts: &Cuts, range: Range<usize>, piece: &P, merge: &M) -> Result<T, E>
-where
-    T: Send,
-    E: Send,
-    P: Fn(Range<u64>) -> Result<T, E> + Sync,
-    M: Fn(T, T) -> T + Sync,
-{
-    if range.len() == 1 {
-        return piece(cuts.piece(range.start));
-    }
-    let mid = range.start + range.len() / 2;
-    let (left, right) = rayon::join(
-        || run_range(cuts, range.start..mid, piece, merge),
-        || run_range(cuts, mid..range.end, piece, merge),
-    );
-    Ok(merge(left?, right?))
-}
+/// The results of one [`Helpers::share`], on the stack for up to 8 threads.
+type SmallResults<R> = smallvec::SmallVec<[R; 8]>;
 
 /// Where a transfer of `len` bytes at disk offset `base` is cut into `n`
 /// pieces of nearly equal size.

@@ -450,6 +450,7 @@ impl Request {
 }
 
 /// What the device needs to carry out requests.
+#[derive(Clone, Copy)]
 pub struct RequestContext<'a> {
     /// The disk.
     pub disk: &'a dyn BlockDevice,
