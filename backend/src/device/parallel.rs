@@ -267,9 +267,22 @@ mod tests {
     }
 
     #[test]
-    fn one_thread_never_splits() {
-        let helpers = Helpers::new(1).unwrap();
-        assert_eq!(pieces_of(&helpers, 0, 1 << 20).0, vec![0..1 << 20]);
+    fn a_lone_item_runs_on_the_calling_thread() {
+        let helpers = Helpers::new(2).unwrap();
+        let caller = std::thread::current().id();
+        let mut items = [None];
+        helpers.for_each(&mut items, |t| *t = Some(std::thread::current().id()));
+        assert_eq!(items, [Some(caller)]);
+    }
+
+    #[test]
+    fn every_item_is_visited_once() {
+        let helpers = Helpers::new(3).unwrap();
+        for n in [0, 1, 2, 3, 16] {
+            let mut items = vec![0u32; n];
+            helpers.for_each(&mut items, |t| *t += 1);
+            assert!(items.iter().all(|&t| t == 1), "{n} items: {items:?}");
+        }
     }
 
     #[test]

@@ -466,7 +466,7 @@ impl RequestContext<'_> {
     pub fn complete(&self, mem: &GuestMemoryMmap, request: &Request) -> Completion {
         let Request { head, ref chain } = *request;
         let mut summary = Summary::default();
-        let result = self.execute(mem, &chain, &mut summary);
+        let result = self.execute(mem, chain, &mut summary);
         if let Err(err) = &result {
             tracing::debug!(head, "request failed: {err}");
         }
