@@ -448,6 +448,81 @@ fn kill_9_then_restart_keeps_every_flushed_write() {
     assert_eq!(client.queue().read(0, 4096).unwrap(), f.base_bytes(0, 4096));
 }
 
+/// Large requests, many in flight on one queue, are what the device hands
+/// to its helper threads: every one must still land where it was asked to,
+/// and one bad request among them must fail alone.
+#[test]
+fn large_requests_in_flight_together() {
+    const LARGE: usize = 1 << 20;
+    const N: usize = 8;
+    let f = Fixture::new();
+    for helpers in ["0", "2", "3"] {
+        let server = f.serve(&["--helper-threads", helpers]);
+        let mut client = BlkioClient::connect(&f.socket, 1, 2 * N * LARGE).unwrap();
+        let q = client.queue();
+        // Sector-aligned but not page-aligned on the disk, so the pieces of
+        // a lone request are cut inside it.
+        let at = |i: usize| (2 << 20) + 1536 + (i * LARGE) as u64;
+        let fill: Vec<u8> = (0..N * LARGE)
+            .map(|b| (b % 251) as u8 ^ helpers.as_bytes()[0])
+            .collect();
+        q.buf()[..N * LARGE].copy_from_slice(&fill);
+        let mut out = Vec::new();
+        for i in 0..N {
+            let op = Op::Write {
+                offset: at(i),
+                buf: i * LARGE,
+                len: LARGE,
+            };
+            q.submit(op, i);
+        }
+        q.reap(N, &mut out).unwrap();
+        assert!(out.iter().all(|(_, r)| r.is_ok()), "{helpers}: {out:?}");
+
+        // Read back the writes and the payload before them with every
+        // request in flight at once, one of them past the end of the disk.
+        out.clear();
+        q.buf().fill(0);
+        for i in 0..N {
+            let op = Op::Read {
+                offset: at(i),
+                buf: i * LARGE,
+                len: LARGE,
+            };
+            q.submit(op, i);
+        }
+        q.submit(
+            Op::Read {
+                offset: DISK_SIZE - (LARGE / 2) as u64,
+                buf: N * LARGE,
+                len: LARGE,
+            },
+            N,
+        );
+        let payload_at = (1u64 << 20) + 4096;
+        q.submit(
+            Op::Read {
+                offset: payload_at,
+                buf: (N + 1) * LARGE,
+                len: LARGE / 2,
+            },
+            N + 1,
+        );
+        q.reap(N + 2, &mut out).unwrap();
+        for (i, result) in &out {
+            assert_eq!(result.is_err(), *i == N, "{helpers}: request {i}: {result:?}");
+        }
+        let buf = q.buf();
+        assert!(buf[..N * LARGE] == fill[..], "{helpers}: writes read back wrong");
+        assert!(
+            buf[(N + 1) * LARGE..][..LARGE / 2] == pattern(4096, LARGE / 2)[..],
+            "{helpers}: payload read back wrong"
+        );
+        drop(client);
+        server.terminate().unwrap();
+    }
+}
+
 #[test]
 fn the_partition_reads_as_the_payload_then_zeros() {
     let f = Fixture::new();
