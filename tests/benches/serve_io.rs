@@ -542,6 +542,27 @@ struct Sample {
     mbps: f64,
     p50_us: f64,
     p99_us: f64,
+    /// The server's CPU time per request (all its threads, user and
+    /// system), in µs: what a request costs whatever the scheduling.
+    cpu_us: f64,
+}
+
+/// The CPU time of all threads of process `pid` so far, from each thread's
+/// `schedstat` (nanoseconds on a CPU).
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        // A thread may exit between listing and reading: it counts no more.
+        let Ok(stat) = std::fs::read_to_string(task?.path().join("schedstat")) else {
+            continue;
+        };
+        ns += stat
+            .split_whitespace()
+            .next()
+            .and_then(|f| f.parse::<u64>().ok())
+            .ok_or_else(|| anyhow!("unexpected schedstat {stat:?}"))?;
+    }
+    Ok(Duration::from_nanos(ns))
 }
 
 /// What one queue's thread measured.
@@ -679,6 +700,7 @@ fn run_cell(
     w: &Workload,
     settings: &Settings,
     seed: u64,
+    server_pid: u32,
 ) -> anyhow::Result<Sample> {
     let queues = client.queues.len();
     let (region, warmup, budget) = match w.dir {
@@ -686,6 +708,7 @@ fn run_cell(
         Direction::Write => (fixture.data, Duration::ZERO, WRITE_BUDGET / queues as u64),
     };
     let barrier = Barrier::new(queues + 1);
+    let mut server_cpu = Duration::ZERO;
     let results: Vec<anyhow::Result<QueueResult>> = std::thread::scope(|s| {
         let handles: Vec<_> = client
             .queues
@@ -707,6 +730,17 @@ fn run_cell(
             })
             .collect();
         barrier.wait();
+        // The server's CPU time over the measured window, which the client
+        // threads share (they start at the barrier too).
+        let start = Instant::now();
+        std::thread::sleep(warmup);
+        let before = cpu_time(server_pid);
+        std::thread::sleep(
+            (start + warmup + settings.measure).saturating_duration_since(Instant::now()),
+        );
+        if let (Ok(before), Ok(after)) = (before, cpu_time(server_pid)) {
+            server_cpu = after.saturating_sub(before);
+        }
         handles
             .into_iter()
             .map(|h| {
@@ -716,9 +750,11 @@ fn run_cell(
             .collect()
     });
     let mut iops = 0.0;
+    let mut ops = 0;
     let mut latencies = Vec::new();
     for r in results {
         let r = r?;
+        ops += r.ops;
         ensure!(
             r.ops > 0 && !r.elapsed.is_zero(),
             "no request completed in time"
@@ -733,6 +769,7 @@ fn run_cell(
         mbps: iops * w.block as f64 / 1e6,
         p50_us: pct(50) / 1e3,
         p99_us: pct(99) / 1e3,
+        cpu_us: server_cpu.as_secs_f64() * 1e6 / ops as f64,
     })
 }
 
@@ -754,10 +791,13 @@ fn measure(
     }
     let server = fixture.start(peer, queues, &cell_dir)?;
     let buf_len = (w.depth * w.block).next_multiple_of(2 * MIB);
+    let pid = server
+        .pid()
+        .ok_or_else(|| anyhow!("{} exited at once", peer.name()))?;
     let sample = (|| {
         let mut client = BlkioClient::connect(server.socket(), queues, buf_len)?;
         fixture.check_contents(&mut client)?;
-        run_cell(&mut client, fixture, w, settings, cell as u64)
+        run_cell(&mut client, fixture, w, settings, cell as u64, pid)
     })();
     let log = server.log();
     let status = match w.dir {
@@ -811,6 +851,7 @@ struct Row {
     mbps: f64,
     p50: f64,
     p99: f64,
+    cpu_us: f64,
 }
 
 impl Row {
@@ -824,6 +865,7 @@ impl Row {
             mbps: median(get(|s| s.mbps)),
             p50: median(get(|s| s.p50_us)),
             p99: median(get(|s| s.p99_us)),
+            cpu_us: median(get(|s| s.cpu_us)),
         }
     }
 }
@@ -860,9 +902,9 @@ fn report(
     );
     let _ = writeln!(
         out,
-        "| workload | queues | server | IOPS (min–max) | MB/s | p50 µs | p99 µs | ocidisk ÷ server |"
+        "| workload | queues | server | IOPS (min–max) | MB/s | p50 µs | p99 µs | server CPU µs/req | ocidisk ÷ server |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     for ((w, queues), row) in cases.iter().zip(rows) {
         for (peer, r) in PEERS.iter().zip(row) {
             let ratio = if matches!(peer, Peer::Ocidisk | Peer::OcidiskMetrics) {
@@ -872,7 +914,7 @@ fn report(
             };
             let _ = writeln!(
                 out,
-                "| {} | {queues} | {} | {} ({}–{}) | {} | {} | {} | {ratio} |",
+                "| {} | {queues} | {} | {} ({}–{}) | {} | {} | {} | {} | {ratio} |",
                 w.label(),
                 peer.name(),
                 fmt_num(r.iops),
@@ -881,6 +923,7 @@ fn report(
                 fmt_num(r.mbps),
                 fmt_num(r.p50),
                 fmt_num(r.p99),
+                fmt_num(r.cpu_us),
             );
         }
     }
@@ -891,13 +934,14 @@ fn report(
     );
     let _ = writeln!(
         out,
-        "| workload | queues | ocidisk ÷ qsd-raw | ocidisk ÷ qsd-qcow2 | target | met | metrics on ÷ off |"
+        "| workload | queues | ocidisk ÷ qsd-raw | ocidisk ÷ qsd-qcow2 | target | met | metrics on ÷ off: IOPS | CPU/req |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     for ((w, queues), row) in cases.iter().zip(rows) {
         let vs_raw = row[0].iops / row[1].iops;
         let vs_qcow2 = row[0].iops / row[2].iops;
         let metrics_cost = row[3].iops / row[0].iops;
+        let metrics_cpu = row[3].cpu_us / row[0].cpu_us;
         let (target, met) = match (w.dir, w.block) {
             (Direction::Read, _) => ("≥ 1.2× raw", vs_raw >= 1.2),
             (Direction::Write, b) if b == 4 * KIB => {
@@ -907,7 +951,7 @@ fn report(
         };
         let _ = writeln!(
             out,
-            "| {} | {queues} | {vs_raw:.2}× | {vs_qcow2:.2}× | {target} | {} | {metrics_cost:.3} |",
+            "| {} | {queues} | {vs_raw:.2}× | {vs_qcow2:.2}× | {target} | {} | {metrics_cost:.3} | {metrics_cpu:.3} |",
             w.label(),
             if met { "yes" } else { "**no**" }
         );
@@ -960,7 +1004,7 @@ fn run() -> anyhow::Result<()> {
             for (p, peer) in PEERS.iter().enumerate() {
                 let s = measure(&fixture, &settings, *peer, w, *queues, cell)?;
                 eprintln!(
-                    "serve_io: rep {}/{} {:<16} q{} {:<9} {:>9.0} IOPS {:>8.1} MB/s p50 {:>7.1} µs p99 {:>8.1} µs",
+                    "serve_io: rep {}/{} {:<16} q{} {:<9} {:>9.0} IOPS {:>8.1} MB/s p50 {:>7.1} µs p99 {:>8.1} µs CPU {:>6.2} µs/req",
                     rep + 1,
                     settings.reps,
                     w.label(),
@@ -969,7 +1013,8 @@ fn run() -> anyhow::Result<()> {
                     s.iops,
                     s.mbps,
                     s.p50_us,
-                    s.p99_us
+                    s.p99_us,
+                    s.cpu_us
                 );
                 samples[c][p].push(s);
                 cell += 1;

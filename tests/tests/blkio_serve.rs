@@ -510,10 +510,17 @@ fn large_requests_in_flight_together() {
         );
         q.reap(N + 2, &mut out).unwrap();
         for (i, result) in &out {
-            assert_eq!(result.is_err(), *i == N, "{helpers}: request {i}: {result:?}");
+            assert_eq!(
+                result.is_err(),
+                *i == N,
+                "{helpers}: request {i}: {result:?}"
+            );
         }
         let buf = q.buf();
-        assert!(buf[..N * LARGE] == fill[..], "{helpers}: writes read back wrong");
+        assert!(
+            buf[..N * LARGE] == fill[..],
+            "{helpers}: writes read back wrong"
+        );
         assert!(
             buf[(N + 1) * LARGE..][..LARGE / 2] == pattern(4096, LARGE / 2)[..],
             "{helpers}: payload read back wrong"

@@ -250,7 +250,13 @@ mod tests {
     fn large_transfers_tile_the_range_at_page_boundaries() {
         let helpers = Helpers::new(3).unwrap();
         for base in [0, 512, 4096, 7 * 512, (1 << 40) + 1536] {
-            for len in [MIN_SPLIT, MIN_SPLIT + 512, 1 << 20, (1 << 20) + 3584, 64 << 20] {
+            for len in [
+                MIN_SPLIT,
+                MIN_SPLIT + 512,
+                1 << 20,
+                (1 << 20) + 3584,
+                64 << 20,
+            ] {
                 let (pieces, total) = pieces_of(&helpers, base, len);
                 assert_eq!(total, len, "base {base} len {len}");
                 assert!(pieces.len() > 1, "base {base} len {len}: {pieces:?}");

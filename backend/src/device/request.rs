@@ -603,7 +603,8 @@ impl RequestContext<'_> {
         len: u64,
     ) -> Result<ReadSources, RequestError> {
         let piece = |range: Range<u64>| -> Result<ReadSources, RequestError> {
-            let mut bufs = guest_iovecs(mem, chain.writable(), range.start, range.end - range.start)?;
+            let mut bufs =
+                guest_iovecs(mem, chain.writable(), range.start, range.end - range.start)?;
             Ok(self.disk.read(offset + range.start, &mut bufs)?)
         };
         match self.helpers {
@@ -861,11 +862,7 @@ mod tests {
     fn summaries_say_what_was_asked_and_where_the_bytes_came_from() {
         let h = Harness::new();
         h.header(VIRTIO_BLK_T_IN, 3);
-        let done = h.run_with_summary(&[
-            (HDR, 16, false),
-            (DATA, 1024, true),
-            (STATUS, 1, true),
-        ]);
+        let done = h.run_with_summary(&[(HDR, 16, false), (DATA, 1024, true), (STATUS, 1, true)]);
         assert_eq!(
             done.summary,
             Summary {
@@ -878,11 +875,7 @@ mod tests {
         );
         // A failed request still says what it was.
         h.header(VIRTIO_BLK_T_OUT, u64::MAX / 512);
-        let done = h.run_with_summary(&[
-            (HDR, 16, false),
-            (DATA, 512, false),
-            (STATUS, 1, true),
-        ]);
+        let done = h.run_with_summary(&[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)]);
         assert_eq!(done.status, Some(S_IOERR));
         assert_eq!(done.summary.kind, Some(VIRTIO_BLK_T_OUT));
         // No header: no type.
@@ -922,7 +915,10 @@ mod tests {
             let mut got = h.guest(first.0, first.1 as usize);
             got.extend(h.guest(second.0, second.1 as usize));
             let start = sector as usize * 512;
-            assert!(got == h.disk()[start..start + 512 * 1024], "helpers {helpers:?}");
+            assert!(
+                got == h.disk()[start..start + 512 * 1024],
+                "helpers {helpers:?}"
+            );
 
             // The same with the end of the second descriptor outside guest
             // memory: the piece that maps it fails, the request fails.

@@ -136,6 +136,11 @@ impl VhostUserServer {
         )
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The socket a frontend connects to.
     pub fn socket(&self) -> &Path {
         &self.socket
