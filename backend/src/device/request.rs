@@ -442,10 +442,11 @@ impl Request {
         }
     }
 
-    /// The most bytes the request can move: the larger of its two streams.
-    /// What decides whether it is worth handing to another thread.
-    pub fn data_len(&self) -> u64 {
-        self.chain.readable_len.max(self.chain.writable_len)
+    /// The bytes the device may write into guest memory: a read's data
+    /// plus the status byte. What decides whether a read is worth sharing
+    /// with the helper threads.
+    pub fn writable_len(&self) -> u64 {
+        self.chain.writable_len
     }
 }
 
