@@ -8,13 +8,13 @@
 
 use crate::device::config::{DeviceConfig, WCE_OFFSET};
 use crate::device::parallel::{Helpers, MIN_SPLIT};
-use crate::device::request::{Completion, Request, RequestContext};
+use crate::device::request::{Begun, Completion, ReadOutcome, Request, RequestContext};
 use crate::disk::BlockDevice;
 use crate::metrics::{DiskMetrics, Done, QueueMetrics, ReqKind, Started, Status};
 use smallvec::SmallVec;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
@@ -141,7 +141,6 @@ impl BlkBackend {
         let ctx = RequestContext {
             disk: &*self.disk,
             serial: &self.config.serial,
-            helpers,
         };
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let mut state = vring.get_mut();
@@ -180,7 +179,6 @@ impl BlkBackend {
                             request,
                             mem,
                             started,
-                            done: None,
                         });
                         if batch.len() == MAX_BATCH {
                             self.run_batch(&ctx, helpers, &mut batch, queue, &mut retire);
@@ -212,8 +210,9 @@ impl BlkBackend {
         }
     }
 
-    /// Carries out the set-aside requests on the helper threads, then
-    /// completes them in the order they were popped.
+    /// Carries out the set-aside reads on this thread and the helpers, in
+    /// pieces of all of them at once (so that the threads finish together),
+    /// then completes them in the order they were popped.
     fn run_batch(
         &self,
         ctx: &RequestContext<'_>,
@@ -225,19 +224,30 @@ impl BlkBackend {
         if batch.is_empty() {
             return;
         }
-        // Several requests share the threads whole; a lone one is cut into
-        // pieces instead.
-        let whole = RequestContext {
-            helpers: None,
-            ..*ctx
-        };
-        let ctx = if batch.len() > 1 { &whole } else { ctx };
-        helpers.for_each(batch, |d| d.done = Some(ctx.complete(&d.mem, &d.request)));
-        for d in batch.drain(..) {
-            if let Some(done) = &d.done {
-                retire.done(queue, &d.mem, d.started, done);
-            }
+        let started: SmallVec<[Option<Started>; MAX_BATCH]> =
+            batch.iter_mut().map(|d| d.started.take()).collect();
+        let begun: SmallVec<[Begun<'_>; MAX_BATCH]> = batch
+            .iter()
+            .map(|d| ctx.begin(&d.mem, &d.request, true))
+            .collect();
+        let transfers: SmallVec<[(u64, u64); MAX_BATCH]> = begun
+            .iter()
+            .map(|b| b.read().map_or((0, 0), |r| (r.offset, r.len)))
+            .collect();
+        let outcomes: SmallVec<[Mutex<ReadOutcome>; MAX_BATCH]> =
+            begun.iter().map(|_| Mutex::default()).collect();
+        helpers.for_each_piece(&transfers, |i, range| {
+            let piece = ctx.read_piece(&batch[i].mem, &begun[i], range);
+            let mut outcome = outcomes[i].lock().unwrap_or_else(|e| e.into_inner());
+            outcome.add(piece);
+        });
+        let finished = batch.iter().zip(begun).zip(outcomes).zip(started);
+        for (((d, begun), outcome), started) in finished {
+            let outcome = outcome.into_inner().unwrap_or_else(|e| e.into_inner());
+            let done = ctx.end(&d.mem, begun, outcome);
+            retire.done(queue, &d.mem, started, &done);
         }
+        batch.clear();
     }
 }
 
@@ -276,7 +286,6 @@ struct Deferred {
     request: Request,
     mem: GuestMemoryGuard,
     started: Option<Started>,
-    done: Option<Completion>,
 }
 
 type Batch = SmallVec<[Deferred; MAX_BATCH]>;

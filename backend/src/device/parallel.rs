@@ -20,15 +20,16 @@
 //! the hand-off to another thread (a wake-up, some microseconds) costs more
 //! than the copy it shares.
 
+use smallvec::SmallVec;
 use std::io;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 /// The smallest transfer worth sharing.
 pub const MIN_SPLIT: u64 = 256 * 1024;
-/// The smallest piece: half of [`MIN_SPLIT`], so that a transfer of exactly
-/// that size goes to two threads.
+/// The size of a piece (at least; cuts round to 4 KiB): small enough that
+/// threads finish close together, large enough that a piece's system call
+/// costs nothing next to its copy.
 const MIN_PIECE: u64 = MIN_SPLIT / 2;
 /// Pieces start at multiples of this, in disk offsets: whole pages of the
 /// page cache, whole blocks of an overlay.
@@ -73,101 +74,73 @@ impl Helpers {
         self.threads
     }
 
-    /// Calls `f` on every item, on this thread and the helpers, and returns
-    /// when all calls have returned.
-    pub fn for_each<T, F>(&self, items: &mut [T], f: F)
+    /// Calls `piece(i, range)` for byte ranges that tile `0..len` of each
+    /// transfer `i` (`transfers[i]` is its disk offset and length), on this
+    /// thread and the helpers, and returns when all calls have returned.
+    ///
+    /// Transfers of [`MIN_SPLIT`] bytes or more are cut into pieces of about
+    /// 128 KiB, so that the threads finish at nearly the same time however
+    /// the transfers' sizes add up; ranges other than a transfer's first
+    /// start at offsets `r` with `(offset + r) % 4096 == 0`.
+    pub fn for_each_piece<P>(&self, transfers: &[(u64, u64)], piece: P)
     where
-        T: Send,
-        F: Fn(&mut T) + Sync,
+        P: Fn(usize, Range<u64>) + Sync,
     {
-        if items.len() < 2 {
-            items.iter_mut().for_each(f);
+        let cuts: SmallVec<[Cuts; 16]> = transfers
+            .iter()
+            .map(|&(offset, len)| Cuts::new(offset, len, pieces(len)))
+            .collect();
+        let total: usize = cuts.iter().map(Cuts::count).sum();
+        if total <= 1 {
+            for (i, c) in cuts.iter().enumerate() {
+                (0..c.count()).for_each(|p| piece(i, c.piece(p)));
+            }
             return;
         }
-        let helpers = items.len() - 1;
-        let cursor = Mutex::new(items.iter_mut());
-        let next = || cursor.lock().unwrap_or_else(|e| e.into_inner()).next();
-        self.share(helpers, || {
-            while let Some(item) = next() {
-                f(item);
-            }
-        });
-    }
-
-    /// Transfers `len` bytes by calling `piece(range)` for byte ranges that
-    /// tile `0..len`, several at once when `len` is large, and folds their
-    /// results with `merge`, in no particular order. Returns an error if any piece failed, after
-    /// every piece has finished: no piece still runs when this returns.
-    ///
-    /// Ranges other than the first start at offsets `r` with
-    /// `(base + r) % 4096 == 0`, where `base` is the transfer's disk offset.
-    pub fn run<T, E, P, M>(&self, base: u64, len: u64, piece: P, merge: M) -> Result<T, E>
-    where
-        T: Send,
-        E: Send,
-        P: Fn(Range<u64>) -> Result<T, E> + Sync,
-        M: Fn(T, T) -> T + Sync,
-    {
-        let cuts = Cuts::new(base, len, self.pieces(len));
-        if cuts.count() == 1 {
-            return piece(0..len);
-        }
-        let fold = |a: Result<T, E>, b: Result<T, E>| Ok(merge(a?, b?));
         let next = AtomicUsize::new(0);
-        self.share(cuts.count() - 1, || {
-            let mut done: Option<Result<T, E>> = None;
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= cuts.count() {
+        self.share(total - 1, || loop {
+            let mut unit = next.fetch_add(1, Ordering::Relaxed);
+            if unit >= total {
+                break;
+            }
+            for (i, c) in cuts.iter().enumerate() {
+                if unit < c.count() {
+                    piece(i, c.piece(unit));
                     break;
                 }
-                let r = piece(cuts.piece(i));
-                done = Some(match done {
-                    Some(d) => fold(d, r),
-                    None => r,
-                });
+                unit -= c.count();
             }
-            done
-        })
-        .into_iter()
-        .flatten()
-        .reduce(fold)
-        // Unreachable: the calling thread takes at least the first piece.
-        .unwrap_or_else(|| piece(0..0))
+        });
     }
 
-    /// Runs `work` on this thread and on up to `wanted` helpers, and returns
-    /// every call's result once all have returned. `work` takes its items
-    /// from a shared cursor, so any number of calls finishes the work.
-    fn share<R, W>(&self, wanted: usize, work: W) -> SmallResults<R>
+    /// Runs `work` on this thread and on up to `wanted` helpers, and
+    /// returns once every call has returned. `work` takes its items from a
+    /// shared cursor, so any number of calls finishes the work.
+    fn share<W>(&self, wanted: usize, work: W)
     where
-        R: Send,
-        W: Fn() -> R + Sync,
+        W: Fn() + Sync,
     {
         let helpers = wanted.min(self.threads - 1);
-        let results: Mutex<SmallResults<R>> = Mutex::new(SmallResults::new());
-        let keep = |r: R| results.lock().unwrap_or_else(|e| e.into_inner()).push(r);
         self.pool.in_place_scope(|scope| {
             for _ in 0..helpers {
-                scope.spawn(|_| keep(work()));
+                scope.spawn(|_| work());
             }
-            keep(work());
+            work();
         });
-        results.into_inner().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// How many pieces a transfer of `len` bytes is cut into.
-    fn pieces(&self, len: u64) -> usize {
-        if len < MIN_SPLIT {
-            return 1;
-        }
-        let most = usize::try_from(len / MIN_PIECE).unwrap_or(usize::MAX);
-        self.threads.min(most).max(1)
     }
 }
 
-/// The results of one [`Helpers::share`], on the stack for up to 8 threads.
-type SmallResults<R> = smallvec::SmallVec<[R; 8]>;
+/// How many pieces a transfer of `len` bytes is cut into: none if it is
+/// empty, one below [`MIN_SPLIT`], else pieces of at least [`MIN_PIECE`].
+fn pieces(len: u64) -> usize {
+    if len == 0 {
+        return 0;
+    }
+    if len < MIN_SPLIT {
+        return 1;
+    }
+    usize::try_from(len / MIN_PIECE).unwrap_or(usize::MAX)
+}
 
 /// Where a transfer of `len` bytes at disk offset `base` is cut into `n`
 /// pieces of nearly equal size.
@@ -180,11 +153,7 @@ struct Cuts {
 
 impl Cuts {
     fn new(base: u64, len: u64, n: usize) -> Self {
-        Self {
-            base,
-            len,
-            n: n.max(1),
-        }
+        Self { base, len, n }
     }
 
     fn count(&self) -> usize {
@@ -222,26 +191,21 @@ mod tests {
     /// Every range `run` hands out, and what it returned.
     fn pieces_of(helpers: &Helpers, base: u64, len: u64) -> (Vec<Range<u64>>, u64) {
         let seen = Mutex::new(Vec::new());
-        let total = helpers
-            .run(
-                base,
-                len,
-                |r| {
-                    seen.lock().unwrap().push(r.clone());
-                    Ok::<_, io::Error>(r.end - r.start)
-                },
-                |a, b| a + b,
-            )
-            .unwrap();
+        helpers.for_each_piece(&[(base, len)], |i, r| {
+            assert_eq!(i, 0);
+            seen.lock().unwrap().push(r);
+        });
         let mut seen = seen.into_inner().unwrap();
         seen.sort_by_key(|r| r.start);
+        let total = seen.iter().map(|r| r.end - r.start).sum();
         (seen, total)
     }
 
     #[test]
     fn small_transfers_stay_whole() {
         let helpers = Helpers::new(4).unwrap();
-        for len in [0, 512, 4096, MIN_SPLIT - 512] {
+        assert_eq!(pieces_of(&helpers, 0, 0).0, vec![]);
+        for len in [512, 4096, MIN_SPLIT - 512] {
             assert_eq!(pieces_of(&helpers, 0, len).0, vec![0..len]);
         }
     }
@@ -259,57 +223,53 @@ mod tests {
             ] {
                 let (pieces, total) = pieces_of(&helpers, base, len);
                 assert_eq!(total, len, "base {base} len {len}");
-                assert!(pieces.len() > 1, "base {base} len {len}: {pieces:?}");
-                assert!(pieces.len() <= 3);
+                assert_eq!(
+                    pieces.len() as u64,
+                    len / MIN_PIECE,
+                    "base {base} len {len}"
+                );
                 assert_eq!(pieces[0].start, 0);
                 assert_eq!(pieces.last().unwrap().end, len);
                 for w in pieces.windows(2) {
                     assert_eq!(w[0].end, w[1].start, "{pieces:?}");
                     assert_eq!((base + w[1].start) % PIECE_ALIGN, 0, "{pieces:?}");
                 }
-                assert!(pieces.iter().all(|r| r.start < r.end), "{pieces:?}");
+                assert!(
+                    pieces
+                        .iter()
+                        .all(|r| r.end - r.start >= MIN_PIECE - PIECE_ALIGN),
+                    "{pieces:?}"
+                );
             }
         }
     }
 
     #[test]
-    fn a_lone_item_runs_on_the_calling_thread() {
+    fn every_piece_of_every_transfer_once() {
+        let helpers = Helpers::new(2).unwrap();
+        let transfers = [(0, 1 << 20), (4096, 0), (1536, 4096), (8192, MIN_SPLIT)];
+        let seen = Mutex::new(Vec::new());
+        helpers.for_each_piece(&transfers, |i, r| seen.lock().unwrap().push((i, r)));
+        let mut seen = seen.into_inner().unwrap();
+        seen.sort_by_key(|(i, r)| (*i, r.start));
+        for (i, &(_, len)) in transfers.iter().enumerate() {
+            let mine: Vec<_> = seen.iter().filter(|(j, _)| *j == i).collect();
+            let covered: u64 = mine.iter().map(|(_, r)| r.end - r.start).sum();
+            assert_eq!(covered, len, "transfer {i}: {mine:?}");
+        }
+        // Only a transfer of nothing has no piece.
+        assert!(seen.iter().all(|(i, _)| *i != 1));
+    }
+
+    #[test]
+    fn a_small_transfer_runs_on_the_calling_thread() {
         let helpers = Helpers::new(2).unwrap();
         let caller = std::thread::current().id();
-        let mut items = [None];
-        helpers.for_each(&mut items, |t| *t = Some(std::thread::current().id()));
-        assert_eq!(items, [Some(caller)]);
-    }
-
-    #[test]
-    fn every_item_is_visited_once() {
-        let helpers = Helpers::new(3).unwrap();
-        for n in [0, 1, 2, 3, 16] {
-            let mut items = vec![0u32; n];
-            helpers.for_each(&mut items, |t| *t += 1);
-            assert!(items.iter().all(|&t| t == 1), "{n} items: {items:?}");
-        }
-    }
-
-    #[test]
-    fn the_first_error_wins_after_every_piece_ran() {
-        let helpers = Helpers::new(2).unwrap();
-        let ran = Mutex::new(0);
-        let result: io::Result<u64> = helpers.run(
-            0,
-            1 << 20,
-            |r| {
-                *ran.lock().unwrap() += 1;
-                if r.start == 0 {
-                    Err(io::Error::other("first piece failed"))
-                } else {
-                    Ok(r.end - r.start)
-                }
-            },
-            |a, b| a + b,
-        );
-        assert_eq!(result.unwrap_err().to_string(), "first piece failed");
-        assert_eq!(*ran.lock().unwrap(), 2);
+        let ran_on = Mutex::new(Vec::new());
+        helpers.for_each_piece(&[(0, MIN_SPLIT - 4096)], |_, _| {
+            ran_on.lock().unwrap().push(std::thread::current().id())
+        });
+        assert_eq!(ran_on.into_inner().unwrap(), vec![caller]);
     }
 
     #[test]

@@ -27,7 +27,6 @@
 //! length of 0.
 
 use crate::device::config::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, SECTOR_SHIFT, SERIAL_LEN};
-use crate::device::parallel::Helpers;
 use crate::disk::{BlockDevice, ReadSources};
 use smallvec::SmallVec;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -450,6 +449,50 @@ impl Request {
     }
 }
 
+/// The pieces of a deferred read, folded: where their bytes came from, or
+/// the first error.
+#[derive(Default)]
+pub struct ReadOutcome(Option<Result<ReadSources, RequestError>>);
+
+impl ReadOutcome {
+    /// Counts one piece's outcome.
+    pub fn add(&mut self, piece: Result<ReadSources, RequestError>) {
+        self.0 = Some(match self.0.take() {
+            None => piece,
+            Some(Ok(a)) => piece.map(|b| ReadSources {
+                base: a.base + b.base,
+                overlay: a.overlay + b.overlay,
+            }),
+            Some(Err(e)) => Err(e),
+        });
+    }
+}
+
+/// A request [`RequestContext::begin`] carried out up to its status.
+pub struct Begun<'r> {
+    request: &'r Request,
+    result: Result<u64, RequestError>,
+    summary: Summary,
+    read: Option<DeferredRead>,
+}
+
+impl Begun<'_> {
+    /// The read left to do, if the request is a valid read and its
+    /// transfer was deferred.
+    pub fn read(&self) -> Option<DeferredRead> {
+        self.read
+    }
+}
+
+/// A read's data transfer, left for the caller to do.
+#[derive(Debug, Clone, Copy)]
+pub struct DeferredRead {
+    /// Where on the disk it starts.
+    pub offset: u64,
+    /// Its length in bytes.
+    pub len: u64,
+}
+
 /// What the device needs to carry out requests.
 #[derive(Clone, Copy)]
 pub struct RequestContext<'a> {
@@ -457,17 +500,68 @@ pub struct RequestContext<'a> {
     pub disk: &'a dyn BlockDevice,
     /// The serial number for GET_ID.
     pub serial: &'a [u8; SERIAL_LEN],
-    /// Threads that share large transfers, if any.
-    pub helpers: Option<&'a Helpers>,
 }
 
 impl RequestContext<'_> {
     /// Carries out `request` and writes its status. Never fails: the outcome
     /// goes to the driver.
     pub fn complete(&self, mem: &GuestMemoryMmap, request: &Request) -> Completion {
-        let Request { head, ref chain } = *request;
+        self.end(mem, self.begin(mem, request, false), ReadOutcome::default())
+    }
+
+    /// Carries out `request` up to its status, except, with `defer_read`, a
+    /// read's data transfer: that is left to [`read_piece`](Self::read_piece)
+    /// calls over [`Begun::read`], whose folded result goes to
+    /// [`end`](Self::end).
+    pub fn begin<'r>(
+        &self,
+        mem: &GuestMemoryMmap,
+        request: &'r Request,
+        defer_read: bool,
+    ) -> Begun<'r> {
         let mut summary = Summary::default();
-        let result = self.execute(mem, chain, &mut summary);
+        let mut read = defer_read.then_some(None);
+        let result = self.execute(mem, &request.chain, &mut summary, &mut read);
+        Begun {
+            request,
+            result,
+            summary,
+            read: read.flatten(),
+        }
+    }
+
+    /// Reads bytes `range` of `begun`'s deferred read into their place in
+    /// guest memory.
+    pub fn read_piece(
+        &self,
+        mem: &GuestMemoryMmap,
+        begun: &Begun<'_>,
+        range: Range<u64>,
+    ) -> Result<ReadSources, RequestError> {
+        match &begun.read {
+            Some(read) => self.read_into(mem, &begun.request.chain, read.offset, range),
+            None => Ok(ReadSources::default()),
+        }
+    }
+
+    /// Writes the status of a request [`begin`](Self::begin) started;
+    /// `read` holds the pieces of its deferred read, if it had one.
+    pub fn end(&self, mem: &GuestMemoryMmap, begun: Begun<'_>, read: ReadOutcome) -> Completion {
+        let Begun {
+            request,
+            mut result,
+            mut summary,
+            ..
+        } = begun;
+        match read.0 {
+            Some(Ok(sources)) => {
+                summary.base_bytes = sources.base;
+                summary.overlay_bytes = sources.overlay;
+            }
+            Some(Err(err)) => result = Err(err),
+            None => {}
+        }
+        let Request { head, ref chain } = *request;
         if let Err(err) = &result {
             tracing::debug!(head, "request failed: {err}");
         }
@@ -500,12 +594,14 @@ impl RequestContext<'_> {
 
     /// Carries out the request; returns the number of data-in bytes written.
     /// Fills `summary` as soon as the header is known, so failed requests
-    /// are counted under their type too.
+    /// are counted under their type too. With `deferred` set, a read's data
+    /// transfer is not done but described there.
     fn execute(
         &self,
         mem: &GuestMemoryMmap,
         chain: &Chain,
         summary: &mut Summary,
+        deferred: &mut Option<Option<DeferredRead>>,
     ) -> Result<u64, RequestError> {
         if let Some(defect) = chain.defect {
             return Err(defect.into());
@@ -547,8 +643,13 @@ impl RequestContext<'_> {
                 no_data_out()?;
                 let offset = self.data_range(sector, data_in)?;
                 summary.len = data_in;
-                if data_in > 0 {
-                    let sources = self.read_data(mem, chain, offset, data_in)?;
+                if let Some(deferred) = deferred {
+                    *deferred = Some(DeferredRead {
+                        offset,
+                        len: data_in,
+                    });
+                } else if data_in > 0 {
+                    let sources = self.read_into(mem, chain, offset, 0..data_in)?;
                     summary.base_bytes = sources.base;
                     summary.overlay_bytes = sources.overlay;
                 }
@@ -594,27 +695,18 @@ impl RequestContext<'_> {
         }
     }
 
-    /// Reads `len` bytes at disk `offset` into the chain's data-in stream,
-    /// large reads in pieces on the helper threads.
-    fn read_data(
+    /// Reads bytes `range` of a read at disk `offset` into their place in the
+    /// chain's data-in stream.
+    fn read_into(
         &self,
         mem: &GuestMemoryMmap,
         chain: &Chain,
         offset: u64,
-        len: u64,
+        range: Range<u64>,
     ) -> Result<ReadSources, RequestError> {
-        let piece = |range: Range<u64>| -> Result<ReadSources, RequestError> {
-            let mut bufs =
-                guest_iovecs(mem, chain.writable(), range.start, range.end - range.start)?;
-            Ok(self.disk.read(offset + range.start, &mut bufs)?)
-        };
-        match self.helpers {
-            Some(helpers) => helpers.run(offset, len, piece, |a, b| ReadSources {
-                base: a.base + b.base,
-                overlay: a.overlay + b.overlay,
-            }),
-            None => piece(0..len),
-        }
+        let len = range.end.saturating_sub(range.start);
+        let mut bufs = guest_iovecs(mem, chain.writable(), range.start, len)?;
+        Ok(self.disk.read(offset + range.start, &mut bufs)?)
     }
 
     /// Checks a read or write range; returns its byte offset.
@@ -693,6 +785,7 @@ impl RequestContext<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::parallel::Helpers;
     use crate::disk::memory::MemoryDisk;
     use std::sync::atomic::Ordering;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_WRITE};
@@ -779,9 +872,20 @@ mod tests {
             let ctx = RequestContext {
                 disk: &self.disk,
                 serial: SERIAL,
-                helpers: self.helpers.as_ref(),
             };
-            ctx.complete(&self.mem, &Request::new(chain))
+            let request = Request::new(chain);
+            let Some(helpers) = &self.helpers else {
+                return ctx.complete(&self.mem, &request);
+            };
+            // As the device runs a batch of large reads, with one read.
+            let begun = ctx.begin(&self.mem, &request, true);
+            let outcome = std::sync::Mutex::new(ReadOutcome::default());
+            let transfer = begun.read().map_or((0, 0), |r| (r.offset, r.len));
+            helpers.for_each_piece(&[transfer], |_, range| {
+                let piece = ctx.read_piece(&self.mem, &begun, range);
+                outcome.lock().unwrap().add(piece);
+            });
+            ctx.end(&self.mem, begun, outcome.into_inner().unwrap())
         }
 
         fn run(&self, descs: &[D]) -> Completion {
