@@ -170,10 +170,11 @@ impl BlkBackend {
                 let started = retire.start();
                 let request = Request::new(chain);
                 match helpers {
-                    // Only reads. Sharing a queue's 1 MiB sequential writes
-                    // made them ten times slower (and cost ten times the
-                    // CPU) on ext4, where buffered writes to one file take
-                    // its inode lock in turn.
+                    // Only reads: buffered writes to one file take its
+                    // inode lock in turn (ext4, xfs), so writes would gain
+                    // little from more threads. (The one run that shared
+                    // writes was slow, but so are some runs that do not;
+                    // see README.md.)
                     Some(helpers) if request.writable_len() >= MIN_SPLIT => {
                         batch.push(Deferred {
                             request,
