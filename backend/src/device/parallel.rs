@@ -6,15 +6,14 @@
 //! memory copy that one core finishes at roughly its memory bandwidth, while
 //! the other cores idle: a guest streaming a file through one queue would be
 //! bound to one core. [`Helpers`] shares such work between the calling
-//! thread and a small pool: either a set of whole requests
-//! ([`Helpers::for_each`]) or one transfer cut into pieces at 4 KiB
-//! boundaries of the disk ([`Helpers::run`]). Both return when all the work
-//! is done, so nothing about a request changes but the speed.
+//! thread and a small pool: [`Helpers::for_each_piece`] cuts a set of
+//! transfers into pieces at 4 KiB boundaries of the disk and returns when
+//! every piece is done, so nothing about a request changes but the speed.
 //!
 //! The calling thread starts working at once and helpers join as they wake
-//! up; everyone takes the next item from a shared cursor until none is left.
-//! So a helper that wakes late costs nothing but its share, and the work
-//! never waits for a thread that is not there.
+//! up; everyone takes the next piece from a shared cursor until none is
+//! left. So a helper that wakes late costs nothing but its share, and the
+//! work never waits for a thread that is not there.
 //!
 //! Only transfers of at least [`MIN_SPLIT`] bytes are worth it: below that
 //! the hand-off to another thread (a wake-up, some microseconds) costs more
