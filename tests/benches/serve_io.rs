@@ -47,7 +47,7 @@ use ocidisk_tests::guest::{Readiness, VhostUserServer};
 use ocidisk_tests::oci_writer::{efi_image, ImageBuilder, OsImage, Payload};
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write as _};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -498,6 +498,28 @@ fn read_range(path: &Path, offset: u64, len: u64) -> anyhow::Result<()> {
 
 /// Deallocates `region` of `path`, so that raw writes start from the same
 /// (unallocated) state in every cell, as overlays and qcow2 files do.
+/// Writes `len` bytes to a scratch file and deletes it, so that the next
+/// `len` bytes of page cache come from memory this kernel freed a moment
+/// ago. On a VM that reports free memory to its host (virtio-balloon free
+/// page reporting, as on the development machine), memory idle for a while
+/// is handed back, and the first writer to touch it again pays for the
+/// host's page faults: a server writing 1 MiB requests into fresh memory
+/// ran at a fifth of its speed into recycled memory. qemu-storage-daemon's
+/// raw file gets recycled memory anyway (its region is punched before each
+/// cell), so without this the write cells compared memory, not servers.
+fn recycle_page_cache(dir: &Path, len: u64) -> anyhow::Result<()> {
+    let path = dir.join("recycle.tmp");
+    let chunk = vec![0x5au8; MIB];
+    let mut f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    for _ in 0..len.div_ceil(MIB as u64) {
+        f.write_all(&chunk)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    drop(f);
+    // Its dirty pages are dropped, not written back.
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
+}
+
 fn punch_hole(path: &Path, region: Region) -> anyhow::Result<()> {
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -788,6 +810,7 @@ fn measure(
         // last.
         // SAFETY: sync(2) takes no arguments and cannot fail.
         unsafe { libc::sync() };
+        recycle_page_cache(&fixture.root, WRITE_BUDGET)?;
     }
     let server = fixture.start(peer, queues, &cell_dir)?;
     let buf_len = (w.depth * w.block).next_multiple_of(2 * MIB);
