@@ -570,7 +570,9 @@ struct Sample {
 }
 
 /// The CPU time of all threads of process `pid` so far, from each thread's
-/// `schedstat` (nanoseconds on a CPU).
+/// `schedstat` (nanoseconds on a CPU). A thread that exits between two
+/// readings takes its time with it; the servers' threads live as long as
+/// the connection.
 fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let mut ns = 0u64;
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
