@@ -467,14 +467,12 @@ fn large_requests_in_flight_together() {
             .map(|b| (b % 251) as u8 ^ helpers.as_bytes()[0])
             .collect();
         q.buf()[..N * LARGE].copy_from_slice(&fill);
+        // Request i moves buffer slot i to or from at(i).
+        let (buf, len) = (|i: usize| i * LARGE, LARGE);
         let mut out = Vec::new();
         for i in 0..N {
-            let op = Op::Write {
-                offset: at(i),
-                buf: i * LARGE,
-                len: LARGE,
-            };
-            q.submit(op, i);
+            let (offset, buf) = (at(i), buf(i));
+            q.submit(Op::Write { offset, buf, len }, i);
         }
         q.reap(N, &mut out).unwrap();
         assert!(out.iter().all(|(_, r)| r.is_ok()), "{helpers}: {out:?}");
@@ -484,12 +482,8 @@ fn large_requests_in_flight_together() {
         out.clear();
         q.buf().fill(0);
         for i in 0..N {
-            let op = Op::Read {
-                offset: at(i),
-                buf: i * LARGE,
-                len: LARGE,
-            };
-            q.submit(op, i);
+            let (offset, buf) = (at(i), buf(i));
+            q.submit(Op::Read { offset, buf, len }, i);
         }
         q.submit(
             Op::Read {
