@@ -93,8 +93,9 @@ pub struct ServeOptions {
     /// Record every request in FILE (format: backend/src/metrics/TRACE.md).
     #[arg(long, value_name = "FILE")]
     pub trace: Option<PathBuf>,
-    /// Helper threads that share each read of 256 KiB or more with the queue
-    /// threads [default: one per CPU; 0 or 1 reads on the queue thread only].
+    /// How many threads copy large reads (256 KiB or more) at once, the
+    /// queue's own thread included [default: one per CPU; 0 or 1: the queue
+    /// thread alone].
     #[arg(long, value_name = "N")]
     pub helper_threads: Option<usize>,
 }
