@@ -8,13 +8,13 @@
 
 use crate::device::config::{DeviceConfig, WCE_OFFSET};
 use crate::device::parallel::{Helpers, MIN_SPLIT};
-use crate::device::request::{Begun, Completion, ReadOutcome, Request, RequestContext};
+use crate::device::request::{Completion, Request, RequestContext, MAX_BATCH};
 use crate::disk::BlockDevice;
 use crate::metrics::{DiskMetrics, Done, QueueMetrics, ReqKind, Started, Status};
 use smallvec::SmallVec;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
@@ -223,29 +223,14 @@ impl BlkBackend {
         if batch.is_empty() {
             return;
         }
-        let started: SmallVec<[Option<Started>; MAX_BATCH]> =
+        let mut started: SmallVec<[Option<Started>; MAX_BATCH]> =
             batch.iter_mut().map(|d| d.started.take()).collect();
-        let begun: SmallVec<[Begun<'_>; MAX_BATCH]> = batch
-            .iter()
-            .map(|d| ctx.begin(&d.mem, &d.request, true))
-            .collect();
-        let transfers: SmallVec<[(u64, u64); MAX_BATCH]> = begun
-            .iter()
-            .map(|b| b.read().map_or((0, 0), |r| (r.offset, r.len)))
-            .collect();
-        let outcomes: SmallVec<[Mutex<ReadOutcome>; MAX_BATCH]> =
-            begun.iter().map(|_| Mutex::default()).collect();
-        helpers.for_each_piece(&transfers, |i, range| {
-            let piece = ctx.read_piece(&batch[i].mem, &begun[i], range);
-            let mut outcome = outcomes[i].lock().unwrap_or_else(|e| e.into_inner());
-            outcome.add(piece);
+        let requests: SmallVec<[(&GuestMemoryMmap, &Request); MAX_BATCH]> =
+            batch.iter().map(|d| (&*d.mem, &d.request)).collect();
+        ctx.complete_shared(helpers, &requests, |i, done| {
+            retire.done(queue, requests[i].0, started[i].take(), &done);
         });
-        let finished = batch.iter().zip(begun).zip(outcomes).zip(started);
-        for (((d, begun), outcome), started) in finished {
-            let outcome = outcome.into_inner().unwrap_or_else(|e| e.into_inner());
-            let done = ctx.end(&d.mem, begun, outcome);
-            retire.done(queue, &d.mem, started, &done);
-        }
+        drop(requests);
         batch.clear();
     }
 }
@@ -273,11 +258,6 @@ impl Drop for Draining<'_> {
         self.count.fetch_sub(1, Ordering::Relaxed);
     }
 }
-
-/// Large requests waiting for the helper threads. Sixteen 1 MiB reads are
-/// enough to keep a few cores busy for milliseconds; more would only delay
-/// the first completion.
-const MAX_BATCH: usize = 16;
 
 /// A request set aside for the helper threads, with the memory view it was
 /// popped under.

@@ -27,10 +27,12 @@
 //! length of 0.
 
 use crate::device::config::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, SECTOR_SHIFT, SERIAL_LEN};
+use crate::device::parallel::Helpers;
 use crate::disk::{BlockDevice, ReadSources};
 use smallvec::SmallVec;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::ops::{Deref, Range};
+use std::sync::Mutex;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -449,14 +451,14 @@ impl Request {
     }
 }
 
-/// The pieces of a deferred read, folded: where their bytes came from, or
+/// The pieces of a read's transfer, folded: where their bytes came from, or
 /// the first error.
 #[derive(Default)]
-pub struct ReadOutcome(Option<Result<ReadSources, RequestError>>);
+struct ReadOutcome(Option<Result<ReadSources, RequestError>>);
 
 impl ReadOutcome {
     /// Counts one piece's outcome.
-    pub fn add(&mut self, piece: Result<ReadSources, RequestError>) {
+    fn add(&mut self, piece: Result<ReadSources, RequestError>) {
         self.0 = Some(match self.0.take() {
             None => piece,
             Some(Ok(a)) => piece.map(|b| ReadSources {
@@ -468,33 +470,39 @@ impl ReadOutcome {
     }
 }
 
-/// A request [`RequestContext::begin`] carried out up to its status.
-pub struct Begun<'r> {
+/// A request carried out up to its status, but for a read's data transfer.
+struct Begun<'r> {
     request: &'r Request,
     result: Result<u64, RequestError>,
     summary: Summary,
-    read: Option<DeferredRead>,
+    /// The transfer left to do, if the request is a valid read.
+    read: Option<PendingRead>,
 }
 
 impl Begun<'_> {
-    /// The read left to do, if the request is a valid read and its
-    /// transfer was deferred.
-    pub fn read(&self) -> Option<DeferredRead> {
-        self.read
+    /// The read's disk offset and length, `(0, 0)` if there is nothing to
+    /// read.
+    fn transfer(&self) -> (u64, u64) {
+        self.read.map_or((0, 0), |r| (r.offset, r.len))
     }
 }
 
-/// A read's data transfer, left for the caller to do.
+/// A read's data transfer, left to do.
 #[derive(Debug, Clone, Copy)]
-pub struct DeferredRead {
+struct PendingRead {
     /// Where on the disk it starts.
-    pub offset: u64,
+    offset: u64,
     /// Its length in bytes.
-    pub len: u64,
+    len: u64,
 }
 
+/// The most requests the device hands to
+/// [`RequestContext::complete_shared`] at once, all kept on the stack there
+/// (more would work, on the heap). Sixteen 1 MiB reads keep a few cores busy
+/// for milliseconds; more would only delay the first completion.
+pub const MAX_BATCH: usize = 16;
+
 /// What the device needs to carry out requests.
-#[derive(Clone, Copy)]
 pub struct RequestContext<'a> {
     /// The disk.
     pub disk: &'a dyn BlockDevice,
@@ -506,33 +514,61 @@ impl RequestContext<'_> {
     /// Carries out `request` and writes its status. Never fails: the outcome
     /// goes to the driver.
     pub fn complete(&self, mem: &GuestMemoryMmap, request: &Request) -> Completion {
-        self.end(mem, self.begin(mem, request, false), ReadOutcome::default())
+        let begun = self.begin(mem, request);
+        let mut read = ReadOutcome::default();
+        if let Some(r) = begun.read.filter(|r| r.len > 0) {
+            read.add(self.read_piece(mem, &begun, 0..r.len));
+        }
+        self.end(mem, begun, read)
     }
 
-    /// Carries out `request` up to its status, except, with `defer_read`, a
-    /// read's data transfer: that is left to [`read_piece`](Self::read_piece)
-    /// calls over [`Begun::read`], whose folded result goes to
-    /// [`end`](Self::end).
-    pub fn begin<'r>(
+    /// Carries out `requests` (each with the guest memory view it was popped
+    /// under) as [`complete`](Self::complete) does, with the reads' data
+    /// transfers cut into pieces that this thread and `helpers` share; then
+    /// calls `done(i, completion)` for each request in order.
+    pub fn complete_shared(
         &self,
-        mem: &GuestMemoryMmap,
-        request: &'r Request,
-        defer_read: bool,
-    ) -> Begun<'r> {
+        helpers: &Helpers,
+        requests: &[(&GuestMemoryMmap, &Request)],
+        mut done: impl FnMut(usize, Completion),
+    ) {
+        let begun: SmallVec<[Begun<'_>; MAX_BATCH]> = requests
+            .iter()
+            .map(|&(mem, request)| self.begin(mem, request))
+            .collect();
+        let transfers: SmallVec<[(u64, u64); MAX_BATCH]> =
+            begun.iter().map(Begun::transfer).collect();
+        let outcomes: SmallVec<[Mutex<ReadOutcome>; MAX_BATCH]> =
+            begun.iter().map(|_| Mutex::default()).collect();
+        helpers.for_each_piece(&transfers, |i, range| {
+            let piece = self.read_piece(requests[i].0, &begun[i], range);
+            let mut outcome = outcomes[i].lock().unwrap_or_else(|e| e.into_inner());
+            outcome.add(piece);
+        });
+        for (i, (begun, outcome)) in begun.into_iter().zip(outcomes).enumerate() {
+            let outcome = outcome.into_inner().unwrap_or_else(|e| e.into_inner());
+            done(i, self.end(requests[i].0, begun, outcome));
+        }
+    }
+
+    /// Carries out `request` up to its status, except a read's data
+    /// transfer, which is left to [`read_piece`](Self::read_piece) calls
+    /// whose folded outcome goes to [`end`](Self::end).
+    fn begin<'r>(&self, mem: &GuestMemoryMmap, request: &'r Request) -> Begun<'r> {
         let mut summary = Summary::default();
-        let mut read = defer_read.then_some(None);
+        let mut read = None;
         let result = self.execute(mem, &request.chain, &mut summary, &mut read);
         Begun {
             request,
             result,
             summary,
-            read: read.flatten(),
+            read,
         }
     }
 
-    /// Reads bytes `range` of `begun`'s deferred read into their place in
+    /// Reads bytes `range` of `begun`'s pending read into their place in
     /// guest memory.
-    pub fn read_piece(
+    fn read_piece(
         &self,
         mem: &GuestMemoryMmap,
         begun: &Begun<'_>,
@@ -545,8 +581,8 @@ impl RequestContext<'_> {
     }
 
     /// Writes the status of a request [`begin`](Self::begin) started;
-    /// `read` holds the pieces of its deferred read, if it had one.
-    pub fn end(&self, mem: &GuestMemoryMmap, begun: Begun<'_>, read: ReadOutcome) -> Completion {
+    /// `read` holds the pieces of its read's transfer, if it had one.
+    fn end(&self, mem: &GuestMemoryMmap, begun: Begun<'_>, read: ReadOutcome) -> Completion {
         let Begun {
             request,
             mut result,
@@ -594,14 +630,14 @@ impl RequestContext<'_> {
 
     /// Carries out the request; returns the number of data-in bytes written.
     /// Fills `summary` as soon as the header is known, so failed requests
-    /// are counted under their type too. With `deferred` set, a read's data
-    /// transfer is not done but described there.
+    /// are counted under their type too. A read's data transfer is not done
+    /// here but described in `read`.
     fn execute(
         &self,
         mem: &GuestMemoryMmap,
         chain: &Chain,
         summary: &mut Summary,
-        deferred: &mut Option<Option<DeferredRead>>,
+        read: &mut Option<PendingRead>,
     ) -> Result<u64, RequestError> {
         if let Some(defect) = chain.defect {
             return Err(defect.into());
@@ -643,16 +679,10 @@ impl RequestContext<'_> {
                 no_data_out()?;
                 let offset = self.data_range(sector, data_in)?;
                 summary.len = data_in;
-                if let Some(deferred) = deferred {
-                    *deferred = Some(DeferredRead {
-                        offset,
-                        len: data_in,
-                    });
-                } else if data_in > 0 {
-                    let sources = self.read_into(mem, chain, offset, 0..data_in)?;
-                    summary.base_bytes = sources.base;
-                    summary.overlay_bytes = sources.overlay;
-                }
+                *read = Some(PendingRead {
+                    offset,
+                    len: data_in,
+                });
                 Ok(data_in)
             }
             VIRTIO_BLK_T_OUT => {
@@ -785,7 +815,6 @@ impl RequestContext<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::parallel::Helpers;
     use crate::disk::memory::MemoryDisk;
     use std::sync::atomic::Ordering;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_WRITE};
@@ -877,15 +906,11 @@ mod tests {
             let Some(helpers) = &self.helpers else {
                 return ctx.complete(&self.mem, &request);
             };
-            // As the device runs a batch of large reads, with one read.
-            let begun = ctx.begin(&self.mem, &request, true);
-            let outcome = std::sync::Mutex::new(ReadOutcome::default());
-            let transfer = begun.read().map_or((0, 0), |r| (r.offset, r.len));
-            helpers.for_each_piece(&[transfer], |_, range| {
-                let piece = ctx.read_piece(&self.mem, &begun, range);
-                outcome.lock().unwrap().add(piece);
+            let mut completion = None;
+            ctx.complete_shared(helpers, &[(&self.mem, &request)], |_, c| {
+                completion = Some(c)
             });
-            ctx.end(&self.mem, begun, outcome.into_inner().unwrap())
+            completion.expect("complete_shared completes every request")
         }
 
         fn run(&self, descs: &[D]) -> Completion {
