@@ -84,22 +84,7 @@ impl<'a> Blobs<'a> {
                     what: what.to_owned(),
                     why: e.to_string(),
                 })?;
-            if bytes.len() as u64 != desc.size() {
-                return Err(ImageError::SizeMismatch {
-                    what: what.to_owned(),
-                    path: "inline data".to_owned(),
-                    expected: desc.size(),
-                    actual: bytes.len() as u64,
-                });
-            }
-            let actual = sha256_of(&bytes);
-            if actual != hex {
-                return Err(ImageError::DigestMismatch {
-                    what: what.to_owned(),
-                    path: "inline data".to_owned(),
-                    actual,
-                });
-            }
+            check_bytes(what, desc, hex, "inline data", &bytes)?;
             return Ok(BlobData::Inline(bytes.into()));
         }
         let path = self.path(hex);
@@ -169,24 +154,37 @@ impl<'a> Blobs<'a> {
                 (bytes, f.path().display().to_string())
             }
         };
-        if bytes.len() as u64 != desc.size() {
-            return Err(ImageError::SizeMismatch {
-                what: what.to_owned(),
-                path,
-                expected: desc.size(),
-                actual: bytes.len() as u64,
-            });
-        }
-        let actual = sha256_of(&bytes);
-        if actual != hex {
-            return Err(ImageError::DigestMismatch {
-                what: what.to_owned(),
-                path,
-                actual,
-            });
-        }
+        check_bytes(what, desc, &hex, &path, &bytes)?;
         Ok(bytes)
     }
+}
+
+/// Checks that `bytes`, read from `path`, have the size and sha256 `hex`
+/// digest that `desc` promises.
+fn check_bytes(
+    what: &str,
+    desc: &Descriptor,
+    hex: &str,
+    path: &str,
+    bytes: &[u8],
+) -> Result<(), ImageError> {
+    if bytes.len() as u64 != desc.size() {
+        return Err(ImageError::SizeMismatch {
+            what: what.to_owned(),
+            path: path.to_owned(),
+            expected: desc.size(),
+            actual: bytes.len() as u64,
+        });
+    }
+    let actual = sha256_of(bytes);
+    if actual != hex {
+        return Err(ImageError::DigestMismatch {
+            what: what.to_owned(),
+            path: path.to_owned(),
+            actual,
+        });
+    }
+    Ok(())
 }
 
 /// Reads a whole small file that is not a blob (`oci-layout`, `index.json`).
