@@ -68,30 +68,9 @@ fn monogon_preset_is_a_valid_5gib_disk() -> Result<()> {
         table["id"].as_str().unwrap_or_default(),
         disk.disk_guid.to_string().to_uppercase()
     );
-    let expected = [
-        ("ESP", "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", 2048, 264191),
-        (
-            "METROPOLIS-SYSTEM-A",
-            "EE96054B-F6D0-4267-AAAA-724B2AFEA74C",
-            264192,
-            2361343,
-        ),
-        (
-            "METROPOLIS-SYSTEM-B",
-            "EE96054B-F6D0-4267-BBBB-724B2AFEA74C",
-            2361344,
-            4458495,
-        ),
-        (
-            "METROPOLIS-NODE-DATA",
-            "9EEEC464-6885-414A-B278-4305C51F7966",
-            4458496,
-            10483711,
-        ),
-    ];
     let parts = table["partitions"].as_array().cloned().unwrap_or_default();
     assert_eq!(parts.len(), 4);
-    for (i, (p, (name, ty, first, last))) in parts.iter().zip(expected).enumerate() {
+    for (i, (p, (name, ty, first, last))) in parts.iter().zip(MONOGON).enumerate() {
         assert_eq!(p["name"], name);
         assert_eq!(p["type"], ty);
         assert_eq!(p["start"], first);

@@ -12,6 +12,29 @@ use std::os::unix::io::AsRawFd as _;
 use std::path::Path;
 use std::process::Command;
 
+/// Monogon's test-node disk (DESIGN.md): name, type GUID, first and last LBA.
+pub const MONOGON: [(&str, &str, u64, u64); 4] = [
+    ("ESP", "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", 2048, 264191),
+    (
+        "METROPOLIS-SYSTEM-A",
+        "EE96054B-F6D0-4267-AAAA-724B2AFEA74C",
+        264192,
+        2361343,
+    ),
+    (
+        "METROPOLIS-SYSTEM-B",
+        "EE96054B-F6D0-4267-BBBB-724B2AFEA74C",
+        2361344,
+        4458495,
+    ),
+    (
+        "METROPOLIS-NODE-DATA",
+        "9EEEC464-6885-414A-B278-4305C51F7966",
+        4458496,
+        10483711,
+    ),
+];
+
 /// Writes the disk as a raw image: extents that read as zero are left as
 /// holes, everything else is read through the map (the reference reader).
 pub fn export_sparse(map: &BlockMap, path: &Path) -> Result<()> {
