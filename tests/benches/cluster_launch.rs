@@ -43,13 +43,12 @@
 use anyhow::{bail, ensure, Context, Result};
 use ocidisk_tests::blkio_client::ocidisk_bench_binary;
 use ocidisk_tests::guest::{Accel, Assets, OVMF_CODE, OVMF_VARS};
-use ocidisk_tests::hostfs::{bench_dir, FsInfo};
+use ocidisk_tests::hostfs::{bench_dir, run_tool, syncfs, FsInfo};
 use ocidisk_tests::oci_writer::{efi_image, random_bytes, ImageBuilder, OsImage, Payload};
 use ocidisk_tests::sample::build_sample_image;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead as _, BufReader};
-use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -272,15 +271,6 @@ fn allocated(dir: &Path) -> Result<u64> {
     Ok(total)
 }
 
-fn syncfs(dir: &Path) -> Result<()> {
-    let d = File::open(dir)?;
-    // SAFETY: syncfs on an open descriptor.
-    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("syncfs");
-    }
-    Ok(())
-}
-
 /// Empties `dir` (files only) and waits until the removals reached the disk.
 fn clear(dir: &Path) -> Result<()> {
     for e in std::fs::read_dir(dir)? {
@@ -288,19 +278,6 @@ fn clear(dir: &Path) -> Result<()> {
         std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
     }
     syncfs(dir)
-}
-
-fn run_tool(cmd: &mut Command) -> Result<()> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {cmd:?} (installed by .ci/install-deps)"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
 }
 
 /// Runs `cmds` all at once and waits until all exited successfully.
@@ -396,7 +373,8 @@ fn export(ocidisk: &Path, image: &Path, cache: &Path, out: &Path) -> Result<()> 
             .arg("--output")
             .arg(out)
             .env("RUST_LOG", "warn"),
-    )
+    )?;
+    Ok(())
 }
 
 /// The per-node commands that make a node's disk file from `base`.

@@ -31,12 +31,11 @@ use layout::oci::{Image, OpenOptions};
 use layout::spec::{LayoutSpec, MonogonPreset};
 use layout::{Extent, Source};
 use ocidisk_tests::blkio_client::ocidisk_bench_binary;
-use ocidisk_tests::hostfs::{bench_dir, FsInfo};
+use ocidisk_tests::hostfs::{bench_dir, run_tool, syncfs, FsInfo};
 use ocidisk_tests::oci_writer::{efi_image, random_bytes, ImageBuilder, OsImage, Payload};
 use std::collections::HashSet;
 use std::fs::File;
 use std::hint::black_box;
-use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -243,7 +242,7 @@ fn measure_exports(
         c
     };
     let prebuilt = dir.join("prebuilt.img");
-    run(&mut export(&prebuilt))?;
+    run_tool(&mut export(&prebuilt))?;
 
     let out = |name: &str| dir.join(name);
     let cp = |output: &Path| {
@@ -309,7 +308,7 @@ fn measure_exports(
             syncfs(dir)?;
             let t = Instant::now();
             for c in &mut m.commands {
-                run(c)?;
+                run_tool(c)?;
             }
             if m.fsync {
                 File::open(&m.output)?.sync_all()?;
@@ -322,7 +321,7 @@ fn measure_exports(
     }
     // The export must be the prebuilt image, byte for byte (cmp stops at
     // the first difference and reads holes quickly).
-    run(Command::new("cmp").arg(&prebuilt).arg(out("export.img")))?;
+    run_tool(Command::new("cmp").arg(&prebuilt).arg(out("export.img")))?;
     for m in &makers {
         remove_if_present(&m.output)?;
     }
@@ -336,28 +335,6 @@ fn remove_if_present(path: &Path) -> Result<()> {
         }
         _ => Ok(()),
     }
-}
-
-fn syncfs(dir: &Path) -> Result<()> {
-    let d = File::open(dir)?;
-    // SAFETY: syncfs on an open descriptor.
-    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("syncfs");
-    }
-    Ok(())
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {cmd:?} (installed by .ci/install-deps)"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    Ok(())
 }
 
 fn ms(d: Duration) -> String {

@@ -41,9 +41,10 @@
 //! smoke run on a small image instead: every cell once, briefly, which
 //! checks the harness and that all three servers serve the same bytes.
 
-use anyhow::{anyhow, bail, ensure, Context};
+use anyhow::{anyhow, ensure, Context};
 use ocidisk_tests::blkio_client::{ocidisk_binary, BlkioClient, ClientQueue, Op};
 use ocidisk_tests::guest::{Readiness, VhostUserServer};
+use ocidisk_tests::hostfs::run_tool;
 use ocidisk_tests::oci_writer::{efi_image, ImageBuilder, OsImage, Payload};
 use std::fmt::Write as _;
 use std::fs::File;
@@ -469,20 +470,6 @@ fn qsd(
 /// A path inside a QEMU option string, with its commas doubled.
 fn qemu_escape(path: &Path) -> String {
     path.display().to_string().replace(',', ",,")
-}
-
-/// Runs a command; returns its stdout or fails with its stderr.
-fn run_tool(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
-    let what = format!("{cmd:?}");
-    let out = cmd.output().with_context(|| format!("cannot run {what}"))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(out.stdout)
 }
 
 /// Reads `len` bytes of `path` at `offset` and throws them away.

@@ -1,10 +1,11 @@
 //! What the host's file system can do, for benchmarks that compare copies
-//! with reflinks.
+//! with reflinks, and the host-side chores the benchmarks share.
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// A fresh directory for a benchmark's files, removed when dropped: under
 /// `$OCIDISK_BENCH_DIR` if set (to measure another file system), else under
@@ -59,4 +60,30 @@ impl FsInfo {
         std::fs::remove_file(&dst_path)?;
         Ok(FsInfo { name, reflink })
     }
+}
+
+/// Writes everything the file system holding `dir` has cached back to disk.
+pub fn syncfs(dir: &Path) -> Result<()> {
+    let d = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    // SAFETY: syncfs on an open descriptor.
+    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("syncfs");
+    }
+    Ok(())
+}
+
+/// Runs a host tool; returns its stdout or fails with its stderr.
+pub fn run_tool(cmd: &mut Command) -> Result<Vec<u8>> {
+    let what = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {what} (installed by .ci/install-deps)"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(out.stdout)
 }
