@@ -121,14 +121,14 @@ impl BlkBackend {
         self.mem.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Completes every available request of `vring`, then notifies the
-    /// driver once if it wants to be.
+    /// Completes every available request of `vring`, notifying the driver
+    /// whenever it wants to be and something was completed.
     ///
     /// Requests run on this thread in the order they are popped, except
     /// large reads when there are helper threads: those are set aside and run
-    /// together on the helpers once the ring is empty (or [`MAX_BATCH`] are
-    /// waiting), so that a guest streaming through one queue keeps every
-    /// core copying. virtio lets a device complete requests in any order.
+    /// together on the helpers once the ring is empty (or a batch is full),
+    /// so that a guest streaming through one queue keeps every core copying.
+    /// virtio lets a device complete requests in any order.
     fn process_queue(&self, queue_index: usize, vring: &VringRwLock<GuestMemory>) {
         let atomic = self.memory();
         let draining = Draining::enter(&self.draining);
@@ -143,8 +143,8 @@ impl BlkBackend {
             serial: &self.config.serial,
         };
         let event_idx = self.event_idx.load(Ordering::Relaxed);
-        let mut state = vring.get_mut();
-        let queue = state.get_queue_mut();
+        let mut guard = vring.get_mut();
+        let state = &mut *guard;
         let mut retire = Retire {
             // Only this queue's worker thread records into its metrics.
             metrics: self.metrics.as_deref().map(|m| m.queue(queue_index)),
@@ -157,14 +157,16 @@ impl BlkBackend {
             if event_idx {
                 // Errors here mean the ring is outside guest memory; popping
                 // will find nothing then, so the loop ends.
-                let _ = queue.disable_notification(&*atomic.memory());
+                let _ = state
+                    .get_queue_mut()
+                    .disable_notification(&*atomic.memory());
             }
             loop {
                 // A fresh view of guest memory for every request: the
                 // frontend may have added a region (and had it acknowledged)
                 // while this loop ran, and its next request may live there.
                 let mem = atomic.memory();
-                let Some(chain) = queue.pop_descriptor_chain(&*mem) else {
+                let Some(chain) = state.get_queue_mut().pop_descriptor_chain(&*mem) else {
                     break;
                 };
                 let started = retire.start();
@@ -179,59 +181,61 @@ impl BlkBackend {
                             mem,
                             started,
                         });
-                        if batch.len() == MAX_BATCH {
-                            self.run_batch(&ctx, helpers, &mut batch, queue, &mut retire);
+                        if batch.is_full() {
+                            self.run_batch(&ctx, helpers, &mut batch, state, &atomic, &mut retire);
                         }
                     }
                     _ => {
                         let done = ctx.complete(&mem, &request);
-                        retire.done(queue, &mem, started, &done);
+                        retire.done(state.get_queue_mut(), &mem, started, &done);
                     }
                 }
             }
             if let Some(helpers) = helpers {
-                self.run_batch(&ctx, helpers, &mut batch, queue, &mut retire);
+                self.run_batch(&ctx, helpers, &mut batch, state, &atomic, &mut retire);
             }
             // With EVENT_IDX, re-enabling notifications reports requests
             // that arrived meanwhile: process them before sleeping.
             if !event_idx
-                || !queue
+                || !state
+                    .get_queue_mut()
                     .enable_notification(&*atomic.memory())
                     .unwrap_or(false)
             {
                 break;
             }
         }
-        if retire.completed && queue.needs_notification(&*atomic.memory()).unwrap_or(true) {
-            if let Err(err) = state.signal_used_queue() {
-                tracing::debug!("cannot notify the driver: {err}");
-            }
-        }
+        retire.notify(state, &atomic.memory());
     }
 
     /// Carries out the set-aside reads on this thread and the helpers, in
     /// pieces of all of them at once (so that the threads finish together),
-    /// then completes them in the order they were popped.
+    /// completes them in the order they were popped, and tells the driver
+    /// at once: it refills the ring while the next batch is copied, instead
+    /// of after the whole drain.
     fn run_batch(
         &self,
         ctx: &RequestContext<'_>,
         helpers: &Helpers,
         batch: &mut Batch,
-        queue: &mut Queue,
+        state: &mut VringState,
+        atomic: &GuestMemory,
         retire: &mut Retire<'_>,
     ) {
         if batch.is_empty() {
             return;
         }
         let mut started: SmallVec<[Option<Started>; MAX_BATCH]> =
-            batch.iter_mut().map(|d| d.started.take()).collect();
+            batch.items.iter_mut().map(|d| d.started.take()).collect();
         let requests: SmallVec<[(&GuestMemoryMmap, &Request); MAX_BATCH]> =
-            batch.iter().map(|d| (&*d.mem, &d.request)).collect();
+            batch.items.iter().map(|d| (&*d.mem, &d.request)).collect();
+        let queue = state.get_queue_mut();
         ctx.complete_shared(helpers, &requests, |i, done| {
             retire.done(queue, requests[i].0, started[i].take(), &done);
         });
         drop(requests);
         batch.clear();
+        retire.notify(state, &atomic.memory());
     }
 }
 
@@ -267,8 +271,46 @@ struct Deferred {
     started: Option<Started>,
 }
 
-type Batch = SmallVec<[Deferred; MAX_BATCH]>;
+/// Reads set aside for the helpers, run once the ring is empty or
+/// [`Batch::is_full`].
+#[derive(Default)]
+struct Batch {
+    items: SmallVec<[Deferred; MAX_BATCH]>,
+    bytes: u64,
+}
+
+impl Batch {
+    /// Bytes after which a batch runs even if the ring has more: enough for
+    /// every thread to copy for a few hundred microseconds (far longer than
+    /// waking one), and no more, so that a driver keeping several MiB in
+    /// flight hears of completions while the rest is still being copied.
+    const BYTES: u64 = 4 << 20;
+
+    fn new() -> Self {
+        Self::default()
+    }
+
+    fn push(&mut self, deferred: Deferred) {
+        self.bytes += deferred.request.writable_len();
+        self.items.push(deferred);
+    }
+
+    fn is_full(&self) -> bool {
+        self.items.len() == MAX_BATCH || self.bytes >= Self::BYTES
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.items.clear();
+        self.bytes = 0;
+    }
+}
+
 type Queue = virtio_queue::Queue;
+type VringState = vhost_user_backend::VringState<GuestMemory>;
 type GuestMemoryGuard = <GuestMemory as GuestAddressSpace>::T;
 
 /// Completes requests on the used ring and counts them, for one drain of
@@ -291,6 +333,23 @@ impl Retire<'_> {
             Some(at) => m.start_at(at),
             None => m.start(),
         })
+    }
+
+    /// Tells the driver about the requests completed since the last call,
+    /// if it wants to hear (EVENT_IDX lets it say when).
+    fn notify(&mut self, state: &mut VringState, mem: &GuestMemoryMmap) {
+        if !std::mem::take(&mut self.completed) {
+            return;
+        }
+        if state
+            .get_queue_mut()
+            .needs_notification(mem)
+            .unwrap_or(true)
+        {
+            if let Err(err) = state.signal_used_queue() {
+                tracing::debug!("cannot notify the driver: {err}");
+            }
+        }
     }
 
     /// Counts `done` and puts it on the used ring.
@@ -451,6 +510,7 @@ impl VhostUserBackend for BlkBackend {
 mod tests {
     use super::*;
     use crate::disk::memory::MemoryDisk;
+    use std::os::fd::{AsRawFd, FromRawFd};
     use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
     use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
@@ -596,5 +656,72 @@ mod tests {
         b.handle_event(5, EventSet::IN, std::slice::from_ref(&vring), 0)
             .unwrap();
         b.handle_event(0, EventSet::HANG_UP, &[vring], 0).unwrap();
+    }
+
+    #[test]
+    fn large_reads_notify_the_driver_after_each_batch() {
+        const MIB: u64 = 1 << 20;
+        const READS: u64 = 8;
+        let disk = Arc::new(MemoryDisk::new((READS * MIB) as usize, 0x5a));
+        let config = DeviceConfig::new(disk.size(), false, 1, 32, "sn", false).unwrap();
+        let atomic = GuestMemoryAtomic::new(
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), ((READS + 1) * MIB) as usize)])
+                .unwrap(),
+        );
+        let b = BlkBackend::new(disk, config, atomic.clone())
+            .with_helpers(Some(Arc::new(Helpers::new(2).unwrap())));
+        let mem = atomic.memory();
+        let queue = MockSplitQueue::new(&*mem, 32);
+        let mut chains = Vec::new();
+        for i in 0..READS {
+            let header = 0x1_0000 + i * 0x100;
+            let mut h = [0u8; 16];
+            h[0..4].copy_from_slice(&VIRTIO_BLK_T_IN.to_le_bytes());
+            h[8..16].copy_from_slice(&(i * MIB / 512).to_le_bytes());
+            mem.write_slice(&h, GuestAddress(header)).unwrap();
+            let next = (3 * i) as u16;
+            let write = VRING_DESC_F_WRITE as u16;
+            chains.extend([
+                SplitDescriptor::new(header, 16, 1, next + 1),
+                SplitDescriptor::new((i + 1) * MIB, MIB as u32, write | 1, next + 2),
+                SplitDescriptor::new(0x2_0000 + i, 1, write, 0),
+            ]);
+        }
+        let chains: Vec<RawDescriptor> = chains.into_iter().map(RawDescriptor::from).collect();
+        queue.add_desc_chains(&chains, 0).unwrap();
+        let vring = VringRwLock::new(atomic.clone(), 32).unwrap();
+        vring.set_queue_size(32);
+        vring
+            .set_queue_info(
+                queue.desc_table_addr().0,
+                queue.avail_addr().0,
+                queue.used_addr().0,
+            )
+            .unwrap();
+        vring.set_queue_ready(true);
+        let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK).unwrap();
+        // SAFETY: the descriptor is the notifier's own, handed over whole.
+        let call =
+            unsafe { std::fs::File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(notifier)) };
+        vring.set_call(Some(call));
+
+        b.handle_event(0, EventSet::IN, std::slice::from_ref(&vring), 0)
+            .unwrap();
+
+        assert_eq!(queue.used().idx().load(), READS as u16);
+        for i in 0..READS {
+            assert_eq!(mem.read_obj::<u8>(GuestAddress(0x2_0000 + i)).unwrap(), 0);
+            let mut data = vec![0u8; MIB as usize];
+            mem.read_slice(&mut data, GuestAddress((i + 1) * MIB))
+                .unwrap();
+            assert!(data.iter().all(|&b| b == 0x5a), "read {i}");
+        }
+        // Two batches of 4 MiB, each announced as soon as it is done, so
+        // that a driver can refill the ring while the next one is copied.
+        let mut count = [0u8; 8];
+        // SAFETY: `count` is valid for 8 bytes of writes.
+        let n = unsafe { libc::read(consumer.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
+        assert_eq!(n, 8);
+        assert_eq!(u64::from_ne_bytes(count), READS * MIB / Batch::BYTES);
     }
 }
