@@ -384,3 +384,56 @@ fn stale_temporary_files_of_dead_processes_are_removed() {
     Overlay::reset(&path).unwrap();
     assert!(!stale.exists(), "reset removes it too");
 }
+
+/// Write-through: every completed request survives a crash without a flush.
+#[test]
+fn writethrough_writes_survive_a_crash_without_flush() {
+    for seed in 0..12 {
+        let mut rng = Rng(seed);
+        let size = (3 + seed % 5) * BS - 512 * (seed % 3);
+        let base = rng.bytes(size as usize);
+        let storage = MemStorage::new();
+        let create = CreateOptions {
+            disk_size: size,
+            base: identity("crash"),
+        };
+        Overlay::write_new(&*storage, Path::new("mem.overlay"), &create).unwrap();
+        let ov = Overlay::open_on(
+            Box::new(storage.clone()),
+            Path::new("mem.overlay"),
+            &identity("crash"),
+            size,
+            &OpenOptions {
+                writethrough: true,
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap();
+        let mut model = Model { disk: base.clone() };
+        for step in 0..30 {
+            let off = rng.below(size);
+            let len = rng.below((size - off).min(2 * BS + 100)) + 1;
+            match rng.below(4) {
+                0 | 1 => {
+                    let data = rng.bytes(len as usize);
+                    ov.write(off, &split(&data, &mut rng), &base).unwrap();
+                    model.write(off, &data);
+                }
+                2 => {
+                    ov.write_zeroes(off, len, &base).unwrap();
+                    model.write_zeroes(off, len);
+                }
+                _ => {
+                    ov.discard(off, len, &base).unwrap();
+                    model.discard(off, len);
+                }
+            }
+            let crashed = storage.crash_with(step % 2 == 0, &mut rng);
+            let reopened = open(&crashed, size);
+            assert!(
+                read_all(&reopened, &base, &mut rng) == model.disk,
+                "seed {seed} step {step}"
+            );
+        }
+    }
+}
