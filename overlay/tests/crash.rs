@@ -1,7 +1,8 @@
 //! Crash tests: the overlay runs on a storage that dies after a random number
 //! of operations (inside a write, between a flush's syncs, while writing map
 //! pages...) and then keeps only what was synced plus a random, possibly
-//! torn, subset of the rest. Reopening must succeed, every flushed write must
+//! torn, subset of the rest, or (alternately, deterministically) exactly
+//! what was synced. Reopening must succeed, every flushed write must
 //! be there, and every byte must hold a value it had at the last completed
 //! flush or was given since.
 
@@ -156,7 +157,7 @@ fn crash_rounds(seed: u64, blocks: u64) {
             storage.die_after(0);
         }
         drop(ov);
-        storage = storage.crash(&mut rng);
+        storage = storage.crash_with(round % 2 == 1, &mut rng);
         let ov = open(&storage, size);
         let actual = read_all(&ov, &base, &mut rng);
         expect.check(&actual, round);
@@ -225,7 +226,7 @@ fn crash_at_every_step_of_a_flush() {
         }
         drop(ov);
         for trial in 0..4 {
-            let crashed = storage.crash(&mut rng);
+            let crashed = storage.crash_with(trial == 0, &mut rng);
             let ov = open(&crashed, size);
             expect.check(&read_all(&ov, &base, &mut rng), trial);
         }
@@ -383,6 +384,86 @@ fn stale_temporary_files_of_dead_processes_are_removed() {
     std::fs::File::create(&stale).unwrap();
     Overlay::reset(&path).unwrap();
     assert!(!stale.exists(), "reset removes it too");
+}
+
+/// A crash at every step of creating an overlay: the file is either not a
+/// valid overlay yet (creation builds it under a temporary name, so the
+/// real path never appears) or, once `write_new` returned, fully valid.
+#[test]
+fn crash_at_every_step_of_creation() {
+    let size = PAGES_BLOCKS * BS;
+    let base = pattern(size);
+    let create = CreateOptions {
+        disk_size: size,
+        base: identity("crash"),
+    };
+    let mut finished = false;
+    for die in 0..20 {
+        let storage = MemStorage::new();
+        storage.die_after(die);
+        let done = Overlay::write_new(&*storage, Path::new("mem.overlay"), &create).is_ok();
+        let mut rng = Rng(die as u64);
+        for harsh in [true, false] {
+            let disk = storage.crash_with(harsh, &mut rng);
+            if done {
+                let ov = open(&disk, size);
+                assert!(read_all(&ov, &base, &mut rng) == base, "step {die}");
+            }
+        }
+        if done {
+            finished = true;
+            break;
+        }
+    }
+    assert!(finished);
+}
+
+/// A crash at every step of a rebase's header write: the overlay reopens
+/// with the old or the new identity, and the flushed data is intact.
+#[test]
+fn crash_at_every_step_of_a_rebase() {
+    let (storage, base, flushed) = written_overlay(11);
+    let size = base.len() as u64;
+    let (old_id, new_id) = (identity("crash"), identity("rebased"));
+    let rebase = OpenOptions {
+        rebase: true,
+        ..OpenOptions::default()
+    };
+    let mut saw = [false; 2];
+    for die in 0..6 {
+        let mut rng = Rng(die as u64);
+        let disk = storage.crash_losing_unsynced();
+        disk.die_after(die);
+        let done = Overlay::open_on(
+            Box::new(disk.clone()),
+            Path::new("mem.overlay"),
+            &new_id,
+            size,
+            &rebase,
+        )
+        .is_ok();
+        for harsh in [true, false] {
+            let after = disk.crash_with(harsh, &mut rng);
+            let reopen = |id| {
+                Overlay::open_on(
+                    Box::new(after.clone()),
+                    Path::new("mem.overlay"),
+                    id,
+                    size,
+                    &OpenOptions::default(),
+                )
+            };
+            let (ov, rebased) = match reopen(&old_id) {
+                Ok(ov) => (ov, false),
+                Err(_) => (reopen(&new_id).expect("old or new identity"), true),
+            };
+            assert!(!done || rebased, "step {die}: a finished rebase was lost");
+            assert_eq!(ov.header().generation, 1 + u64::from(rebased));
+            assert!(read_all(&ov, &base, &mut rng) == flushed, "step {die}");
+            saw[usize::from(rebased)] = true;
+        }
+    }
+    assert_eq!(saw, [true, true]);
 }
 
 /// Write-through: every completed request survives a crash without a flush.
