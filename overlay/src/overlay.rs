@@ -211,13 +211,14 @@ fn load_header(storage: &dyn Storage, path: &Path) -> Result<(RawHeader, usize),
     storage
         .read_at(0, &mut [IoSliceMut::new(&mut head)])
         .map_err(io_err(path, "reading the header"))?;
-    if head.len() >= 8 && head[..8] != format::HEADER_MAGIC {
-        return Err(OverlayError::NotAnOverlay {
-            path: path.to_owned(),
-            found: head[..8].to_vec(),
-        });
-    }
+    let not_overlay = || OverlayError::NotAnOverlay {
+        path: path.to_owned(),
+        found: head[..head.len().min(8)].to_vec(),
+    };
     if len < 2 * SLOT_SIZE {
+        if head.len() >= 8 && head[..8] != format::HEADER_MAGIC {
+            return Err(not_overlay());
+        }
         return Err(OverlayError::Truncated {
             path: path.to_owned(),
             len,
@@ -228,6 +229,13 @@ fn load_header(storage: &dyn Storage, path: &Path) -> Result<(RawHeader, usize),
         format::decode_header(&head[..SLOT_SIZE as usize]),
         format::decode_header(&head[SLOT_SIZE as usize..]),
     ];
+    // One copy with our magic is enough to call the file ours: copy 0's
+    // magic may be what a crash or a bad sector damaged.
+    let ours =
+        |s: &Result<RawHeader, SlotError>| !matches!(s, Err(SlotError::Magic | SlotError::Empty));
+    if !slots.iter().any(ours) {
+        return Err(not_overlay());
+    }
     for s in &slots {
         if let Err(SlotError::Version(version)) = s {
             return Err(OverlayError::UnsupportedVersion {
