@@ -703,7 +703,8 @@ impl Overlay {
 
     /// Switches write-through on (every write durable before it returns) or
     /// off. Writes completed before switching on are made durable by the
-    /// next flush or write-through write.
+    /// next flush or write-through write. Each write-through request runs
+    /// its own flush, one at a time under the flush mutex (no group commit).
     pub fn set_writethrough(&self, on: bool) {
         self.writethrough.store(on, Ordering::SeqCst);
     }
@@ -851,9 +852,11 @@ impl Overlay {
         }
         let end = offset + len;
         let (first, end_block) = (offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
-        // Overwriting written blocks cannot race with a copy-up: no lock.
-        let _guard =
+        // Overwriting written blocks cannot race with a copy-up: no lock
+        // (but see `write_partial` for a block that stopped being written).
+        let guard =
             (!self.map.all_written(first, end_block)).then(|| self.stripes.lock(first, end_block));
+        let locked = guard.is_some();
         // Blocks below `full_end` end inside the request (the disk's short
         // last block included).
         let full_end = if end == self.geo.disk_size {
@@ -875,7 +878,7 @@ impl Overlay {
                 b = full_end;
             } else {
                 let mut piece = cursor.take((to - from) as usize);
-                self.write_partial(b, from, &mut piece, base)?;
+                self.write_partial(b, from, &mut piece, base, locked)?;
                 b += 1;
             }
         }
@@ -883,20 +886,30 @@ impl Overlay {
     }
 
     /// Writes `[from, from + len(piece))` inside block `b`, which the request
-    /// covers only partly; the caller holds the block's stripe lock unless
-    /// the block was written.
+    /// covers only partly. `locked` says whether the caller holds the block's
+    /// stripe lock; it does not when the block was written, but a concurrent
+    /// discard may have made it zero since, and a copy-up must not run
+    /// unlocked: then it locks and looks again.
     fn write_partial(
         &self,
         b: u64,
         from: u64,
         piece: &mut [IoSlice<'_>],
         base: &dyn ReadAt,
+        locked: bool,
     ) -> Result<(), OverlayError> {
-        let (bstart, bend) = self.block_bounds(b);
-        let state = self.map.get(b);
+        let mut state = self.map.get(b);
         if state == BlockState::Written {
             return self.write_data(from, piece);
         }
+        let _guard = (!locked).then(|| self.stripes.lock(b, b + 1));
+        if !locked {
+            state = self.map.get(b);
+            if state == BlockState::Written {
+                return self.write_data(from, piece);
+            }
+        }
+        let (bstart, bend) = self.block_bounds(b);
         // Copy-up: the whole block reaches the data area before the map
         // says written, so the map never points at stale data.
         let mut block = [0u8; BLOCK_SIZE as usize];
@@ -1002,7 +1015,7 @@ impl Overlay {
                 let (from, to) = (offset.max(bstart), end.min(bend));
                 if self.map.get(b) != BlockState::Zero {
                     let zeros = &ZEROS[..(to - from) as usize];
-                    self.write_partial(b, from, &mut [IoSlice::new(zeros)], base)?;
+                    self.write_partial(b, from, &mut [IoSlice::new(zeros)], base, true)?;
                 }
             }
         }
