@@ -52,7 +52,7 @@ fn copy_up_reads_at_most_one_block_per_unaligned_end() {
         read: AtomicU64::new(0),
     };
     let data = vec![7u8; 1 << 20];
-    let mut write = |off: u64, len: usize| {
+    let write = |off: u64, len: usize| {
         ov.write(off, &[IoSlice::new(&data[..len])], &base).unwrap();
         base.take()
     };
