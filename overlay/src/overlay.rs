@@ -606,7 +606,18 @@ impl Overlay {
                     expected: Box::new(expected.clone()),
                 });
             }
-            if !opts.read_only && expected.manifest_digest.len() <= format::MAX_DIGEST_LEN {
+            if !opts.read_only {
+                // Rebasing only in memory would leave a header that refuses
+                // the next open: refuse now instead.
+                if expected.manifest_digest.len() > format::MAX_DIGEST_LEN {
+                    return Err(OverlayError::InvalidOptions {
+                        path: path.to_owned(),
+                        reason: format!(
+                            "cannot rebase: the manifest digest is longer than {} bytes",
+                            format::MAX_DIGEST_LEN
+                        ),
+                    });
+                }
                 raw.base = expected.clone();
                 raw.generation += 1;
                 let bytes = format::encode_header(&raw);

@@ -368,6 +368,60 @@ fn another_base_unless_rebase() {
 }
 
 #[test]
+fn rebasing_twice_alternates_the_header_copies() {
+    let f = fixture(1);
+    let generation = |b: &[u8], slot: usize| {
+        u64::from_le_bytes(b[slot * 4096 + 16..slot * 4096 + 24].try_into().unwrap())
+    };
+    let rebase = OpenOptions {
+        rebase: true,
+        ..Default::default()
+    };
+    let disk_id = Overlay::read_header(&f.path).unwrap().disk_id;
+    drop(Overlay::open(&f.path, &identity("second"), SIZE, &rebase).unwrap());
+    let b = std::fs::read(&f.path).unwrap();
+    assert_eq!((generation(&b, 0), generation(&b, 1)), (1, 2));
+    drop(Overlay::open(&f.path, &identity("third"), SIZE, &rebase).unwrap());
+    let b = std::fs::read(&f.path).unwrap();
+    assert_eq!((generation(&b, 0), generation(&b, 1)), (3, 2));
+    let h = Overlay::read_header(&f.path).unwrap();
+    assert_eq!((h.generation, h.disk_id), (3, disk_id));
+    assert_eq!(h.base, identity("third"));
+    let ov = Overlay::open(&f.path, &identity("third"), SIZE, &OpenOptions::default()).unwrap();
+    assert_eq!(ov.usage().unwrap().blocks_written, 1, "the writes stay");
+}
+
+#[test]
+fn rebasing_onto_a_digest_too_long_for_the_header_is_refused() {
+    let f = fixture(1);
+    let long = blockio::BaseIdentity {
+        manifest_digest: "x".repeat(256),
+        layout_hash: [0; 32],
+    };
+    let rebase = OpenOptions {
+        rebase: true,
+        ..Default::default()
+    };
+    let before = std::fs::read(&f.path).unwrap();
+    let err = Overlay::open(&f.path, &long, SIZE, &rebase).err().unwrap();
+    assert!(matches!(err, OverlayError::InvalidOptions { .. }), "{err}");
+    assert!(err.to_string().contains("cannot rebase"), "{err}");
+    assert_eq!(std::fs::read(&f.path).unwrap(), before);
+    // Read-only writes no header: rebasing in memory is all it can do.
+    let ro = OpenOptions {
+        read_only: true,
+        ..rebase
+    };
+    assert_eq!(
+        Overlay::open(&f.path, &long, SIZE, &ro)
+            .unwrap()
+            .header()
+            .base,
+        long
+    );
+}
+
+#[test]
 fn create_never_clobbers() {
     let f = fixture(1);
     let before = std::fs::read(&f.path).unwrap();
