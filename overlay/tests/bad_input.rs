@@ -152,7 +152,16 @@ fn truncated_files() {
             Scope::File
         };
         refused(&f.path, &identity("good"), SIZE, scope, |e| match e {
-            OverlayError::Truncated { len: l, .. } => assert_eq!(*l, len),
+            OverlayError::Truncated {
+                len: l, expected, ..
+            } => {
+                assert_eq!(*l, len);
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&format!("{len} bytes, its format needs {expected}")),
+                    "{msg}"
+                );
+            }
             // Too short to hold a whole map page slot: its copies are damaged.
             OverlayError::NotAnOverlay { found, .. } if len == 0 => assert!(found.is_empty()),
             _ => panic!("truncated to {len}: {e}"),
