@@ -675,6 +675,14 @@ impl Overlay {
         // Held until the rename is done: the lock keeps backends away.
         let old = FileStorage::new(open_locked(path, true)?);
         let tmp = TempFile::new(path)?;
+        // The new file replaces the old one: keep its permission bits.
+        let mode = old
+            .file()
+            .metadata()
+            .map_err(io_err(path, "reading the file's status"))?
+            .permissions();
+        std::fs::set_permissions(&tmp.path, mode)
+            .map_err(io_err(path, "copying the permissions"))?;
         Self::reset_into(&old, &FileStorage::new(tmp.file()?), path)?;
         std::fs::rename(&tmp.path, path)
             .map_err(io_err(path, "renaming the pristine file into place"))?;

@@ -335,7 +335,12 @@ fn reset_replaces_the_file_and_respects_the_lock() {
         Err(overlay::OverlayError::Busy { .. })
     ));
     drop(ov);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::Permissions::from_mode(0o600);
+    std::fs::set_permissions(&path, mode).unwrap();
     Overlay::reset(&path).unwrap();
+    let after = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(after & 0o777, 0o600, "reset keeps the permissions");
     let ov = Overlay::open(
         &path,
         &create.base,
