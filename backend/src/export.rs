@@ -23,7 +23,9 @@ pub struct Args {
         conflicts_with = "overlay"
     )]
     disk_id: String,
-    /// Include the writes of this VM overlay (and use its disk id).
+    /// Include the writes of this VM overlay (and use its disk id). The
+    /// overlay must not be being served: the backend's lock refuses it, so
+    /// the export never mixes states of a disk in use.
     #[arg(long, value_name = "FILE")]
     overlay: Option<PathBuf>,
     /// The raw image to write.

@@ -4,11 +4,12 @@
 //!
 //! `cargo bench -p overlay --bench overlay_vs_peers` (env: `RUNS`, default 5;
 //! `BENCH_DIR`, default the system temp dir; `DISK_MIB`, default 512).
-//! Prints medians and ratios as a table.
+//! Prints medians with the min–max spread, and ratios of medians, as a table.
 //!
 //! Writes: each peer starts from a fresh file after `sync`, runs the whole
 //! workload and a flush (`fdatasync`, `Overlay::flush`, qemu-io `flush`),
-//! peers in rotating order. qemu-io's time is its wall time minus that of a
+//! peers in rotating order; before each, a scratch file as large as the
+//! workload is written and deleted (see `recycle_page_cache`). qemu-io's time is its wall time minus that of a
 //! run without writes (start-up, open, exit). Reads of unwritten blocks: a
 //! fresh overlay and the base's own `ReadAt` in lockstep, request by request,
 //! from a warm page cache.
@@ -16,7 +17,7 @@
 use blockio::{BaseIdentity, ReadAt};
 use overlay::{CreateOptions, Overlay};
 use std::fs::File;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -62,9 +63,28 @@ fn mibps(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / (1u64 << 20) as f64 / secs
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+/// The median, minimum and maximum of a cell's runs.
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(mut v: Vec<f64>) -> Spread {
+        v.sort_by(|a, b| a.total_cmp(b));
+        Spread {
+            median: v[v.len() / 2],
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.0} ({:.0}–{:.0})", self.median, self.min, self.max)
+    }
 }
 
 fn identity() -> BaseIdentity {
@@ -86,6 +106,7 @@ fn raw_writes(dir: &Path, size: u64, w: &Workload, buf: &[u8]) -> f64 {
         .unwrap();
     file.set_len(size).unwrap();
     settle();
+    recycle_page_cache(dir, w.bytes());
     let t = Instant::now();
     for &off in &w.offsets {
         file.write_all_at(&buf[..w.bs as usize], off).unwrap();
@@ -107,6 +128,7 @@ fn overlay_writes(dir: &Path, size: u64, w: &Workload, buf: &[u8], base: &FileBa
     )
     .unwrap();
     settle();
+    recycle_page_cache(dir, w.bytes());
     let t = Instant::now();
     for &off in &w.offsets {
         ov.write(off, &[IoSlice::new(&buf[..w.bs as usize])], base)
@@ -120,6 +142,26 @@ fn overlay_writes(dir: &Path, size: u64, w: &Workload, buf: &[u8], base: &FileBa
 fn settle() {
     // SAFETY: sync(2) takes no arguments and cannot fail.
     unsafe { libc::sync() };
+}
+
+/// Writes `len` bytes to a scratch file in `dir` and deletes it, so the
+/// next `len` bytes of page cache a writer takes come from memory the
+/// kernel freed a moment ago. On a VM with virtio-balloon free page
+/// reporting, memory left idle is handed back to the host and the first
+/// write into it pays for the host's page faults (about ten times slower):
+/// without this a cell would measure which peer got fresh memory. (The
+/// same helper as `recycle_page_cache` in ocidisk-tests' `serve_io` bench,
+/// which this crate cannot depend on.)
+fn recycle_page_cache(dir: &Path, len: u64) {
+    let path = dir.join("recycle.tmp");
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut f = File::create(&path).unwrap();
+    for _ in 0..len.div_ceil(1 << 20) {
+        f.write_all(&chunk).unwrap();
+    }
+    drop(f);
+    // Its dirty pages are dropped with it, never written back.
+    std::fs::remove_file(&path).unwrap();
 }
 
 /// Runs `qemu-io` on a fresh qcow2 overlay of `base_path` with `cmds` and
@@ -174,6 +216,7 @@ fn qcow2_writes(dir: &Path, base_path: &Path, w: &Workload) -> f64 {
     settle();
     let idle = qemu_io(dir, base_path, &["flush".into()]);
     settle();
+    recycle_page_cache(dir, w.bytes());
     qemu_io(dir, base_path, &cmds) - idle
 }
 
@@ -247,7 +290,7 @@ fn main() {
     };
 
     println!(
-        "overlay benchmark: {} MiB disk, {runs} runs, medians, in {}",
+        "overlay benchmark: {} MiB disk, {runs} runs, median (min–max), in {}",
         size >> 20,
         root.display()
     );
@@ -266,13 +309,13 @@ fn main() {
                 }
             }
         }
-        let (raw, ov, q) = (median(raw), median(ov), median(q));
+        let (raw, ov, q) = (Spread::of(raw), Spread::of(ov), Spread::of(q));
         println!(
-            "| {} + flush | {} MiB | {raw:.0} | {ov:.0} | {q:.0} | {:.2} | {:.2} |",
+            "| {} + flush | {} MiB | {raw} | {ov} | {q} | {:.2} | {:.2} |",
             w.name,
             w.bytes() >> 20,
-            ov / raw,
-            ov / q
+            ov.median / raw.median,
+            ov.median / q.median
         );
     }
 
@@ -313,12 +356,12 @@ fn main() {
             d.push(mibps(w.bytes(), td));
             o.push(mibps(w.bytes(), to));
         }
-        let (d, o) = (median(d), median(o));
+        let (d, o) = (Spread::of(d), Spread::of(o));
         println!(
-            "| {} | {} MiB | {d:.0} | {o:.0} | {:.2} |",
+            "| {} | {} MiB | {d} | {o} | {:.2} |",
             w.name,
             w.bytes() >> 20,
-            o / d
+            o.median / d.median
         );
     }
 }

@@ -73,8 +73,9 @@ pub enum OverlayError {
         /// The version this build understands.
         supported: u32,
     },
-    /// The file is shorter than its header says it must be.
-    #[error("overlay {path} is truncated: {len} bytes, the header needs {expected}")]
+    /// The file is shorter than the format requires (two header copies, or
+    /// the whole length its disk size implies).
+    #[error("overlay {path} is truncated: {len} bytes, its format needs {expected}")]
     Truncated {
         /// The overlay file.
         path: PathBuf,

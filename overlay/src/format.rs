@@ -214,6 +214,13 @@ pub fn decode_header(b: &[u8]) -> Result<RawHeader, SlotError> {
     if flags != 0 {
         return bad(format!("unknown header flags {flags:#x}"));
     }
+    if u32_at(b, 52) != 0 {
+        return bad("reserved header bytes 52..56 are not zero".into());
+    }
+    let generation = u64_at(b, 16);
+    if generation == 0 {
+        return bad("header generation 0".into());
+    }
     let disk_size = u64_at(b, 24);
     if let Err(e) = Geometry::check_disk_size(disk_size) {
         return bad(e);
@@ -254,7 +261,7 @@ pub fn decode_header(b: &[u8]) -> Result<RawHeader, SlotError> {
     let mut layout_hash = [0u8; 32];
     layout_hash.copy_from_slice(&b[80..112]);
     Ok(RawHeader {
-        generation: u64_at(b, 16),
+        generation,
         disk_size,
         disk_id: Uuid::from_bytes(id),
         base: BaseIdentity {
@@ -343,6 +350,27 @@ mod tests {
         c[0] = b'X';
         assert_eq!(decode_header(&c), Err(SlotError::Magic));
         assert_eq!(decode_header(&[0; 4096]), Err(SlotError::Empty));
+    }
+
+    /// Re-seals a header after an edit, so only the field check can refuse it.
+    fn reseal(b: &mut [u8]) {
+        let sum = sha256(&[&b[..HEADER_CHECKSUM]]);
+        put(b, HEADER_CHECKSUM, &sum);
+    }
+
+    #[test]
+    fn header_with_reserved_bytes_or_generation_zero_is_bad() {
+        let mut b = encode_header(&header());
+        b[52] = 1;
+        reseal(&mut b);
+        assert!(matches!(decode_header(&b), Err(SlotError::Bad(why)) if why.contains("reserved")));
+        let b = encode_header(&RawHeader {
+            generation: 0,
+            ..header()
+        });
+        assert!(
+            matches!(decode_header(&b), Err(SlotError::Bad(why)) if why.contains("generation"))
+        );
     }
 
     #[test]

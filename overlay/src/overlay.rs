@@ -12,6 +12,7 @@ use blockio::{BaseIdentity, IoCursor, IoCursorMut, ReadAt};
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -210,13 +211,14 @@ fn load_header(storage: &dyn Storage, path: &Path) -> Result<(RawHeader, usize),
     storage
         .read_at(0, &mut [IoSliceMut::new(&mut head)])
         .map_err(io_err(path, "reading the header"))?;
-    if head.len() >= 8 && head[..8] != format::HEADER_MAGIC {
-        return Err(OverlayError::NotAnOverlay {
-            path: path.to_owned(),
-            found: head[..8].to_vec(),
-        });
-    }
+    let not_overlay = || OverlayError::NotAnOverlay {
+        path: path.to_owned(),
+        found: head[..head.len().min(8)].to_vec(),
+    };
     if len < 2 * SLOT_SIZE {
+        if head.len() >= 8 && head[..8] != format::HEADER_MAGIC {
+            return Err(not_overlay());
+        }
         return Err(OverlayError::Truncated {
             path: path.to_owned(),
             len,
@@ -227,6 +229,13 @@ fn load_header(storage: &dyn Storage, path: &Path) -> Result<(RawHeader, usize),
         format::decode_header(&head[..SLOT_SIZE as usize]),
         format::decode_header(&head[SLOT_SIZE as usize..]),
     ];
+    // One copy with our magic is enough to call the file ours: copy 0's
+    // magic may be what a crash or a bad sector damaged.
+    let ours =
+        |s: &Result<RawHeader, SlotError>| !matches!(s, Err(SlotError::Magic | SlotError::Empty));
+    if !slots.iter().any(ours) {
+        return Err(not_overlay());
+    }
     for s in &slots {
         if let Err(SlotError::Version(version)) = s {
             return Err(OverlayError::UnsupportedVersion {
@@ -332,6 +341,171 @@ fn load_map(
     Ok((words, slots))
 }
 
+/// Refuses a file shorter than its geometry.
+fn check_len(storage: &dyn Storage, path: &Path, geo: &Geometry) -> Result<(), OverlayError> {
+    let len = storage
+        .file_len()
+        .map_err(io_err(path, "reading the file's length"))?;
+    if len < geo.file_len() {
+        return Err(OverlayError::Truncated {
+            path: path.to_owned(),
+            len,
+            expected: geo.file_len(),
+        });
+    }
+    Ok(())
+}
+
+/// Writes a fresh overlay with header `raw` (both copies) and an empty map
+/// (copy 0 of each page) to `storage`, and syncs it.
+fn write_pristine(storage: &dyn Storage, path: &Path, raw: &RawHeader) -> Result<(), OverlayError> {
+    let geo = Geometry::new(raw.disk_size);
+    let header = format::encode_header(raw);
+    let write = |offset: u64, bytes: &[u8]| storage.write_at(offset, &mut [IoSlice::new(bytes)]);
+    let result = (|| {
+        storage.set_len(geo.file_len())?;
+        write(0, &header)?;
+        write(SLOT_SIZE, &header)?;
+        let mut slot = vec![0u8; SLOT_SIZE as usize];
+        let empty = vec![0u64; WORDS_PER_PAGE];
+        for page in 0..geo.map_pages {
+            format::encode_page(page, 1, &empty, &mut slot);
+            write(geo.slot_offset(page, 0), &slot)?;
+        }
+        storage.sync_data()
+    })();
+    result.map_err(io_err(path, "writing the new overlay"))
+}
+
+/// Opens `path` for reading (and writing if `write`) and locks it
+/// (exclusively if `write`). A reset may rename a new file over the path
+/// between our open and our lock: then the locked file is not the one the
+/// path names, so open again.
+fn open_locked(path: &Path, write: bool) -> Result<File, OverlayError> {
+    for _ in 0..8 {
+        let file = File::options()
+            .read(true)
+            .write(write)
+            .open(path)
+            .map_err(io_err(path, "opening"))?;
+        lock_file(&file, path, write)?;
+        let ours = file
+            .metadata()
+            .map_err(io_err(path, "reading the file's status"))?;
+        match path.metadata() {
+            Ok(now) if now.dev() == ours.dev() && now.ino() == ours.ino() => return Ok(file),
+            _ => continue,
+        }
+    }
+    Err(OverlayError::Busy {
+        path: path.to_owned(),
+    })
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Makes a rename or link in `path`'s directory durable.
+fn sync_dir(path: &Path) -> Result<(), OverlayError> {
+    let dir = parent_dir(path);
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(path, format!("syncing directory {}", dir.display())))
+}
+
+/// A file built next to its final path under the name
+/// `.NAME.tmp-PID-NANOS`, removed on drop unless it was renamed into place.
+struct TempFile {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl TempFile {
+    /// Creates the file, after removing temporary files of `path` left by
+    /// processes that died while creating or resetting it (a host crash or
+    /// kill -9 would otherwise leave a full-size sparse file forever).
+    fn new(path: &Path) -> Result<TempFile, OverlayError> {
+        let dir = parent_dir(path);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let prefix = format!(".{name}.tmp-");
+        remove_stale_temps(&dir, &prefix);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let tmp = dir.join(format!("{prefix}{}-{nanos}", std::process::id()));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io_err(path, format!("creating {}", tmp.display())))?;
+        Ok(TempFile {
+            path: tmp,
+            file: Some(file),
+        })
+    }
+
+    /// The open file (once).
+    fn file(&self) -> Result<File, OverlayError> {
+        let file = self.file.as_ref().map(File::try_clone);
+        match file {
+            Some(Ok(f)) => Ok(f),
+            Some(Err(e)) => Err(io_err(&self.path, "duplicating a descriptor")(e)),
+            None => Err(io_err(&self.path, "opening")(
+                io::ErrorKind::NotFound.into(),
+            )),
+        }
+    }
+
+    /// The file was renamed into place: nothing to remove.
+    fn forget(mut self) {
+        self.file = None;
+        self.path = PathBuf::new();
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Removes the files in `dir` named `PREFIX PID-…` whose process is gone.
+/// A live process's file may be a create or reset in progress: kept.
+fn remove_stale_temps(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        let Some(Ok(pid)) = rest.split('-').next().map(str::parse::<libc::pid_t>) else {
+            continue;
+        };
+        if pid <= 0 {
+            continue;
+        }
+        // SAFETY: signal 0 only asks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 impl Overlay {
     /// Creates an overlay file at `path` for a disk of `opts.disk_size`
     /// bytes over `opts.base`, and opens it. Writes the header and the map
@@ -344,41 +518,18 @@ impl Overlay {
         if path.symlink_metadata().is_ok() {
             return Err(exists());
         }
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}-{nanos}",
-            name.unwrap_or_default(),
-            std::process::id()
-        ));
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(io_err(path, format!("creating {}", tmp.display())))?;
-        let result = Self::write_new(&FileStorage::new(file), path, opts).and_then(|()| {
-            // Linking fails if `path` appeared meanwhile: never clobber.
-            std::fs::hard_link(&tmp, path).map_err(|e| {
-                if e.kind() == io::ErrorKind::AlreadyExists {
-                    exists()
-                } else {
-                    io_err(path, "linking the new file into place")(e)
-                }
-            })
-        });
-        let _ = std::fs::remove_file(&tmp);
-        result?;
-        File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(path, format!("syncing directory {}", dir.display())))?;
+        let tmp = TempFile::new(path)?;
+        Self::write_new(&FileStorage::new(tmp.file()?), path, opts)?;
+        // Linking fails if `path` appeared meanwhile: never clobber.
+        std::fs::hard_link(&tmp.path, path).map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                exists()
+            } else {
+                io_err(path, "linking the new file into place")(e)
+            }
+        })?;
+        drop(tmp);
+        sync_dir(path)?;
         Self::open(path, &opts.base, opts.disk_size, &OpenOptions::default())
     }
 
@@ -400,29 +551,13 @@ impl Overlay {
                 format::MAX_DIGEST_LEN
             )));
         }
-        let geo = Geometry::new(opts.disk_size);
-        let header = format::encode_header(&RawHeader {
+        let raw = RawHeader {
             generation: 1,
             disk_size: opts.disk_size,
             disk_id: Uuid::new_v4(),
             base: opts.base.clone(),
-        });
-        let err = io_err(path, "writing the new overlay");
-        let write =
-            |offset: u64, bytes: &[u8]| storage.write_at(offset, &mut [IoSlice::new(bytes)]);
-        let result = (|| {
-            storage.set_len(geo.file_len())?;
-            write(0, &header)?;
-            write(SLOT_SIZE, &header)?;
-            let mut slot = vec![0u8; SLOT_SIZE as usize];
-            let empty = vec![0u64; WORDS_PER_PAGE];
-            for page in 0..geo.map_pages {
-                format::encode_page(page, 1, &empty, &mut slot);
-                write(geo.slot_offset(page, 0), &slot)?;
-            }
-            storage.sync_data()
-        })();
-        result.map_err(err)
+        };
+        write_pristine(storage, path, &raw)
     }
 
     /// Opens the overlay at `path` for a base with identity `expected` of
@@ -434,12 +569,7 @@ impl Overlay {
         disk_size: u64,
         opts: &OpenOptions,
     ) -> Result<Overlay, OverlayError> {
-        let file = File::options()
-            .read(true)
-            .write(!opts.read_only)
-            .open(path)
-            .map_err(io_err(path, "opening"))?;
-        lock_file(&file, path, !opts.read_only)?;
+        let file = open_locked(path, !opts.read_only)?;
         Self::open_on(
             Box::new(FileStorage::new(file)),
             path,
@@ -466,16 +596,7 @@ impl Overlay {
             });
         }
         let geo = Geometry::new(raw.disk_size);
-        let len = storage
-            .file_len()
-            .map_err(io_err(path, "reading the file's length"))?;
-        if len < geo.file_len() {
-            return Err(OverlayError::Truncated {
-                path: path.to_owned(),
-                len,
-                expected: geo.file_len(),
-            });
-        }
+        check_len(&*storage, path, &geo)?;
         let (words, slots) = load_map(&*storage, path, &geo)?;
         if raw.base != *expected {
             if !opts.rebase {
@@ -485,7 +606,18 @@ impl Overlay {
                     expected: Box::new(expected.clone()),
                 });
             }
-            if !opts.read_only && expected.manifest_digest.len() <= format::MAX_DIGEST_LEN {
+            if !opts.read_only {
+                // Rebasing only in memory would leave a header that refuses
+                // the next open: refuse now instead.
+                if expected.manifest_digest.len() > format::MAX_DIGEST_LEN {
+                    return Err(OverlayError::InvalidOptions {
+                        path: path.to_owned(),
+                        reason: format!(
+                            "cannot rebase: the manifest digest is longer than {} bytes",
+                            format::MAX_DIGEST_LEN
+                        ),
+                    });
+                }
                 raw.base = expected.clone();
                 raw.generation += 1;
                 let bytes = format::encode_header(&raw);
@@ -535,41 +667,47 @@ impl Overlay {
 
     /// Returns the overlay at `path` to the pristine base: every block reads
     /// from the base again and the data area's space is released. Keeps the
-    /// disk id and base identity. A crash midway leaves either the old or
-    /// the pristine disk.
+    /// disk id and base identity. A crash at any instant leaves either the
+    /// old or the pristine disk: the pristine file is built and synced under
+    /// a temporary name, then renamed over the old one (while holding the
+    /// old file's lock, so no backend serves it meanwhile).
     pub fn reset(path: &Path) -> Result<(), OverlayError> {
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(io_err(path, "opening"))?;
-        lock_file(&file, path, true)?;
-        let storage = Box::new(FileStorage::new(file));
-        let (raw, _) = load_header(&*storage, path)?;
-        let overlay = Self::open_on(
-            storage,
-            path,
-            &raw.base,
-            raw.disk_size,
-            &OpenOptions::default(),
-        )?;
-        overlay.reset_contents()
+        // Held until the rename is done: the lock keeps backends away.
+        let old = FileStorage::new(open_locked(path, true)?);
+        let tmp = TempFile::new(path)?;
+        // The new file replaces the old one: keep its permission bits.
+        let mode = old
+            .file()
+            .metadata()
+            .map_err(io_err(path, "reading the file's status"))?
+            .permissions();
+        std::fs::set_permissions(&tmp.path, mode)
+            .map_err(io_err(path, "copying the permissions"))?;
+        Self::reset_into(&old, &FileStorage::new(tmp.file()?), path)?;
+        std::fs::rename(&tmp.path, path)
+            .map_err(io_err(path, "renaming the pristine file into place"))?;
+        tmp.forget();
+        let result = sync_dir(path);
+        drop(old);
+        result
     }
 
-    /// Forgets every write (see [`reset`](Self::reset)). The map reaches disk
-    /// before the data is released, so a crash never exposes punched data.
-    pub fn reset_contents(&self) -> Result<(), OverlayError> {
-        self.check_writable()?;
-        let blocks = self.geo.blocks;
-        {
-            let _guard = self.stripes.lock(0, blocks);
-            self.map.set(0, blocks, BlockState::Base);
-        }
-        self.flush()?;
-        self.storage
-            .punch_hole(self.geo.data_offset, blocks * BLOCK_SIZE)
-            .and_then(|()| self.storage.sync_data())
-            .map_err(io_err(&self.path, "releasing the data area"))
+    /// Writes to `new` (empty) the pristine version of the overlay in `old`:
+    /// the same header (disk id, base, generation), every block from the
+    /// base, a sparse data area; syncs `new` and never writes `old`. `old`
+    /// must be a valid overlay. [`reset`](Self::reset) then renames `new`
+    /// over `old`; this is the part a test can crash.
+    pub fn reset_into(
+        old: &dyn Storage,
+        new: &dyn Storage,
+        path: &Path,
+    ) -> Result<(), OverlayError> {
+        let (raw, _) = load_header(old, path)?;
+        let geo = Geometry::new(raw.disk_size);
+        check_len(old, path, &geo)?;
+        // Refuse a corrupt overlay as open would, rather than paper over it.
+        load_map(old, path, &geo)?;
+        write_pristine(new, path, &raw)
     }
 
     /// The header.
@@ -584,7 +722,8 @@ impl Overlay {
 
     /// Switches write-through on (every write durable before it returns) or
     /// off. Writes completed before switching on are made durable by the
-    /// next flush or write-through write.
+    /// next flush or write-through write. Each write-through request runs
+    /// its own flush, one at a time under the flush mutex (no group commit).
     pub fn set_writethrough(&self, on: bool) {
         self.writethrough.store(on, Ordering::SeqCst);
     }
@@ -732,9 +871,11 @@ impl Overlay {
         }
         let end = offset + len;
         let (first, end_block) = (offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE));
-        // Overwriting written blocks cannot race with a copy-up: no lock.
-        let _guard =
+        // Overwriting written blocks cannot race with a copy-up: no lock
+        // (but see `write_partial` for a block that stopped being written).
+        let guard =
             (!self.map.all_written(first, end_block)).then(|| self.stripes.lock(first, end_block));
+        let locked = guard.is_some();
         // Blocks below `full_end` end inside the request (the disk's short
         // last block included).
         let full_end = if end == self.geo.disk_size {
@@ -756,7 +897,7 @@ impl Overlay {
                 b = full_end;
             } else {
                 let mut piece = cursor.take((to - from) as usize);
-                self.write_partial(b, from, &mut piece, base)?;
+                self.write_partial(b, from, &mut piece, base, locked)?;
                 b += 1;
             }
         }
@@ -764,20 +905,30 @@ impl Overlay {
     }
 
     /// Writes `[from, from + len(piece))` inside block `b`, which the request
-    /// covers only partly; the caller holds the block's stripe lock unless
-    /// the block was written.
+    /// covers only partly. `locked` says whether the caller holds the block's
+    /// stripe lock; it does not when the block was written, but a concurrent
+    /// discard may have made it zero since, and a copy-up must not run
+    /// unlocked: then it locks and looks again.
     fn write_partial(
         &self,
         b: u64,
         from: u64,
         piece: &mut [IoSlice<'_>],
         base: &dyn ReadAt,
+        locked: bool,
     ) -> Result<(), OverlayError> {
-        let (bstart, bend) = self.block_bounds(b);
-        let state = self.map.get(b);
+        let mut state = self.map.get(b);
         if state == BlockState::Written {
             return self.write_data(from, piece);
         }
+        let _guard = (!locked).then(|| self.stripes.lock(b, b + 1));
+        if !locked {
+            state = self.map.get(b);
+            if state == BlockState::Written {
+                return self.write_data(from, piece);
+            }
+        }
+        let (bstart, bend) = self.block_bounds(b);
         // Copy-up: the whole block reaches the data area before the map
         // says written, so the map never points at stale data.
         let mut block = [0u8; BLOCK_SIZE as usize];
@@ -883,7 +1034,7 @@ impl Overlay {
                 let (from, to) = (offset.max(bstart), end.min(bend));
                 if self.map.get(b) != BlockState::Zero {
                     let zeros = &ZEROS[..(to - from) as usize];
-                    self.write_partial(b, from, &mut [IoSlice::new(zeros)], base)?;
+                    self.write_partial(b, from, &mut [IoSlice::new(zeros)], base, true)?;
                 }
             }
         }

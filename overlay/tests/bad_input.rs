@@ -44,9 +44,27 @@ fn edit(path: &Path, f: impl FnOnce(&mut Vec<u8>)) {
     std::fs::write(path, bytes).unwrap();
 }
 
-/// Opens `path` in every way (read-write, read-only, rebase, header only)
-/// and checks each attempt fails the same way and writes nothing.
-fn refused(path: &Path, id: &blockio::BaseIdentity, size: u64, check: impl Fn(&OverlayError)) {
+/// What a damage makes unusable, so which ways of opening must fail.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// The header: everything, even reading the header alone.
+    Header,
+    /// The map or the length: every open, `inspect` and `reset`.
+    File,
+    /// Only a match against the expected base or size: `open`.
+    Open,
+}
+
+/// Opens `path` in every way the damage in `scope` forbids (read-write,
+/// read-only, rebase; `inspect` and `reset`; the header alone) and checks
+/// each attempt fails the same way and writes nothing.
+fn refused(
+    path: &Path,
+    id: &blockio::BaseIdentity,
+    size: u64,
+    scope: Scope,
+    check: impl Fn(&OverlayError),
+) {
     let before = std::fs::read(path).unwrap();
     let attempts = [
         OpenOptions::default(),
@@ -59,19 +77,44 @@ fn refused(path: &Path, id: &blockio::BaseIdentity, size: u64, check: impl Fn(&O
             ..Default::default()
         },
     ];
+    let mut errors = Vec::new();
     for opts in &attempts {
-        let err = match Overlay::open(path, id, size, opts) {
+        match Overlay::open(path, id, size, opts) {
             Ok(_) => panic!("{} opened with {opts:?}", path.display()),
-            Err(e) => e,
-        };
+            Err(e) => errors.push(e),
+        }
+    }
+    if scope != Scope::Open {
+        match Overlay::inspect(path) {
+            Ok(_) => panic!("{} inspected", path.display()),
+            Err(e) => errors.push(e),
+        }
+        match Overlay::reset(path) {
+            Ok(()) => panic!("{} reset", path.display()),
+            Err(e) => errors.push(e),
+        }
+    }
+    if scope == Scope::Header {
+        match Overlay::read_header(path) {
+            Ok(_) => panic!("{} header read", path.display()),
+            Err(e) => errors.push(e),
+        }
+    }
+    for err in &errors {
         assert!(
             err.to_string().contains(&path.display().to_string()),
             "{err}"
         );
         assert!(!err.is_guest_error());
-        check(&err);
+        check(err);
     }
     assert_eq!(std::fs::read(path).unwrap(), before, "the file changed");
+    let dir = path.parent().unwrap();
+    assert_eq!(
+        std::fs::read_dir(dir).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
 }
 
 fn header_checksum(b: &mut [u8], slot: usize) {
@@ -103,8 +146,22 @@ fn truncated_files() {
             .unwrap()
             .set_len(len)
             .unwrap();
-        refused(&f.path, &identity("good"), SIZE, |e| match e {
-            OverlayError::Truncated { len: l, .. } => assert_eq!(*l, len),
+        let scope = if len < 8192 {
+            Scope::Header
+        } else {
+            Scope::File
+        };
+        refused(&f.path, &identity("good"), SIZE, scope, |e| match e {
+            OverlayError::Truncated {
+                len: l, expected, ..
+            } => {
+                assert_eq!(*l, len);
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&format!("{len} bytes, its format needs {expected}")),
+                    "{msg}"
+                );
+            }
             // Too short to hold a whole map page slot: its copies are damaged.
             OverlayError::NotAnOverlay { found, .. } if len == 0 => assert!(found.is_empty()),
             _ => panic!("truncated to {len}: {e}"),
@@ -115,8 +172,15 @@ fn truncated_files() {
 #[test]
 fn wrong_magic() {
     let f = fixture(1);
+    // One copy with the right magic is enough (a bad sector, say).
     edit(&f.path, |b| b[0..8].copy_from_slice(b"QFI\xfb\0\0\0\x03"));
-    refused(&f.path, &identity("good"), SIZE, |e| {
+    let ov = Overlay::open(&f.path, &identity("good"), SIZE, &OpenOptions::default()).unwrap();
+    assert_eq!(ov.usage().unwrap().blocks_written, 1);
+    drop(ov);
+    edit(&f.path, |b| {
+        b[4096..4104].copy_from_slice(b"QFI\xfb\0\0\0\x03")
+    });
+    refused(&f.path, &identity("good"), SIZE, Scope::Header, |e| {
         assert!(matches!(e, OverlayError::NotAnOverlay { .. }), "{e}");
         assert!(e.to_string().contains("not an ocidisk overlay"), "{e}");
     });
@@ -134,7 +198,7 @@ fn newer_version_is_refused_not_misread() {
             b[slot * 4096 + 8..slot * 4096 + 12].copy_from_slice(&2u32.to_le_bytes());
         }
     });
-    refused(&f.path, &identity("good"), SIZE, |e| {
+    refused(&f.path, &identity("good"), SIZE, Scope::Header, |e| {
         assert!(
             matches!(
                 e,
@@ -158,7 +222,7 @@ fn a_map_claiming_blocks_past_the_end() {
         b[8192 + 64 + 5] = 0b01;
         page_checksum(b, 0);
     });
-    refused(&f.path, &identity("good"), SIZE, |e| {
+    refused(&f.path, &identity("good"), SIZE, Scope::File, |e| {
         let msg = e.to_string();
         assert!(matches!(e, OverlayError::Corrupt { .. }), "{e}");
         assert!(
@@ -175,7 +239,7 @@ fn an_invalid_block_state() {
         b[8192 + 64] = 0b11;
         page_checksum(b, 0);
     });
-    refused(&f.path, &identity("good"), SIZE, |e| {
+    refused(&f.path, &identity("good"), SIZE, Scope::File, |e| {
         assert!(e.to_string().contains("invalid state 3"), "{e}");
     });
 }
@@ -184,7 +248,7 @@ fn an_invalid_block_state() {
 fn a_checksum_failure_in_the_only_copy_of_a_map_page() {
     let f = fixture(0);
     edit(&f.path, |b| b[8192 + 100] ^= 0x10);
-    refused(&f.path, &identity("good"), SIZE, |e| {
+    refused(&f.path, &identity("good"), SIZE, Scope::File, |e| {
         assert!(e.to_string().contains("map page 0"), "{e}");
         assert!(e.to_string().contains("checksum mismatch"), "{e}");
     });
@@ -209,7 +273,7 @@ fn a_header_checksum_failure_in_both_copies() {
         b[30] ^= 1;
         b[4096 + 30] ^= 1;
     });
-    refused(&f.path, &identity("good"), SIZE, |e| {
+    refused(&f.path, &identity("good"), SIZE, Scope::Header, |e| {
         assert!(e.to_string().contains("header checksum mismatch"), "{e}");
     });
     // One good copy is enough.
@@ -217,6 +281,26 @@ fn a_header_checksum_failure_in_both_copies() {
         b[4096..8192].copy_from_slice(&good[4096..8192])
     });
     Overlay::open(&f.path, &identity("good"), SIZE, &OpenOptions::default()).unwrap();
+}
+
+#[test]
+fn nonzero_reserved_header_bytes_and_generation_zero() {
+    for (at, value) in [(52, 1u8), (16, 0)] {
+        let f = fixture(1);
+        edit(&f.path, |b| {
+            for slot in 0..2 {
+                if at == 16 {
+                    b[slot * 4096 + 16..slot * 4096 + 24].fill(value);
+                } else {
+                    b[slot * 4096 + at] = value;
+                }
+                header_checksum(b, slot);
+            }
+        });
+        refused(&f.path, &identity("good"), SIZE, Scope::Header, |e| {
+            assert!(matches!(e, OverlayError::Corrupt { .. }), "{e}");
+        });
+    }
 }
 
 #[test]
@@ -228,7 +312,7 @@ fn unknown_header_flags() {
             header_checksum(b, slot);
         }
     });
-    refused(&f.path, &identity("good"), SIZE, |e| {
+    refused(&f.path, &identity("good"), SIZE, Scope::Header, |e| {
         assert!(e.to_string().contains("unknown header flags"), "{e}");
     });
 }
@@ -236,7 +320,7 @@ fn unknown_header_flags() {
 #[test]
 fn another_disk_size() {
     let f = fixture(1);
-    refused(&f.path, &identity("good"), SIZE + 4096, |e| {
+    refused(&f.path, &identity("good"), SIZE + 4096, Scope::Open, |e| {
         assert!(
             matches!(e, OverlayError::DiskSizeMismatch { overlay: SIZE, expected, .. } if *expected == SIZE + 4096),
             "{e}"
@@ -290,6 +374,60 @@ fn another_base_unless_rebase() {
         &OpenOptions::default(),
     )
     .unwrap();
+}
+
+#[test]
+fn rebasing_twice_alternates_the_header_copies() {
+    let f = fixture(1);
+    let generation = |b: &[u8], slot: usize| {
+        u64::from_le_bytes(b[slot * 4096 + 16..slot * 4096 + 24].try_into().unwrap())
+    };
+    let rebase = OpenOptions {
+        rebase: true,
+        ..Default::default()
+    };
+    let disk_id = Overlay::read_header(&f.path).unwrap().disk_id;
+    drop(Overlay::open(&f.path, &identity("second"), SIZE, &rebase).unwrap());
+    let b = std::fs::read(&f.path).unwrap();
+    assert_eq!((generation(&b, 0), generation(&b, 1)), (1, 2));
+    drop(Overlay::open(&f.path, &identity("third"), SIZE, &rebase).unwrap());
+    let b = std::fs::read(&f.path).unwrap();
+    assert_eq!((generation(&b, 0), generation(&b, 1)), (3, 2));
+    let h = Overlay::read_header(&f.path).unwrap();
+    assert_eq!((h.generation, h.disk_id), (3, disk_id));
+    assert_eq!(h.base, identity("third"));
+    let ov = Overlay::open(&f.path, &identity("third"), SIZE, &OpenOptions::default()).unwrap();
+    assert_eq!(ov.usage().unwrap().blocks_written, 1, "the writes stay");
+}
+
+#[test]
+fn rebasing_onto_a_digest_too_long_for_the_header_is_refused() {
+    let f = fixture(1);
+    let long = blockio::BaseIdentity {
+        manifest_digest: "x".repeat(256),
+        layout_hash: [0; 32],
+    };
+    let rebase = OpenOptions {
+        rebase: true,
+        ..Default::default()
+    };
+    let before = std::fs::read(&f.path).unwrap();
+    let err = Overlay::open(&f.path, &long, SIZE, &rebase).err().unwrap();
+    assert!(matches!(err, OverlayError::InvalidOptions { .. }), "{err}");
+    assert!(err.to_string().contains("cannot rebase"), "{err}");
+    assert_eq!(std::fs::read(&f.path).unwrap(), before);
+    // Read-only writes no header: rebasing in memory is all it can do.
+    let ro = OpenOptions {
+        read_only: true,
+        ..rebase
+    };
+    assert_eq!(
+        Overlay::open(&f.path, &long, SIZE, &ro)
+            .unwrap()
+            .header()
+            .base,
+        long
+    );
 }
 
 #[test]

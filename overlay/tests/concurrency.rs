@@ -233,3 +233,72 @@ fn concurrent_flushes_then_crash() {
         }
     }
 }
+
+/// A base whose reads of block 0 stop until released, so a copy-up of
+/// block 0 stays in progress (holding its stripe lock) as long as the test
+/// wants.
+struct StallingBase {
+    bytes: Vec<u8>,
+    entered: std::sync::mpsc::SyncSender<()>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl blockio::ReadAt for StallingBase {
+    fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    fn read_vectored_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> std::io::Result<()> {
+        if offset < BS {
+            let _ = self.entered.send(());
+            let _ = self.release.lock().unwrap().recv();
+        }
+        blockio::ReadAt::read_vectored_at(&&self.bytes, offset, bufs)
+    }
+}
+
+/// No global lock: while a copy-up of block 0 waits on the base, another
+/// thread reads, writes (a copy-up of its own, in another stripe) and
+/// flushes block 1280.
+#[test]
+fn a_stalled_copy_up_does_not_block_other_stripes() {
+    use std::sync::mpsc::{channel, sync_channel};
+    use std::time::Duration;
+    let blocks = 2048;
+    let (_dir, ov) = create(blocks);
+    let (entered_tx, entered) = sync_channel(1);
+    let (release, release_rx) = channel();
+    let base = StallingBase {
+        bytes: Rng(5).bytes((blocks * BS) as usize),
+        entered: entered_tx,
+        release: std::sync::Mutex::new(release_rx),
+    };
+    let other = 1280 * BS;
+    std::thread::scope(|s| {
+        let stalled = s.spawn(|| ov.write(100, &[IoSlice::new(b"stalled")], &base));
+        entered
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the copy-up reached the base");
+        let (done_tx, done) = channel();
+        let (ov, base) = (&ov, &base);
+        s.spawn(move || {
+            let mut buf = [0u8; 16];
+            ov.read(other, &mut [IoSliceMut::new(&mut buf)], base)
+                .unwrap();
+            ov.write(other + 7, &[IoSlice::new(b"other")], base)
+                .unwrap();
+            ov.flush().unwrap();
+            ov.read(other, &mut [IoSliceMut::new(&mut buf)], base)
+                .unwrap();
+            done_tx.send(buf).unwrap();
+        });
+        let got = done.recv_timeout(Duration::from_secs(30));
+        release.send(()).unwrap();
+        let buf = got.expect("the other stripe's requests finished while block 0 was stalled");
+        assert_eq!(&buf[7..12], b"other");
+        stalled.join().unwrap().unwrap();
+        let mut buf = [0u8; 7];
+        ov.read(100, &mut [IoSliceMut::new(&mut buf)], base)
+            .unwrap();
+        assert_eq!(&buf, b"stalled");
+    });
+}

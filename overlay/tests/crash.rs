@@ -1,7 +1,8 @@
 //! Crash tests: the overlay runs on a storage that dies after a random number
 //! of operations (inside a write, between a flush's syncs, while writing map
 //! pages...) and then keeps only what was synced plus a random, possibly
-//! torn, subset of the rest. Reopening must succeed, every flushed write must
+//! torn, subset of the rest, or (alternately, deterministically) exactly
+//! what was synced. Reopening must succeed, every flushed write must
 //! be there, and every byte must hold a value it had at the last completed
 //! flush or was given since.
 
@@ -156,7 +157,7 @@ fn crash_rounds(seed: u64, blocks: u64) {
             storage.die_after(0);
         }
         drop(ov);
-        storage = storage.crash(&mut rng);
+        storage = storage.crash_with(round % 2 == 1, &mut rng);
         let ov = open(&storage, size);
         let actual = read_all(&ov, &base, &mut rng);
         expect.check(&actual, round);
@@ -225,10 +226,300 @@ fn crash_at_every_step_of_a_flush() {
         }
         drop(ov);
         for trial in 0..4 {
-            let crashed = storage.crash(&mut rng);
+            let crashed = storage.crash_with(trial == 0, &mut rng);
             let ov = open(&crashed, size);
             expect.check(&read_all(&ov, &base, &mut rng), trial);
         }
         let _ = storage.sync_data();
+    }
+}
+
+/// Blocks spanning two map pages.
+const PAGES_BLOCKS: u64 = 16128 + 40;
+
+/// A big base quickly (random bytes cost too much at this size).
+fn pattern(size: u64) -> Vec<u8> {
+    (0..size)
+        .map(|i| (i.wrapping_mul(0x9e37_79b1) >> 13) as u8)
+        .collect()
+}
+
+/// An overlay with flushed writes in each of its map pages; returns its
+/// storage, the base and the flushed disk.
+fn written_overlay(seed: u64) -> (Arc<MemStorage>, Vec<u8>, Vec<u8>) {
+    let mut rng = Rng(seed);
+    let size = PAGES_BLOCKS * BS;
+    let base = pattern(size);
+    let storage = MemStorage::new();
+    let create = CreateOptions {
+        disk_size: size,
+        base: identity("crash"),
+    };
+    Overlay::write_new(&*storage, Path::new("mem.overlay"), &create).unwrap();
+    let ov = open(&storage, size);
+    let mut model = Model { disk: base.clone() };
+    for block in [3, 16127, 16128, PAGES_BLOCKS - 2] {
+        let data = rng.bytes(BS as usize + 300);
+        ov.write(block * BS + 9, &split(&data, &mut rng), &base)
+            .unwrap();
+        model.write(block * BS + 9, &data);
+    }
+    ov.discard(5 * BS, 2 * BS, &base).unwrap();
+    model.discard(5 * BS, 2 * BS);
+    ov.flush().unwrap();
+    (storage, base, model.disk)
+}
+
+/// Reset builds the pristine file apart and syncs it; the rename that
+/// commits it (see `Overlay::reset`) happens only once that returned. So a
+/// crash at any step of the build leaves the old file, untouched, and a
+/// finished build survives any crash whole.
+#[test]
+fn crash_at_every_step_of_a_reset_leaves_old_or_pristine() {
+    let (old, base, flushed) = written_overlay(7);
+    let size = base.len() as u64;
+    let old_bytes = old.snapshot();
+    let disk_id = open(&old, size).header().disk_id;
+    let mut finished = false;
+    for die in 0..20 {
+        let new = MemStorage::new();
+        new.die_after(die);
+        let committed = Overlay::reset_into(&*old, &*new, Path::new("mem.overlay")).is_ok();
+        assert!(
+            old.snapshot() == old_bytes,
+            "step {die}: reset wrote the old file"
+        );
+        let mut rng = Rng(die as u64);
+        for harsh in [true, false] {
+            let disk = if committed {
+                new.crash_with(harsh, &mut rng)
+            } else {
+                old.crash_with(harsh, &mut rng)
+            };
+            let ov = open(&disk, size);
+            let actual = read_all(&ov, &base, &mut rng);
+            let want = if committed { &base } else { &flushed };
+            assert!(
+                actual == *want,
+                "step {die}: committed {committed}, harsh {harsh}"
+            );
+            assert_eq!(ov.header().disk_id, disk_id, "step {die}");
+            assert_eq!(ov.header().generation, 1, "step {die}");
+        }
+        if committed {
+            finished = true;
+            break;
+        }
+    }
+    assert!(finished, "no crash point was after the build");
+}
+
+/// A reset through the real file: same disk id, pristine contents, and the
+/// lock of a served overlay keeps it out.
+#[test]
+fn reset_replaces_the_file_and_respects_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vm.overlay");
+    let base = vec![5u8; (PAGES_BLOCKS * BS) as usize];
+    let create = CreateOptions {
+        disk_size: base.len() as u64,
+        base: identity("crash"),
+    };
+    let ov = Overlay::create(&path, &create).unwrap();
+    let disk_id = ov.header().disk_id;
+    ov.write(16128 * BS, &[std::io::IoSlice::new(&[1; 8192])], &base)
+        .unwrap();
+    ov.flush().unwrap();
+    assert!(matches!(
+        Overlay::reset(&path),
+        Err(overlay::OverlayError::Busy { .. })
+    ));
+    drop(ov);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::Permissions::from_mode(0o600);
+    std::fs::set_permissions(&path, mode).unwrap();
+    Overlay::reset(&path).unwrap();
+    let after = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(after & 0o777, 0o600, "reset keeps the permissions");
+    let ov = Overlay::open(
+        &path,
+        &create.base,
+        create.disk_size,
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(ov.header().disk_id, disk_id);
+    assert_eq!(ov.usage().unwrap().blocks_written, 0);
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["vm.overlay"], "no temporary file left");
+}
+
+/// A create or reset killed midway leaves its full-size temporary file; the
+/// next create or reset of that path removes it (its process is gone), and
+/// leaves alone one whose process still runs.
+#[test]
+fn stale_temporary_files_of_dead_processes_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vm.overlay");
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = dir.path().join(format!(".vm.overlay.tmp-{dead}-123"));
+    let live = dir
+        .path()
+        .join(format!(".vm.overlay.tmp-{}-456", std::process::id()));
+    let other = dir.path().join(format!(".other.tmp-{dead}-123"));
+    for f in [&stale, &live, &other] {
+        std::fs::File::create(f).unwrap().set_len(1 << 30).unwrap();
+    }
+    let create = CreateOptions {
+        disk_size: 1 << 20,
+        base: identity("crash"),
+    };
+    drop(Overlay::create(&path, &create).unwrap());
+    assert!(!stale.exists(), "the dead process's file is gone");
+    assert!(live.exists(), "a live process's file is kept");
+    assert!(
+        other.exists(),
+        "another overlay's file is not ours to remove"
+    );
+    std::fs::File::create(&stale).unwrap();
+    Overlay::reset(&path).unwrap();
+    assert!(!stale.exists(), "reset removes it too");
+}
+
+/// A crash at every step of creating an overlay: the file is either not a
+/// valid overlay yet (creation builds it under a temporary name, so the
+/// real path never appears) or, once `write_new` returned, fully valid.
+#[test]
+fn crash_at_every_step_of_creation() {
+    let size = PAGES_BLOCKS * BS;
+    let base = pattern(size);
+    let create = CreateOptions {
+        disk_size: size,
+        base: identity("crash"),
+    };
+    let mut finished = false;
+    for die in 0..20 {
+        let storage = MemStorage::new();
+        storage.die_after(die);
+        let done = Overlay::write_new(&*storage, Path::new("mem.overlay"), &create).is_ok();
+        let mut rng = Rng(die as u64);
+        for harsh in [true, false] {
+            let disk = storage.crash_with(harsh, &mut rng);
+            if done {
+                let ov = open(&disk, size);
+                assert!(read_all(&ov, &base, &mut rng) == base, "step {die}");
+            }
+        }
+        if done {
+            finished = true;
+            break;
+        }
+    }
+    assert!(finished);
+}
+
+/// A crash at every step of a rebase's header write: the overlay reopens
+/// with the old or the new identity, and the flushed data is intact.
+#[test]
+fn crash_at_every_step_of_a_rebase() {
+    let (storage, base, flushed) = written_overlay(11);
+    let size = base.len() as u64;
+    let (old_id, new_id) = (identity("crash"), identity("rebased"));
+    let rebase = OpenOptions {
+        rebase: true,
+        ..OpenOptions::default()
+    };
+    let mut saw = [false; 2];
+    for die in 0..6 {
+        let mut rng = Rng(die as u64);
+        let disk = storage.crash_losing_unsynced();
+        disk.die_after(die);
+        let done = Overlay::open_on(
+            Box::new(disk.clone()),
+            Path::new("mem.overlay"),
+            &new_id,
+            size,
+            &rebase,
+        )
+        .is_ok();
+        for harsh in [true, false] {
+            let after = disk.crash_with(harsh, &mut rng);
+            let reopen = |id| {
+                Overlay::open_on(
+                    Box::new(after.clone()),
+                    Path::new("mem.overlay"),
+                    id,
+                    size,
+                    &OpenOptions::default(),
+                )
+            };
+            let (ov, rebased) = match reopen(&old_id) {
+                Ok(ov) => (ov, false),
+                Err(_) => (reopen(&new_id).expect("old or new identity"), true),
+            };
+            assert!(!done || rebased, "step {die}: a finished rebase was lost");
+            assert_eq!(ov.header().generation, 1 + u64::from(rebased));
+            assert!(read_all(&ov, &base, &mut rng) == flushed, "step {die}");
+            saw[usize::from(rebased)] = true;
+        }
+    }
+    assert_eq!(saw, [true, true]);
+}
+
+/// Write-through: every completed request survives a crash without a flush.
+#[test]
+fn writethrough_writes_survive_a_crash_without_flush() {
+    for seed in 0..12 {
+        let mut rng = Rng(seed);
+        let size = (3 + seed % 5) * BS - 512 * (seed % 3);
+        let base = rng.bytes(size as usize);
+        let storage = MemStorage::new();
+        let create = CreateOptions {
+            disk_size: size,
+            base: identity("crash"),
+        };
+        Overlay::write_new(&*storage, Path::new("mem.overlay"), &create).unwrap();
+        let ov = Overlay::open_on(
+            Box::new(storage.clone()),
+            Path::new("mem.overlay"),
+            &identity("crash"),
+            size,
+            &OpenOptions {
+                writethrough: true,
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap();
+        let mut model = Model { disk: base.clone() };
+        for step in 0..30 {
+            let off = rng.below(size);
+            let len = rng.below((size - off).min(2 * BS + 100)) + 1;
+            match rng.below(4) {
+                0 | 1 => {
+                    let data = rng.bytes(len as usize);
+                    ov.write(off, &split(&data, &mut rng), &base).unwrap();
+                    model.write(off, &data);
+                }
+                2 => {
+                    ov.write_zeroes(off, len, &base).unwrap();
+                    model.write_zeroes(off, len);
+                }
+                _ => {
+                    ov.discard(off, len, &base).unwrap();
+                    model.discard(off, len);
+                }
+            }
+            let crashed = storage.crash_with(step % 2 == 0, &mut rng);
+            let reopened = open(&crashed, size);
+            assert!(
+                read_all(&reopened, &base, &mut rng) == model.disk,
+                "seed {seed} step {step}"
+            );
+        }
     }
 }

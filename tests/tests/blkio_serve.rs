@@ -594,6 +594,34 @@ fn an_overlay_of_another_image_is_refused() {
 }
 
 #[test]
+fn serve_rebase_keeps_the_writes_over_another_image() {
+    let f = Fixture::new();
+    let server = f.serve(&[]);
+    f.connect(1).queue().write(8192, &[7; 4096]).unwrap();
+    assert!(server.terminate().unwrap().success());
+    let disk_id = Overlay::read_header(&f.overlay).unwrap().disk_id;
+
+    let other = f._dir.path().join("other-image");
+    ImageBuilder::monogon(
+        OsImage::new()
+            .payload(Payload::new("kernel.efi", efi_image(64 << 10)))
+            .payload(Payload::new("system", vec![1; 4096])),
+    )
+    .write(&other)
+    .unwrap();
+    let mut args = f.serve_args(&["--rebase"]);
+    args[1] = other.to_str().unwrap().to_owned();
+    let server = Server::start(&f.socket, &args).unwrap();
+    assert_eq!(
+        f.connect(1).queue().read(8192, 4096).unwrap(),
+        vec![7; 4096]
+    );
+    assert!(server.terminate().unwrap().success());
+    let header = Overlay::read_header(&f.overlay).unwrap();
+    assert_eq!((header.generation, header.disk_id), (2, disk_id));
+}
+
+#[test]
 fn export_with_the_overlay_writes_the_vm_disk() {
     let f = Fixture::new();
     let server = f.serve(&[]);

@@ -320,8 +320,8 @@ fn direct_boot_sees_the_composed_disk_and_its_writes_survive_a_server_restart() 
 
     // From the host, through a third server on the same overlay: the
     // guest's bytes are at the disk offsets DESIGN.md's table gives.
-    // (`ocidisk export --overlay` would be the natural check, but it ignores
-    // the overlay today; see the branch report.)
+    // (`ocidisk export --overlay` would check the same bytes; reading
+    // through a server also exercises the backend's read path.)
     let (server, socket) = f.serve("host-read", &[]);
     let mut client = BlkioClient::connect(&socket, 1, 1 << 20).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(client.capacity(), DISK_SECTORS * 512);

@@ -174,6 +174,23 @@ impl MemStorage {
         Self::from_bytes(bytes)
     }
 
+    /// The file after the harshest crash now: exactly what was synced,
+    /// every later write, punch and resize lost.
+    pub fn crash_losing_unsynced(&self) -> Arc<MemStorage> {
+        Self::from_bytes(self.inner.lock().unwrap().durable.clone())
+    }
+
+    /// A crash in one of two modes: `harsh` drops every unsynced operation
+    /// ([`crash_losing_unsynced`](Self::crash_losing_unsynced)), otherwise a
+    /// random subset survives ([`crash`](Self::crash)).
+    pub fn crash_with(&self, harsh: bool, rng: &mut Rng) -> Arc<MemStorage> {
+        if harsh {
+            self.crash_losing_unsynced()
+        } else {
+            self.crash(rng)
+        }
+    }
+
     /// The current bytes (what a read sees).
     pub fn snapshot(&self) -> Vec<u8> {
         self.inner.lock().unwrap().current.clone()

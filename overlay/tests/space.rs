@@ -1,0 +1,61 @@
+//! Zeroing and discarding whole blocks give the file's space back to the
+//! host (`fallocate` punch-hole).
+
+mod common;
+
+use common::{identity, BS};
+use overlay::{CreateOptions, Overlay};
+use std::io::IoSlice;
+
+const MIB: u64 = 1 << 20;
+
+/// Writes 1 MiB, flushes, then releases it with `release`; returns the
+/// allocation after the write and after the release.
+fn allocated_around(release: impl Fn(&Overlay, &Vec<u8>)) -> (u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 1024 * BS;
+    let ov = Overlay::create(
+        &dir.path().join("ov"),
+        &CreateOptions {
+            disk_size: size,
+            base: identity("space"),
+        },
+    )
+    .unwrap();
+    let base = vec![1u8; size as usize];
+    ov.write(MIB, &[IoSlice::new(&vec![9u8; MIB as usize])], &base)
+        .unwrap();
+    ov.flush().unwrap();
+    let written = ov.usage().unwrap().allocated_bytes;
+    release(&ov, &base);
+    ov.flush().unwrap();
+    let usage = ov.usage().unwrap();
+    assert_eq!(usage.blocks_written, 0);
+    assert_eq!(usage.blocks_zero, 256);
+    (written, usage.allocated_bytes)
+}
+
+fn assert_released(what: &str, (written, after): (u64, u64)) {
+    // The header and map stay allocated; the megabyte of data must go
+    // (give or take file system metadata).
+    assert!(
+        written >= after + MIB - 64 * 1024,
+        "{what}: {written} bytes allocated after the write, {after} after releasing 1 MiB"
+    );
+}
+
+#[test]
+fn discard_releases_the_space() {
+    assert_released(
+        "discard",
+        allocated_around(|ov, base| ov.discard(MIB, MIB, base).unwrap()),
+    );
+}
+
+#[test]
+fn write_zeroes_releases_the_space() {
+    assert_released(
+        "write_zeroes",
+        allocated_around(|ov, base| ov.write_zeroes(MIB, MIB, base).unwrap()),
+    );
+}
