@@ -821,6 +821,13 @@ impl Overlay {
         }
         let end = offset + len;
         let end_block = end.div_ceil(BLOCK_SIZE);
+        let (state, run_end) = self.map.run(offset / BLOCK_SIZE, end_block);
+        if run_end >= end_block {
+            // One source for the whole request, the common case: hand the
+            // buffers on as they are.
+            self.read_run(state, offset, end, bufs, base, &mut sources)?;
+            return Ok(sources);
+        }
         let mut cursor = IoCursorMut::new(bufs);
         let mut b = offset / BLOCK_SIZE;
         while b < end_block {
@@ -828,30 +835,47 @@ impl Overlay {
             let from = offset.max(b * BLOCK_SIZE);
             let to = end.min(run_end * BLOCK_SIZE);
             let mut piece = cursor.take((to - from) as usize);
-            match state {
-                BlockState::Base => sources.base += to - from,
-                BlockState::Written | BlockState::Zero => sources.overlay += to - from,
-            }
-            match state {
-                BlockState::Base => base.read_vectored_at(from, &mut piece).map_err(|source| {
-                    OverlayError::Base {
-                        path: self.path.clone(),
-                        offset: from,
-                        source,
-                    }
-                })?,
-                BlockState::Written => self
-                    .storage
-                    .read_at(self.geo.data_offset + from, &mut piece)
-                    .map_err(io_err(
-                        &self.path,
-                        format!("reading disk range {from}..{to}"),
-                    ))?,
-                BlockState::Zero => blockio::zero_fill(&mut piece),
-            }
+            self.read_run(state, from, to, &mut piece, base, &mut sources)?;
             b = run_end;
         }
         Ok(sources)
+    }
+
+    /// Fills `bufs` with disk bytes `from..to`, all of blocks in `state`.
+    fn read_run(
+        &self,
+        state: BlockState,
+        from: u64,
+        to: u64,
+        bufs: &mut [IoSliceMut<'_>],
+        base: &dyn ReadAt,
+        sources: &mut ReadSources,
+    ) -> Result<(), OverlayError> {
+        match state {
+            BlockState::Base => {
+                sources.base += to - from;
+                base.read_vectored_at(from, bufs)
+                    .map_err(|source| OverlayError::Base {
+                        path: self.path.clone(),
+                        offset: from,
+                        source,
+                    })
+            }
+            BlockState::Written => {
+                sources.overlay += to - from;
+                self.storage
+                    .read_at(self.geo.data_offset + from, bufs)
+                    .map_err(io_err(
+                        &self.path,
+                        format!("reading disk range {from}..{to}"),
+                    ))
+            }
+            BlockState::Zero => {
+                sources.overlay += to - from;
+                blockio::zero_fill(bufs);
+                Ok(())
+            }
+        }
     }
 
     /// Writes `bufs` at `offset`. Data goes to the block's fixed place in the
