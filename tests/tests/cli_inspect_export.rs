@@ -526,7 +526,7 @@ fn layout_file_describes_another_disk() -> Result<()> {
     File::open(&out)?.read_exact_at(&mut root, 41 * (1 << 20))?;
     ensure!(&root == system, "root partition is not the system payload");
     let esp = f.path("esp.img");
-    extract(&disk.map, 1 << 20, 40 << 20, &esp)?;
+    extract(&out, 1 << 20, 40 << 20, &esp)?;
     fsck_fat(&esp)?;
     let loader = mcopy(&esp, "EFI/BOOT/BOOTX64.EFI", f.dir.path())?;
     ensure!(loader == f.built.layer("kernel.efi").data, "loader differs");
@@ -688,7 +688,7 @@ fn abloader_goes_to_the_removable_media_path() -> Result<()> {
     )?;
     assert_same_bytes(&disk.map, &File::open(&out)?)?;
     let esp = f.path("esp.img");
-    extract(&disk.map, 1 << 20, 128 << 20, &esp)?;
+    extract(&out, 1 << 20, 128 << 20, &esp)?;
     ensure!(mcopy(&esp, "EFI/BOOT/BOOTx64.EFI", f.dir.path())? == bytes);
     // With a layout file the loader belongs in the file: a clear error.
     let layout = f.path("l.toml");

@@ -9,7 +9,6 @@ use layout::oci::{Image, OpenOptions};
 use layout::spec::{LayoutSpec, SpecError, GIB, MIB};
 use layout_support::*;
 use ocidisk_tests::oci_writer::{efi_image, snapshot, BuiltImage, ImageBuilder, OsImage, Payload};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 struct Fixture {
@@ -104,7 +103,7 @@ fn every_kind_of_content() -> Result<()> {
     let spec = LayoutSpec::from_file(&layout, None)?;
     let disk = compose(&f.image, &spec, &node())?;
     let raw = f.dir.path().join("disk.img");
-    export_sparse(&disk.map, &raw)?;
+    let exported = export_raw(&disk.map, &raw)?;
     sgdisk_verify(&raw)?;
 
     let table = sfdisk_json(&raw)?;
@@ -170,11 +169,14 @@ fn every_kind_of_content() -> Result<()> {
     for i in [4, 5] {
         assert_zero_range(&disk.map, at(i), disk.partitions[i].size);
     }
-    let file = File::open(&raw)?;
-    assert!(!has_data(&file, at(4), at(5) + disk.partitions[5].size)?);
+    assert!(!has_data(
+        &exported,
+        at(4),
+        at(5) + disk.partitions[5].size
+    )?);
 
     let esp = f.dir.path().join("esp.img");
-    extract(&disk.map, at(0), disk.partitions[0].size, &esp)?;
+    extract(&raw, at(0), disk.partitions[0].size, &esp)?;
     fsck_fat(&esp)?;
     let kernel = f.built.layer("kernel.efi").data.clone();
     assert_eq!(mcopy(&esp, "EFI/BOOT/BOOTX64.EFI", f.dir.path())?, kernel);
@@ -238,10 +240,10 @@ fn production_sizes() -> Result<()> {
         ]
     );
     let raw = f.dir.path().join("disk.img");
-    export_sparse(&disk.map, &raw)?;
+    export_raw(&disk.map, &raw)?;
     sgdisk_verify(&raw)?;
     let esp = f.dir.path().join("esp.img");
-    extract(&disk.map, 2048 * 512, 384 * MIB, &esp)?;
+    extract(&raw, 2048 * 512, 384 * MIB, &esp)?;
     fsck_fat(&esp)?;
 
     // --disk-size overrides the file's size.
