@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use clap::Args;
 use layout::compose::{compose, ComposeOptions, Disk};
 use layout::oci::{Image, OpenOptions};
-use layout::spec::{LayoutSpec, MonogonPreset};
+use layout::spec::{parse_content, ContentSpec, LayoutSpec, MonogonPreset, SpecError};
 use overlay::{CreateOptions, OpenOptions as OverlayOpenOptions, Overlay, OverlayError};
 use std::path::{Path, PathBuf};
 
@@ -29,6 +29,11 @@ pub struct ImageArgs {
     /// without it the kernel payload boots directly.
     #[arg(long, value_name = "FILE")]
     pub abloader: Option<PathBuf>,
+    /// Another file on the ESP (monogon preset; repeatable), e.g.
+    /// `metropolis/parameters.pb=file:params.pb`. CONTENT is `file:PATH`,
+    /// `inline:TEXT`, `base64:DATA` or `payload:NAME`.
+    #[arg(long = "esp-file", value_name = "PATH=CONTENT")]
+    pub esp_files: Vec<String>,
     /// Where decompressed zstd payloads are cached
     /// (default `$XDG_CACHE_HOME/ocidisk`).
     #[arg(long, value_name = "DIR")]
@@ -55,6 +60,7 @@ impl ImageArgs {
         let spec = if self.layout == "monogon" {
             let mut preset = MonogonPreset {
                 abloader: self.abloader.clone(),
+                esp_files: self.esp_files()?,
                 ..MonogonPreset::default()
             };
             if let Some(size) = self.disk_size {
@@ -71,16 +77,49 @@ impl ImageArgs {
                     ),
                 }
             }
-            let spec = LayoutSpec::monogon(&preset);
-            spec.validate("monogon preset")?;
-            spec
+            LayoutSpec::monogon_checked(&preset).map_err(|e| self.name_esp_file(e))?
         } else {
             if self.abloader.is_some() {
                 anyhow::bail!("--abloader applies to the monogon preset only; name the loader in the layout file");
             }
+            if !self.esp_files.is_empty() {
+                anyhow::bail!("--esp-file applies to the monogon preset only; list the file in the layout file's fat32 table");
+            }
             LayoutSpec::from_file(std::path::Path::new(&self.layout), self.disk_size)?
         };
         Ok((image, spec))
+    }
+
+    /// The `--esp-file` options as ESP files; `file:` paths are relative to
+    /// the working directory.
+    fn esp_files(&self) -> anyhow::Result<Vec<(String, ContentSpec)>> {
+        self.esp_files
+            .iter()
+            .map(|arg| {
+                let (path, content) = arg.split_once('=').with_context(|| {
+                    format!("--esp-file {arg:?}: give PATH=CONTENT, e.g. metropolis/parameters.pb=file:params.pb")
+                })?;
+                let content = parse_content(content, Path::new(""))
+                    .with_context(|| format!("--esp-file {arg:?}"))?;
+                Ok((path.to_owned(), content))
+            })
+            .collect()
+    }
+
+    /// Names the `--esp-file` option a preset error is about, if any.
+    fn name_esp_file(&self, err: SpecError) -> anyhow::Error {
+        let which = match &err {
+            SpecError::Field { field, .. } => field
+                .strip_prefix("esp_files[")
+                .and_then(|rest| rest.split_once(']'))
+                .and_then(|(j, _)| j.parse::<usize>().ok())
+                .and_then(|j| self.esp_files.get(j)),
+            _ => None,
+        };
+        match which {
+            Some(arg) => anyhow::Error::new(err).context(format!("--esp-file {arg:?}")),
+            None => err.into(),
+        }
     }
 
     /// Composes the disk that `disk_id` (which seeds its GUIDs) sees.

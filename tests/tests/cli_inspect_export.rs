@@ -711,6 +711,107 @@ fn abloader_goes_to_the_removable_media_path() -> Result<()> {
 
 /// Runs `inspect` with stdout a pipe whose reading end is already closed,
 /// so that its first write fails with EPIPE (Rust ignores SIGPIPE).
+#[test]
+fn esp_files_go_on_the_esp() -> Result<()> {
+    let f = Fixture::sample()?;
+    let host: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let host_path = f.path("params.bin");
+    std::fs::write(&host_path, &host)?;
+    let from_file = format!("metropolis/parameters.pb=file:{}", path_str(&host_path)?);
+    let files = [
+        "--esp-file",
+        &from_file,
+        "--esp-file",
+        "node.txt=inline:node=3",
+        "--esp-file",
+        "EFI/node/blob.bin=base64:AAEC/w==",
+        "--esp-file",
+        "EFI/metropolis/boot-b.efi=payload:kernel.efi",
+    ];
+    let out = f.path("node.img");
+    let mut args = files.to_vec();
+    args.extend(["--output", path_str(&out)?]);
+    succeeds(f.args("export", &args))?;
+    sgdisk_verify(&out)?;
+    let esp = f.path("esp.img");
+    extract(&out, 1 << 20, 128 << 20, &esp)?;
+    fsck_fat(&esp)?;
+    let kernel = &f.built.layer("kernel.efi").data;
+    for (path, want) in [
+        ("metropolis/parameters.pb", &host[..]),
+        ("node.txt", b"node=3"),
+        ("EFI/node/blob.bin", &[0, 1, 2, 255]),
+        ("EFI/metropolis/boot-b.efi", kernel),
+        ("EFI/metropolis/boot-a.efi", kernel),
+    ] {
+        ensure!(mcopy(&esp, path, f.dir.path())? == want, "{path} differs");
+    }
+
+    // inspect lists them, and composes the same disk export wrote.
+    let mut args = files.to_vec();
+    args.push("--json");
+    let report = json(&succeeds(f.args("inspect", &args))?)?;
+    let esp_content = report["partitions"][0]["content"]
+        .as_str()
+        .unwrap_or_default();
+    ensure!(
+        esp_content.contains("metropolis/parameters.pb") && esp_content.contains("node.txt"),
+        "{esp_content}"
+    );
+    let plain = json(&succeeds(f.args("inspect", &["--json"]))?)?;
+    ensure!(report["partitions"][1] == plain["partitions"][1]);
+    Ok(())
+}
+
+#[test]
+fn bad_esp_files() -> Result<()> {
+    let f = Fixture::sample()?;
+    let dir = &f.built.dir;
+    for (arg, needles) in [
+        (
+            "x.bin=base64:not base64!",
+            &["--esp-file", "not valid base64"][..],
+        ),
+        ("no-equals-sign", &["--esp-file", "PATH=CONTENT"][..]),
+        ("x=nothing:1", &["--esp-file", "inline:TEXT"][..]),
+        (
+            "EFI/BOOT/bootx64.efi=inline:x",
+            &["--esp-file", "esp_files[0].path", "already a file"][..],
+        ),
+        (
+            "EFI/metropolis=inline:x",
+            &["--esp-file", "esp_files[0].path", "already a file"][..],
+        ),
+        ("a/b?c=inline:x", &["--esp-file", "'?'", "FAT names"][..]),
+        ("dir/name.=inline:x", &["--esp-file", "\"name.\""][..]),
+        ("x=payload:nope", &["nope"][..]),
+    ] {
+        both_fail(&f, dir, &["--esp-file", arg], needles)?;
+    }
+    let long = format!("{}=inline:x", "n".repeat(300));
+    both_fail(
+        &f,
+        dir,
+        &["--esp-file", &long],
+        &["--esp-file", "300 UTF-16"],
+    )?;
+    let missing = f.path("missing.pb");
+    let arg = format!("p.pb=file:{}", path_str(&missing)?);
+    both_fail(&f, dir, &["--esp-file", &arg], &[path_str(&missing)?])?;
+    // With a layout file, the files belong in the file.
+    let layout = f.path("l.toml");
+    std::fs::write(
+        &layout,
+        "disk_size = \"8MiB\"\n[[partitions]]\nname = \"x\"\ntype = \"linux\"\nsize = \"rest\"\n",
+    )?;
+    both_fail(
+        &f,
+        dir,
+        &["--layout", path_str(&layout)?, "--esp-file", "a=inline:b"],
+        &["--esp-file applies to the monogon preset only"],
+    )
+}
+
 fn inspect_into_closed_pipe(f: &Fixture, extra: &[&str]) -> Result<Run> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills the array with two new descriptors we then own.

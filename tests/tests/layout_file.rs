@@ -73,6 +73,8 @@ fn every_kind_of_content() -> Result<()> {
               {{ path = "EFI/BOOT/BOOTX64.EFI", content = "payload:kernel.efi" }},
               {{ path = "cfg/params.txt", content = "file:params.txt" }},
               {{ path = "empty.txt", content = "empty" }},
+              {{ path = "node/id.txt", content = "inline:node=7, ü" }},
+              {{ path = "node/parameters.pb", content = "base64:AAEC/w==" }},
             ]
             [[partitions]]
             name = "root"
@@ -182,6 +184,14 @@ fn every_kind_of_content() -> Result<()> {
     assert_eq!(mcopy(&esp, "EFI/BOOT/BOOTX64.EFI", f.dir.path())?, kernel);
     assert_eq!(mcopy(&esp, "cfg/params.txt", f.dir.path())?, params);
     assert_eq!(mcopy(&esp, "empty.txt", f.dir.path())?, b"");
+    assert_eq!(
+        mcopy(&esp, "node/id.txt", f.dir.path())?,
+        "node=7, ü".as_bytes()
+    );
+    assert_eq!(
+        mcopy(&esp, "node/parameters.pb", f.dir.path())?,
+        [0, 1, 2, 255]
+    );
     assert!(
         disk.partitions[0].content.contains("cfg/params.txt"),
         "{}",

@@ -18,6 +18,7 @@ mod names;
 use crate::blockmap::Extent;
 use crate::source::{Content, Source};
 use geometry::{Geometry, SECTOR};
+pub(crate) use names::check_long_name;
 use names::{ShortName, ShortNames};
 use std::collections::HashMap;
 use std::sync::Arc;
