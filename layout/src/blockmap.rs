@@ -1,7 +1,7 @@
 //! The block map: where every byte of a virtual disk comes from.
 
 use crate::source::{Content, Source};
-use blockio::{IoCursorMut, ReadAt};
+use blockio::{IoSplitter, ReadAt};
 use std::io::{self, IoSliceMut};
 use thiserror::Error;
 
@@ -123,10 +123,11 @@ impl ReadAt for BlockMap {
     fn read_vectored_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
         let len = blockio::total_len_mut(bufs);
         blockio::check_range(offset, len, self.size)?;
-        let mut cursor = IoCursorMut::new(bufs);
+        // Each piece is read in place in the caller's own buffer list, so
+        // no request allocates, whatever its number of buffers.
+        let mut split = IoSplitter::new(bufs);
         for (extent, at, n) in self.segments(offset, len) {
-            let mut piece = cursor.take(n as usize);
-            extent.source.read_vectored_at(at, &mut piece)?;
+            split.with_next(n as usize, |w| extent.source.read_into(at, w))?;
         }
         Ok(())
     }
