@@ -367,3 +367,73 @@ fn layout_file_errors_name_the_file() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_generic_image_by_layer_index_and_digest() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let disk_image: Vec<u8> = (0..2 * MIB as u32 + 333).map(|i| (i % 241) as u8).collect();
+    let loader = efi_image(30_000);
+    let built = ImageBuilder::generic([
+        Payload::new("rootfs", disk_image.clone()),
+        Payload::new("loader", loader.clone()).zstd(),
+    ])
+    .write(&dir.path().join("image"))?;
+    let image = Image::open(
+        &built.dir,
+        &OpenOptions {
+            cache_dir: Some(dir.path().join("cache")),
+            ..OpenOptions::default()
+        },
+    )?;
+    assert!(image.monogon().is_none(), "a plain OCI image");
+    let loader_digest = built.layer("loader").blob.digest.clone();
+    let layout = write_layout(
+        dir.path(),
+        &format!(
+            r#"
+            disk_size = "64MiB"
+            [[partitions]]
+            name = "boot"
+            type = "esp"
+            size = "40MiB"
+            fat32 = {{ label = "GENERIC", files = [
+              {{ path = "EFI/BOOT/BOOTX64.EFI", content = "layer:{loader_digest}" }},
+            ] }}
+            [[partitions]]
+            name = "root"
+            type = "linux"
+            size = "rest"
+            content = "layer:0"
+            "#
+        ),
+    )?;
+    let spec = LayoutSpec::from_file(&layout, None)?;
+    let disk = compose(&image, &spec, &node())?;
+    let raw = dir.path().join("disk.img");
+    let exported = export_raw(&disk.map, &raw)?;
+    sgdisk_verify(&raw)?;
+    let root = &disk.partitions[1];
+    assert_eq!(
+        read_file(&exported, root.first_lba * 512, disk_image.len() as u64)?,
+        disk_image
+    );
+    let esp = dir.path().join("esp.img");
+    extract(&raw, disk.partitions[0].first_lba * 512, 40 * MIB, &esp)?;
+    fsck_fat(&esp)?;
+    assert_eq!(mcopy(&esp, "EFI/BOOT/BOOTX64.EFI", dir.path())?, loader);
+
+    // Its layers have no names.
+    let spec = LayoutSpec::from_toml(
+        "disk_size = \"64MiB\"\n[[partitions]]\nname = \"p\"\ntype = \"linux\"\nsize = \"rest\"\ncontent = \"payload:rootfs\"\n",
+        Path::new("generic.toml"),
+        dir.path(),
+        None,
+    )?;
+    let err = compose(&image, &spec, &node()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("not a Monogon OS image") && msg.contains("rootfs"),
+        "{msg}"
+    );
+    Ok(())
+}
