@@ -125,7 +125,16 @@ impl ImageArgs {
     /// Composes the disk that `disk_id` (which seeds its GUIDs) sees.
     pub fn compose(&self, disk_id: &str) -> anyhow::Result<Disk> {
         let (image, spec) = self.open()?;
-        compose_for(&image, &spec, disk_id)
+        compose_for(&image, &spec, disk_id).with_context(|| self.origin())
+    }
+
+    /// How the layout is named in errors: its file, or the preset.
+    fn origin(&self) -> String {
+        if self.layout == "monogon" {
+            layout::spec::MONOGON_ORIGIN.to_owned()
+        } else {
+            self.layout.clone()
+        }
     }
 }
 
@@ -160,12 +169,13 @@ impl ImageArgs {
             Err(OverlayError::Io { source, .. })
                 if create && source.kind() == std::io::ErrorKind::NotFound =>
             {
-                create_overlay(&image, &spec, path)?;
+                create_overlay(&image, &spec, path, &self.origin())?;
                 Overlay::read_header(path)?
             }
             Err(err) => return Err(err.into()),
         };
-        let disk = compose_for(&image, &spec, &header.disk_id.to_string())?;
+        let disk = compose_for(&image, &spec, &header.disk_id.to_string())
+            .with_context(|| self.origin())?;
         let overlay = Overlay::open(path, &disk.identity, disk.map.size(), opts)?;
         Ok(VmDisk { disk, overlay })
     }
@@ -174,11 +184,16 @@ impl ImageArgs {
 /// Creates an overlay for the disk `image` and `spec` compose. Another
 /// process creating the same overlay at the same moment is not an error: one
 /// wins, and both then open the winner's file.
-fn create_overlay(image: &Image, spec: &LayoutSpec, path: &Path) -> anyhow::Result<()> {
+fn create_overlay(
+    image: &Image,
+    spec: &LayoutSpec,
+    path: &Path,
+    origin: &str,
+) -> anyhow::Result<()> {
     // The identity and size do not depend on the disk id, which the
     // overlay makes; compose once to learn them (it takes well under a
     // millisecond).
-    let disk = compose_for(image, spec, "")?;
+    let disk = compose_for(image, spec, "").with_context(|| origin.to_owned())?;
     let opts = CreateOptions {
         disk_size: disk.map.size(),
         base: disk.identity,

@@ -610,7 +610,39 @@ fn bad_layout_files() -> Result<()> {
         &f,
         &f.built.dir,
         &["--layout", path_str(&payload)?],
-        &["\"nope\"", "partition 1"],
+        &[
+            path_str(&payload)?,
+            "partition 1 (x): partitions[0].content",
+            "\"nope\"",
+        ],
+    )?;
+    // A FAT32 file whose layer is not there, and a content too large: the
+    // file and the field.
+    let fat = f.path("fat.toml");
+    std::fs::write(
+        &fat,
+        "disk_size = \"64MiB\"\n[[partitions]]\nname = \"esp\"\ntype = \"esp\"\nsize = \"40MiB\"\nfat32 = { label = \"B\", files = [ { path = \"a\", content = \"empty\" }, { path = \"b\", content = \"layer:7\" } ] }\n",
+    )?;
+    both_fail(
+        &f,
+        &f.built.dir,
+        &["--layout", path_str(&fat)?],
+        &[path_str(&fat)?, "partitions[0].fat32.files[1].content", "7"],
+    )?;
+    let large = f.path("large.toml");
+    std::fs::write(
+        &large,
+        "disk_size = \"64MiB\"\n[[partitions]]\nname = \"a\"\ntype = \"linux\"\nsize = \"1MiB\"\n[[partitions]]\nname = \"b\"\ntype = \"linux\"\nsize = \"100KiB\"\ncontent = \"payload:system\"\n",
+    )?;
+    both_fail(
+        &f,
+        &f.built.dir,
+        &["--layout", path_str(&large)?],
+        &[
+            path_str(&large)?,
+            "partition 2 (b): partitions[1].content",
+            "larger than",
+        ],
     )?;
     // No such file.
     let missing = f.path("missing.toml");

@@ -292,11 +292,16 @@ fn compose_errors_name_the_partition() -> Result<()> {
         panic!("{err}")
     };
     assert_eq!((*len, *size), (3 * MIB + 77, 2 * MIB));
-    assert!(err.to_string().contains("partition 1 (p)"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("partition 1 (p): partitions[0].content"),
+        "{err}"
+    );
 
     let err = compose_error(&f, &part("content = \"payload:nope\"", "2MiB"));
     assert!(matches!(err, ComposeError::Image { index: 1, .. }), "{err}");
     assert!(err.to_string().contains("nope"), "{err}");
+    assert!(err.to_string().contains("partitions[0].content"), "{err}");
     let err = compose_error(&f, &part("content = \"layer:3\"", "2MiB"));
     assert!(matches!(err, ComposeError::Image { .. }), "{err}");
     let digest = format!("layer:sha256:{}", "0".repeat(64));
@@ -314,10 +319,16 @@ fn compose_errors_name_the_partition() -> Result<()> {
         "fat32 = { label = \"X\", files = [{ path = \"k\", content = \"payload:kernel.efi\" }] }";
     let err = compose_error(&f, &part(fat, "8MiB"));
     assert!(matches!(err, ComposeError::Fat32 { index: 1, .. }), "{err}");
+    assert!(err.to_string().contains("partitions[0].fat32:"), "{err}");
     // A FAT32 file that is missing from the image.
     let fat = "fat32 = { label = \"X\", files = [{ path = \"k\", content = \"payload:gone\" }] }";
     let err = compose_error(&f, &part(fat, "40MiB"));
     assert!(matches!(err, ComposeError::Image { index: 1, .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("partitions[0].fat32.files[0].content"),
+        "{err}"
+    );
     // Files larger than the file system.
     let files: Vec<String> = (0..12)
         .map(|i| format!("{{ path = \"f{i}\", content = \"payload:rootfs\" }}"))
