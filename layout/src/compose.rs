@@ -324,7 +324,7 @@ impl Resolver<'_> {
                 (Content::file(Arc::new(file)), desc)
             }
             ContentSpec::Inline(data) => (
-                Content::bytes(data.clone()),
+                Content::inline(data.clone()),
                 format!("inline ({} bytes)", data.len()),
             ),
             // Validation keeps file systems out of file systems; say so

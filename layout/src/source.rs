@@ -69,8 +69,14 @@ impl BlobFile {
 pub enum Source {
     /// Bytes of a read-only file, from `offset` on.
     File { file: Arc<BlobFile>, offset: u64 },
-    /// Bytes generated in memory, from `offset` on.
-    Bytes { data: Arc<[u8]>, offset: usize },
+    /// Bytes in memory, from `offset` on: generated (partition table,
+    /// file system metadata) or, with `inline`, given inline (an image
+    /// layer's `data`, a layout's inline content).
+    Bytes {
+        data: Arc<[u8]>,
+        offset: usize,
+        inline: bool,
+    },
     /// Zeros.
     Zero,
 }
@@ -83,9 +89,14 @@ impl Source {
                 file: file.clone(),
                 offset: offset + by,
             },
-            Source::Bytes { data, offset } => Source::Bytes {
+            Source::Bytes {
+                data,
+                offset,
+                inline,
+            } => Source::Bytes {
                 data: data.clone(),
                 offset: offset + by as usize,
+                inline: *inline,
             },
             Source::Zero => Source::Zero,
         }
@@ -110,7 +121,7 @@ impl Source {
                     io::Error::new(e.kind(), format!("reading {}: {e}", file.path().display()))
                 })
             }
-            Source::Bytes { data, offset } => {
+            Source::Bytes { data, offset, .. } => {
                 let src = data.get(offset + at as usize..).unwrap_or_default();
                 blockio::check_range(0, window.len() as u64, src.len() as u64)?;
                 window.copy_from(src);
@@ -144,12 +155,30 @@ impl Content {
         }
     }
 
-    /// Bytes held in memory.
+    /// Bytes generated in memory.
     pub fn bytes(data: impl Into<Arc<[u8]>>) -> Content {
         let data = data.into();
         Content {
             len: data.len() as u64,
-            source: Source::Bytes { data, offset: 0 },
+            source: Source::Bytes {
+                data,
+                offset: 0,
+                inline: false,
+            },
+        }
+    }
+
+    /// Bytes given inline (an image layer's `data`, a layout's inline
+    /// content), held in memory.
+    pub fn inline(data: impl Into<Arc<[u8]>>) -> Content {
+        let data = data.into();
+        Content {
+            len: data.len() as u64,
+            source: Source::Bytes {
+                data,
+                offset: 0,
+                inline: true,
+            },
         }
     }
 

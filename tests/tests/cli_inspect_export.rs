@@ -283,6 +283,7 @@ fn inspect_json_matches_the_composed_disk() -> Result<()> {
     assert_eq!(e["count"], summary.extents);
     assert_eq!(e["file_bytes"], summary.file_bytes);
     assert_eq!(e["generated_bytes"], summary.generated_bytes);
+    assert_eq!(e["inline_bytes"], 0);
     assert_eq!(e["zero_bytes"], summary.zero_bytes);
     assert_eq!(
         summary.file_bytes + summary.generated_bytes + summary.zero_bytes,
@@ -842,6 +843,36 @@ fn bad_esp_files() -> Result<()> {
         &["--layout", path_str(&layout)?, "--esp-file", "a=inline:b"],
         &["--esp-file applies to the monogon preset only"],
     )
+}
+
+#[test]
+fn inline_layer_data_is_counted_as_inline() -> Result<()> {
+    // A layer given as the descriptor's `data` is the image's bytes, not
+    // metadata ocidisk generated.
+    let kernel = ocidisk_tests::oci_writer::efi_image(3000);
+    let f = Fixture::new(
+        OsImage::new()
+            .payload(ocidisk_tests::oci_writer::Payload::new("kernel.efi", kernel.clone()).inline())
+            .payload(ocidisk_tests::oci_writer::Payload::new(
+                "system",
+                vec![1u8; 5000],
+            )),
+    )?;
+    let report = json(&succeeds(f.args("inspect", &["--json"]))?)?;
+    let e = &report["extents"];
+    // The kernel, twice in the ESP.
+    assert_eq!(e["inline_bytes"], 2 * kernel.len() as u64);
+    assert_eq!(e["file_bytes"], 5000);
+    let disk = f.compose(&preset(), "")?;
+    let summary = disk.map.summary();
+    assert_eq!(e["generated_bytes"], summary.generated_bytes);
+    assert_eq!(
+        summary.file_bytes + summary.generated_bytes + summary.inline_bytes + summary.zero_bytes,
+        5 * GIB
+    );
+    let table = succeeds(f.args("inspect", &[]))?;
+    ensure!(table.contains(" inline, "), "{table}");
+    Ok(())
 }
 
 fn inspect_into_closed_pipe(f: &Fixture, extra: &[&str]) -> Result<Run> {
