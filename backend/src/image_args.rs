@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use clap::Args;
 use layout::compose::{compose, ComposeOptions, Disk};
 use layout::oci::{Image, OpenOptions};
-use layout::spec::{LayoutSpec, MonogonPreset};
+use layout::spec::{parse_content, ContentSpec, LayoutSpec, MonogonPreset, SpecError};
 use overlay::{CreateOptions, OpenOptions as OverlayOpenOptions, Overlay, OverlayError};
 use std::path::{Path, PathBuf};
 
@@ -29,6 +29,11 @@ pub struct ImageArgs {
     /// without it the kernel payload boots directly.
     #[arg(long, value_name = "FILE")]
     pub abloader: Option<PathBuf>,
+    /// Another file on the ESP (monogon preset; repeatable), e.g.
+    /// `metropolis/parameters.pb=file:params.pb`. CONTENT is `file:PATH`,
+    /// `inline:TEXT`, `base64:DATA` or `payload:NAME`.
+    #[arg(long = "esp-file", value_name = "PATH=CONTENT")]
+    pub esp_files: Vec<String>,
     /// Where decompressed zstd payloads are cached
     /// (default `$XDG_CACHE_HOME/ocidisk`).
     #[arg(long, value_name = "DIR")]
@@ -55,6 +60,7 @@ impl ImageArgs {
         let spec = if self.layout == "monogon" {
             let mut preset = MonogonPreset {
                 abloader: self.abloader.clone(),
+                esp_files: self.esp_files()?,
                 ..MonogonPreset::default()
             };
             if let Some(size) = self.disk_size {
@@ -71,22 +77,64 @@ impl ImageArgs {
                     ),
                 }
             }
-            let spec = LayoutSpec::monogon(&preset);
-            spec.validate("monogon preset")?;
-            spec
+            LayoutSpec::monogon_checked(&preset).map_err(|e| self.name_esp_file(e))?
         } else {
             if self.abloader.is_some() {
                 anyhow::bail!("--abloader applies to the monogon preset only; name the loader in the layout file");
+            }
+            if !self.esp_files.is_empty() {
+                anyhow::bail!("--esp-file applies to the monogon preset only; list the file in the layout file's fat32 table");
             }
             LayoutSpec::from_file(std::path::Path::new(&self.layout), self.disk_size)?
         };
         Ok((image, spec))
     }
 
+    /// The `--esp-file` options as ESP files; `file:` paths are relative to
+    /// the working directory.
+    fn esp_files(&self) -> anyhow::Result<Vec<(String, ContentSpec)>> {
+        self.esp_files
+            .iter()
+            .map(|arg| {
+                let (path, content) = arg.split_once('=').with_context(|| {
+                    format!("--esp-file {arg:?}: give PATH=CONTENT, e.g. metropolis/parameters.pb=file:params.pb")
+                })?;
+                let content = parse_content(content, Path::new(""))
+                    .with_context(|| format!("--esp-file {arg:?}"))?;
+                Ok((path.to_owned(), content))
+            })
+            .collect()
+    }
+
+    /// Names the `--esp-file` option a preset error is about, if any.
+    fn name_esp_file(&self, err: SpecError) -> anyhow::Error {
+        let which = match &err {
+            SpecError::Field { field, .. } => field
+                .strip_prefix("esp_files[")
+                .and_then(|rest| rest.split_once(']'))
+                .and_then(|(j, _)| j.parse::<usize>().ok())
+                .and_then(|j| self.esp_files.get(j)),
+            _ => None,
+        };
+        match which {
+            Some(arg) => anyhow::Error::new(err).context(format!("--esp-file {arg:?}")),
+            None => err.into(),
+        }
+    }
+
     /// Composes the disk that `disk_id` (which seeds its GUIDs) sees.
     pub fn compose(&self, disk_id: &str) -> anyhow::Result<Disk> {
         let (image, spec) = self.open()?;
-        compose_for(&image, &spec, disk_id)
+        compose_for(&image, &spec, disk_id).with_context(|| self.origin())
+    }
+
+    /// How the layout is named in errors: its file, or the preset.
+    fn origin(&self) -> String {
+        if self.layout == "monogon" {
+            layout::spec::MONOGON_ORIGIN.to_owned()
+        } else {
+            self.layout.clone()
+        }
     }
 }
 
@@ -121,12 +169,13 @@ impl ImageArgs {
             Err(OverlayError::Io { source, .. })
                 if create && source.kind() == std::io::ErrorKind::NotFound =>
             {
-                create_overlay(&image, &spec, path)?;
+                create_overlay(&image, &spec, path, &self.origin())?;
                 Overlay::read_header(path)?
             }
             Err(err) => return Err(err.into()),
         };
-        let disk = compose_for(&image, &spec, &header.disk_id.to_string())?;
+        let disk = compose_for(&image, &spec, &header.disk_id.to_string())
+            .with_context(|| self.origin())?;
         let overlay = Overlay::open(path, &disk.identity, disk.map.size(), opts)?;
         Ok(VmDisk { disk, overlay })
     }
@@ -135,11 +184,16 @@ impl ImageArgs {
 /// Creates an overlay for the disk `image` and `spec` compose. Another
 /// process creating the same overlay at the same moment is not an error: one
 /// wins, and both then open the winner's file.
-fn create_overlay(image: &Image, spec: &LayoutSpec, path: &Path) -> anyhow::Result<()> {
+fn create_overlay(
+    image: &Image,
+    spec: &LayoutSpec,
+    path: &Path,
+    origin: &str,
+) -> anyhow::Result<()> {
     // The identity and size do not depend on the disk id, which the
     // overlay makes; compose once to learn them (it takes well under a
     // millisecond).
-    let disk = compose_for(image, spec, "")?;
+    let disk = compose_for(image, spec, "").with_context(|| origin.to_owned())?;
     let opts = CreateOptions {
         disk_size: disk.map.size(),
         base: disk.identity,

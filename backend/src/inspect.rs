@@ -46,6 +46,7 @@ struct ExtentReport {
     count: usize,
     file_bytes: u64,
     generated_bytes: u64,
+    inline_bytes: u64,
     zero_bytes: u64,
 }
 
@@ -97,6 +98,7 @@ fn report(disk: &Disk) -> Report<'_> {
             count: summary.extents,
             file_bytes: summary.file_bytes,
             generated_bytes: summary.generated_bytes,
+            inline_bytes: summary.inline_bytes,
             zero_bytes: summary.zero_bytes,
         },
     }
@@ -132,9 +134,15 @@ fn print_table(out: &mut impl std::io::Write, r: &Report<'_>) -> std::io::Result
     }
     writeln!(out)?;
     let e = &r.extents;
+    // Inline bytes are rare; mention them only when there are some.
+    let inline = if e.inline_bytes > 0 {
+        format!(", {} inline", human(e.inline_bytes))
+    } else {
+        String::new()
+    };
     writeln!(
         out,
-        "{} extents: {} from blobs and files, {} generated, {} zeros",
+        "{} extents: {} from blobs and files{inline}, {} generated, {} zeros",
         e.count,
         human(e.file_bytes),
         human(e.generated_bytes),

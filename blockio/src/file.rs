@@ -5,7 +5,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::AsRawFd;
 
 /// The most buffers one `preadv`/`pwritev` call takes (`IOV_MAX` on Linux).
-const IOV_MAX: usize = 1024;
+pub(crate) const IOV_MAX: usize = 1024;
 
 /// Reads exactly `total_len_mut(bufs)` bytes from `file` at `offset` into
 /// `bufs`, retrying short reads and `EINTR`. Reaching the end of the file

@@ -8,7 +8,9 @@
 //!
 //! - [`ReadAt`]: something disk-like that fills a scatter list from an offset;
 //! - [`IoCursor`] and [`IoCursorMut`]: walk a scatter list in consecutive
-//!   sub-ranges without allocating;
+//!   sub-ranges without allocating for up to eight buffers a piece;
+//! - [`IoSplitter`] and [`IoWindow`]: the same, reading each piece in place
+//!   in the caller's own array, so that no buffer count allocates;
 //! - [`pread_exact_vectored`] and [`pwrite_all_vectored`]: `preadv`/`pwritev`
 //!   that retry short transfers and `EINTR`;
 //! - [`BaseIdentity`]: what a disk is made of, so that an overlay can refuse
@@ -17,10 +19,12 @@
 mod cursor;
 mod file;
 mod identity;
+mod window;
 
 pub use cursor::{total_len, total_len_mut, IoCursor, IoCursorMut, IoVecs, IoVecsMut};
 pub use file::{pread_exact_vectored, pwrite_all_vectored, zero_fill};
 pub use identity::BaseIdentity;
+pub use window::{IoSplitter, IoWindow};
 
 use std::io::{self, IoSliceMut};
 

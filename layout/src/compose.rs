@@ -80,23 +80,27 @@ pub enum ComposeError {
     #[error(transparent)]
     Spec(#[from] SpecError),
     /// A payload or layer the layout names is not in the image.
-    #[error("partition {index} ({name}): {source}")]
+    #[error("partition {index} ({name}): {field}: {source}")]
     Image {
         /// 1-based partition number.
         index: usize,
         /// Partition name.
         name: String,
+        /// The layout field, e.g. `partitions[0].fat32.files[1].content`.
+        field: String,
         /// What the image says (boxed: image errors are large).
         #[source]
         source: Box<ImageError>,
     },
     /// A host file cannot be opened.
-    #[error("partition {index} ({name}): {}: {source}", path.display())]
+    #[error("partition {index} ({name}): {field}: {}: {source}", path.display())]
     HostFile {
         /// 1-based partition number.
         index: usize,
         /// Partition name.
         name: String,
+        /// The layout field, e.g. `partitions[2].content`.
+        field: String,
         /// The file.
         path: PathBuf,
         /// Why.
@@ -105,13 +109,15 @@ pub enum ComposeError {
     },
     /// A content larger than its partition.
     #[error(
-        "partition {index} ({name}): {content} is {len} bytes, larger than the partition's {size}"
+        "partition {index} ({name}): {field}: {content} is {len} bytes, larger than the partition's {size}"
     )]
     ContentTooLarge {
         /// 1-based partition number.
         index: usize,
         /// Partition name.
         name: String,
+        /// The layout field, `partitions[N].content`.
+        field: String,
         /// The content.
         content: String,
         /// Its length in bytes.
@@ -121,15 +127,17 @@ pub enum ComposeError {
     },
     /// A FAT32 partition that cannot be built (too small for its files, bad
     /// names, a size outside FAT32's range).
-    #[error("partition {index} ({name}): FAT32: {source}")]
+    #[error("partition {index} ({name}): {field}: FAT32: {source}")]
     Fat32 {
         /// 1-based partition number.
         index: usize,
         /// Partition name.
         name: String,
-        /// What the FAT32 builder says.
+        /// The layout field: `partitions[N].fat32`, or one of its files.
+        field: String,
+        /// What the FAT32 builder says (boxed: it is large).
         #[source]
-        source: Fat32Error,
+        source: Box<Fat32Error>,
     },
     /// The partition table cannot be written.
     #[error(transparent)]
@@ -162,16 +170,21 @@ pub fn compose(
         let guid = gpt::derive_guid(digest, &opts.disk_id, GuidFor::Partition(index));
         let what = format!("partition {index} ({})", p.name);
         let size = at.len();
-        let at_partition = |problem| problem_in(index, &p.name, problem);
+        let at_field = |field: &str, problem| {
+            problem_in(index, &p.name, format!("partitions[{i}].{field}"), problem)
+        };
         let description = match &p.content {
             ContentSpec::Fat32 { label, files } => {
+                let at_partition = |problem| at_field("fat32", problem);
                 let mut fat =
                     Fat32Builder::new(size, label).map_err(|e| at_partition(Problem::Fat32(e)))?;
                 let mut listing = Vec::with_capacity(files.len());
-                for (path, file) in files {
-                    let (content, desc) = resolver.resolve(file).map_err(at_partition)?;
+                for (j, (path, file)) in files.iter().enumerate() {
+                    let (content, desc) = resolver
+                        .resolve(file)
+                        .map_err(|e| at_field(&format!("fat32.files[{j}].content"), e))?;
                     fat.add_file(path, content)
-                        .map_err(|e| at_partition(Problem::Fat32(e)))?;
+                        .map_err(|e| at_field(&format!("fat32.files[{j}]"), Problem::Fat32(e)))?;
                     listing.push(format!("{path} = {desc}"));
                 }
                 // The volume id derives from the partition GUID, so it is
@@ -185,11 +198,14 @@ pub fn compose(
                 format!("fat32 {label:?}: {}", listing.join(", "))
             }
             other => {
-                let (content, desc) = resolver.resolve(other).map_err(at_partition)?;
+                let (content, desc) = resolver
+                    .resolve(other)
+                    .map_err(|e| at_field("content", e))?;
                 if content.len > size {
                     return Err(ComposeError::ContentTooLarge {
                         index,
                         name: p.name.clone(),
+                        field: format!("partitions[{i}].content"),
                         content: desc,
                         len: content.len,
                         size,
@@ -244,28 +260,31 @@ enum Problem {
     NestedFat32,
 }
 
-fn problem_in(index: usize, name: &str, problem: Problem) -> ComposeError {
+fn problem_in(index: usize, name: &str, field: String, problem: Problem) -> ComposeError {
     let name = name.to_owned();
     match problem {
         Problem::Image(source) => ComposeError::Image {
             index,
             name,
+            field,
             source: Box::new(source),
         },
         Problem::HostFile(path, source) => ComposeError::HostFile {
             index,
             name,
+            field,
             path,
             source,
         },
         Problem::Fat32(source) => ComposeError::Fat32 {
             index,
             name,
-            source,
+            field,
+            source: Box::new(source),
         },
         Problem::NestedFat32 => ComposeError::Spec(SpecError::Field {
             origin: "layout".to_owned(),
-            field: format!("partitions[{}].content", index - 1),
+            field,
             problem: crate::spec::Problem::NestedFat32,
         }),
     }
@@ -305,7 +324,7 @@ impl Resolver<'_> {
                 (Content::file(Arc::new(file)), desc)
             }
             ContentSpec::Inline(data) => (
-                Content::bytes(data.clone()),
+                Content::inline(data.clone()),
                 format!("inline ({} bytes)", data.len()),
             ),
             // Validation keeps file systems out of file systems; say so

@@ -43,6 +43,9 @@ pub enum ConfigError {
     /// `format_version` is not [`FORMAT_VERSION`].
     #[error("{file}: format_version is {found:?}; this reader only understands \"1\"")]
     FormatVersion { file: String, found: String },
+    /// `format_version` is not there at all.
+    #[error("{file}: format_version is missing; this reader only understands \"1\"")]
+    MissingFormatVersion { file: String },
     /// A payload name breaks the naming rules.
     #[error("{file}: payloads[{index}].name {name:?} is invalid: {why}")]
     BadName {
@@ -210,12 +213,7 @@ impl Config {
                 };
                 return Err(ConfigError::FormatVersion { file, found });
             }
-            None => {
-                return Err(ConfigError::FormatVersion {
-                    file,
-                    found: "(missing)".to_owned(),
-                })
-            }
+            None => return Err(ConfigError::MissingFormatVersion { file }),
         }
         let raw: RawConfig = serde_json::from_slice(json).map_err(|source| ConfigError::Json {
             file: file.clone(),
@@ -470,7 +468,11 @@ mod tests {
             assert!(matches!(e, ConfigError::FormatVersion { .. }), "{e}");
         }
         let e = Config::parse(br#"{"payloads": 3}"#, "cfg").unwrap_err();
-        assert!(e.to_string().contains("(missing)"), "{e}");
+        assert!(matches!(e, ConfigError::MissingFormatVersion { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "cfg: format_version is missing; this reader only understands \"1\""
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Where bytes come from: a range of a read-only file, bytes in memory, or zeros.
 
+use blockio::IoWindow;
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSliceMut};
 use std::os::unix::fs::OpenOptionsExt;
@@ -68,8 +69,14 @@ impl BlobFile {
 pub enum Source {
     /// Bytes of a read-only file, from `offset` on.
     File { file: Arc<BlobFile>, offset: u64 },
-    /// Bytes generated in memory, from `offset` on.
-    Bytes { data: Arc<[u8]>, offset: usize },
+    /// Bytes in memory, from `offset` on: generated (partition table,
+    /// file system metadata) or, with `inline`, given inline (an image
+    /// layer's `data`, a layout's inline content).
+    Bytes {
+        data: Arc<[u8]>,
+        offset: usize,
+        inline: bool,
+    },
     /// Zeros.
     Zero,
 }
@@ -82,9 +89,14 @@ impl Source {
                 file: file.clone(),
                 offset: offset + by,
             },
-            Source::Bytes { data, offset } => Source::Bytes {
+            Source::Bytes {
+                data,
+                offset,
+                inline,
+            } => Source::Bytes {
                 data: data.clone(),
                 offset: offset + by as usize,
+                inline: *inline,
             },
             Source::Zero => Source::Zero,
         }
@@ -96,27 +108,32 @@ impl Source {
     /// belongs to; a file that has since shrunk is an `UnexpectedEof` error
     /// naming the file.
     pub fn read_vectored_at(&self, at: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+        self.read_into(at, &mut IoWindow::new(bufs))
+    }
+
+    /// Fills `window` from this source, starting `at` bytes past its start;
+    /// see [`read_vectored_at`](Self::read_vectored_at). Allocates nothing
+    /// unless it fails.
+    pub fn read_into(&self, at: u64, window: &mut IoWindow<'_, '_>) -> io::Result<()> {
         match self {
             Source::File { file, offset } => {
-                blockio::pread_exact_vectored(file.file(), offset + at, bufs).map_err(|e| {
+                window.pread_exact(file.file(), offset + at).map_err(|e| {
                     io::Error::new(e.kind(), format!("reading {}: {e}", file.path().display()))
                 })
             }
-            Source::Bytes { data, offset } => {
-                let start = offset + at as usize;
-                data.get(start..)
-                    .unwrap_or_default()
-                    .read_vectored_at(0, bufs)
+            Source::Bytes { data, offset, .. } => {
+                let src = data.get(offset + at as usize..).unwrap_or_default();
+                blockio::check_range(0, window.len() as u64, src.len() as u64)?;
+                window.copy_from(src);
+                Ok(())
             }
             Source::Zero => {
-                blockio::zero_fill(bufs);
+                window.zero_fill();
                 Ok(())
             }
         }
     }
 }
-
-use blockio::ReadAt as _;
 
 /// A sized piece of content that a partition or a FAT32 file can hold: an
 /// image payload, a host file, inline bytes, or zeros.
@@ -138,12 +155,30 @@ impl Content {
         }
     }
 
-    /// Bytes held in memory.
+    /// Bytes generated in memory.
     pub fn bytes(data: impl Into<Arc<[u8]>>) -> Content {
         let data = data.into();
         Content {
             len: data.len() as u64,
-            source: Source::Bytes { data, offset: 0 },
+            source: Source::Bytes {
+                data,
+                offset: 0,
+                inline: false,
+            },
+        }
+    }
+
+    /// Bytes given inline (an image layer's `data`, a layout's inline
+    /// content), held in memory.
+    pub fn inline(data: impl Into<Arc<[u8]>>) -> Content {
+        let data = data.into();
+        Content {
+            len: data.len() as u64,
+            source: Source::Bytes {
+                data,
+                offset: 0,
+                inline: true,
+            },
         }
     }
 

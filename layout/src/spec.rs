@@ -17,6 +17,8 @@
 //! files = [
 //!   { path = "EFI/BOOT/BOOTX64.EFI", content = "payload:kernel.efi" },
 //!   { path = "loader/params", content = "file:params.bin" },  # relative to this file
+//!   { path = "node.txt", content = "inline:node=1" },           # UTF-8 text
+//!   { path = "node.pb", content = "base64:CgRub2Rl" },          # bytes
 //! ]
 //!
 //! [[partitions]]
@@ -44,6 +46,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
 use uuid::Uuid;
+
+/// How the `monogon` preset is named in errors.
+pub const MONOGON_ORIGIN: &str = "monogon preset";
+/// The files the `monogon` preset's ESP has before
+/// [`MonogonPreset::esp_files`].
+const MONOGON_ESP_FILES: usize = 2;
 
 /// One mebibyte.
 pub const MIB: u64 = 1 << 20;
@@ -210,6 +218,9 @@ pub struct MonogonPreset {
     /// The file name of the removable-media boot file in `EFI/BOOT/`, by
     /// architecture: `BOOTx64.EFI` (the default) or `BOOTAA64.EFI`.
     pub efi_boot_file: String,
+    /// More files for the ESP, after the preset's own (per-node files such
+    /// as `metropolis/parameters.pb`): `(path, content)`.
+    pub esp_files: Vec<(String, ContentSpec)>,
 }
 
 impl Default for MonogonPreset {
@@ -218,6 +229,7 @@ impl Default for MonogonPreset {
             disk_size: MONOGON_DISK_SIZE,
             abloader: None,
             efi_boot_file: "BOOTx64.EFI".to_owned(),
+            esp_files: Vec::new(),
         }
     }
 }
@@ -370,6 +382,16 @@ pub enum Problem {
         /// Why it is bad.
         why: &'static str,
     },
+    /// A path component that cannot be a FAT long name.
+    #[error("{path:?}: {component:?} {why}")]
+    BadFileName {
+        /// The path.
+        path: String,
+        /// The component.
+        component: String,
+        /// Why it cannot be a FAT name.
+        why: String,
+    },
     /// A bad FAT32 volume label.
     #[error("{0:?}: a FAT volume label is up to 11 ASCII characters (empty for none)")]
     BadLabel(String),
@@ -460,8 +482,16 @@ pub fn parse_content(text: &str, base: &Path) -> Result<ContentSpec, Problem> {
         }
         "file" if !arg.is_empty() => Ok(ContentSpec::File(base.join(arg))),
         "payload" | "file" => Err(bad("missing the name after the colon")),
+        "inline" if text.contains(':') => Ok(ContentSpec::Inline(Arc::from(arg.as_bytes()))),
+        "base64" if text.contains(':') => {
+            use base64::Engine as _;
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(arg.trim())
+                .map_err(|e| bad(&format!("not valid base64: {e}")))?;
+            Ok(ContentSpec::Inline(data.into()))
+        }
         _ => Err(bad(
-            "give empty, payload:NAME, layer:INDEX, layer:sha256:…, or file:PATH",
+            "give empty, payload:NAME, layer:INDEX, layer:sha256:…, file:PATH, inline:TEXT or base64:DATA",
         )),
     }
 }
@@ -541,10 +571,13 @@ impl LayoutSpec {
                         label: "MNGN_BOOT".to_owned(),
                         // Monogon's installer places boot-a.efi first, then
                         // the loader; the order decides cluster placement.
-                        files: vec![
+                        files: [
                             ("EFI/metropolis/boot-a.efi".to_owned(), kernel()),
                             (format!("EFI/BOOT/{}", preset.efi_boot_file), loader),
-                        ],
+                        ]
+                        .into_iter()
+                        .chain(preset.esp_files.iter().cloned())
+                        .collect(),
                     },
                 },
                 PartitionSpec {
@@ -566,6 +599,37 @@ impl LayoutSpec {
                     content: ContentSpec::Empty,
                 },
             ],
+        }
+    }
+
+    /// The `monogon` preset, validated; an error in one of
+    /// [`MonogonPreset::esp_files`] names it as `esp_files[N]` rather than
+    /// by its place in the ESP's file list.
+    pub fn monogon_checked(preset: &MonogonPreset) -> Result<LayoutSpec, SpecError> {
+        let spec = LayoutSpec::monogon(preset);
+        match spec.validate(MONOGON_ORIGIN) {
+            Ok(()) => Ok(spec),
+            Err(SpecError::Field {
+                origin,
+                field,
+                problem,
+            }) => {
+                let extra = field
+                    .strip_prefix("partitions[0].fat32.files[")
+                    .and_then(|rest| rest.split_once(']'))
+                    .and_then(|(j, tail)| Some((j.parse::<usize>().ok()?, tail)))
+                    .filter(|(j, _)| *j >= MONOGON_ESP_FILES);
+                let field = match extra {
+                    Some((j, tail)) => format!("esp_files[{}]{tail}", j - MONOGON_ESP_FILES),
+                    None => field,
+                };
+                Err(SpecError::Field {
+                    origin,
+                    field,
+                    problem,
+                })
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -871,10 +935,7 @@ fn validate_content(content: &ContentSpec, top: bool) -> Result<(), (String, Pro
             }
             for (j, (path, file)) in files.iter().enumerate() {
                 let at = |f: &str| format!("files[{j}].{f}");
-                check_fat_path(path).map_err(|why| {
-                    let path = path.clone();
-                    (at("path"), Problem::BadPath { path, why })
-                })?;
+                check_fat_path(path).map_err(|problem| (at("path"), problem))?;
                 let clash = files[..j].iter().any(|(other, _)| clashes(other, path));
                 if clash {
                     let path = path.clone();
@@ -901,17 +962,28 @@ fn validate_content(content: &ContentSpec, top: bool) -> Result<(), (String, Pro
     }
 }
 
-fn check_fat_path(path: &str) -> Result<(), &'static str> {
+fn check_fat_path(path: &str) -> Result<(), Problem> {
+    let bad = |why| {
+        let path = path.to_owned();
+        Err(Problem::BadPath { path, why })
+    };
     if path.is_empty() {
-        return Err("an empty path");
+        return bad("an empty path");
     }
     if path.starts_with('/') || path.ends_with('/') {
-        return Err("a path is relative to the root and names a file");
+        return bad("a path is relative to the root and names a file");
     }
     for part in path.split('/') {
         if part.is_empty() || part == "." || part == ".." {
-            return Err("empty, . and .. components are not allowed");
+            return bad("empty, . and .. components are not allowed");
         }
+        // Checked here too (the FAT32 builder checks again) so that the
+        // error names the layout's field, before any image is opened.
+        crate::fat32::check_long_name(part).map_err(|why| Problem::BadFileName {
+            path: path.to_owned(),
+            component: part.to_owned(),
+            why: why.to_string(),
+        })?;
     }
     Ok(())
 }
@@ -1180,8 +1252,25 @@ mod tests {
             parse_content("file:/abs.img", base),
             Ok(ContentSpec::File("/abs.img".into()))
         );
+        assert_eq!(
+            parse_content("inline:node=1:a", base),
+            Ok(ContentSpec::Inline(b"node=1:a".to_vec().into()))
+        );
+        assert_eq!(
+            parse_content("inline:", base),
+            Ok(ContentSpec::Inline(Vec::new().into()))
+        );
+        assert_eq!(
+            parse_content("base64:AAEC/w==", base),
+            Ok(ContentSpec::Inline(vec![0, 1, 2, 255].into()))
+        );
+        let err = parse_content("base64:not base64!", base).unwrap_err();
+        assert!(err.to_string().contains("not valid base64"), "{err}");
         for bad in [
             "",
+            "inline",
+            "base64",
+            "base64:AAE",
             "empty:",
             "nothing",
             "payload:",
@@ -1198,6 +1287,77 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn esp_files_of_the_monogon_preset() {
+        let preset = |files: &[(&str, &str)]| MonogonPreset {
+            esp_files: files
+                .iter()
+                .map(|(p, c)| (p.to_string(), parse_content(c, Path::new("")).unwrap()))
+                .collect(),
+            ..MonogonPreset::default()
+        };
+        let spec = LayoutSpec::monogon_checked(&preset(&[(
+            "metropolis/parameters.pb",
+            "base64:CgRub2Rl",
+        )]))
+        .unwrap();
+        let ContentSpec::Fat32 { files, .. } = &spec.partitions[0].content else {
+            panic!("the ESP is FAT32");
+        };
+        assert_eq!(files.len(), 3);
+        assert_eq!(
+            files[2],
+            (
+                "metropolis/parameters.pb".to_owned(),
+                ContentSpec::Inline(b"\n\x04node".to_vec().into())
+            )
+        );
+        // Extra files change the layout hash; none keeps the preset's.
+        assert_ne!(
+            spec.layout_hash(),
+            LayoutSpec::monogon(&MonogonPreset::default()).layout_hash()
+        );
+        assert_eq!(
+            LayoutSpec::monogon(&preset(&[])).layout_hash(),
+            LayoutSpec::monogon(&MonogonPreset::default()).layout_hash()
+        );
+
+        // A clash with the preset's own files, and bad names, are named by
+        // their place among the extra files.
+        let err = LayoutSpec::monogon_checked(&preset(&[
+            ("a", "inline:x"),
+            ("efi/boot/bootx64.efi", "inline:x"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("monogon preset: esp_files[1].path") && err.contains("already a file"),
+            "{err}"
+        );
+        for (bad, why) in [
+            ("a/b*c", "'*'"),
+            ("x/EFI", "already a file"),
+            ("EFI/metropolis/boot-a.efi/x", "already a file"),
+            ("trailing.", "ends with a space or a dot"),
+        ] {
+            let err = LayoutSpec::monogon_checked(&preset(&[("x", "inline:"), (bad, "inline:")]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("esp_files[1].path") && err.contains(why),
+                "{bad}: {err}"
+            );
+        }
+        let long = "n".repeat(256);
+        let err = LayoutSpec::monogon_checked(&preset(&[(&long, "inline:")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("esp_files[0].path") && err.contains("256 UTF-16"),
+            "{err}"
+        );
     }
 
     const ONE: &str = "disk_size = \"64MiB\"\n";

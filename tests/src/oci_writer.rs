@@ -31,6 +31,9 @@
 //!   default); [`OsImage::ref_name`] names it in the index;
 //!   [`OsImage::edit_config`] and [`OsImage::edit_manifest`] change the JSON
 //!   before it is hashed (e.g. a bad `format_version`, a duplicate name).
+//! - [`ImageBuilder::generic`]: a plain OCI image (not Monogon's format):
+//!   an OCI image config and `…layer.v1.tar` (or `+zstd`) layers, whose
+//!   payload names are only the test's labels.
 //! - [`ImageBuilder`]: the layout. Several manifests ([`ImageBuilder::image`]),
 //!   Bazel-style blobs that are relative symlinks to files outside the layout
 //!   ([`ImageBuilder::bazel_symlinks`]), all manifests behind a nested index
@@ -60,6 +63,12 @@ pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.monogon.os.image.config.v1+
 pub const MEDIA_TYPE_UNCOMPRESSED: &str = "application/octet-stream";
 /// The media type of a zstd payload.
 pub const MEDIA_TYPE_ZSTD: &str = "application/zstd";
+/// The media type of a plain OCI image config.
+pub const OCI_CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+/// The media type of a plain (uncompressed) OCI layer.
+pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+/// The media type of a zstd-compressed OCI layer.
+pub const OCI_LAYER_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 /// OCI image manifest media type.
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 /// OCI image index media type.
@@ -165,11 +174,13 @@ impl Payload {
         })
     }
 
-    fn layer_media_type(&self) -> String {
+    fn layer_media_type(&self, generic: bool) -> String {
         self.media_type.clone().unwrap_or_else(|| {
-            match self.compression {
-                Compression::None => MEDIA_TYPE_UNCOMPRESSED,
-                Compression::Zstd => MEDIA_TYPE_ZSTD,
+            match (self.compression, generic) {
+                (Compression::None, false) => MEDIA_TYPE_UNCOMPRESSED,
+                (Compression::Zstd, false) => MEDIA_TYPE_ZSTD,
+                (Compression::None, true) => OCI_LAYER_TAR,
+                (Compression::Zstd, true) => OCI_LAYER_TAR_ZSTD,
             }
             .to_owned()
         })
@@ -192,6 +203,9 @@ pub struct OsImage {
     /// Whether the config goes inline in the manifest's config descriptor
     /// (no config blob file is then written).
     pub inline_config: bool,
+    /// A plain OCI image rather than Monogon's format (see
+    /// [`ImageBuilder::generic`]).
+    pub generic: bool,
     edit_config: Vec<Edit>,
     edit_manifest: Vec<Edit>,
 }
@@ -211,6 +225,7 @@ impl OsImage {
             hash_chunk_size: DEFAULT_HASH_CHUNK_SIZE,
             variant: "x86_64".to_owned(),
             inline_config: false,
+            generic: false,
             edit_config: Vec::new(),
             edit_manifest: Vec::new(),
         }
@@ -275,6 +290,18 @@ impl OsImage {
 
     /// The config JSON as it will be written (before edits).
     pub fn config_json(&self) -> Value {
+        if self.generic {
+            let diff_ids: Vec<String> = self
+                .payloads
+                .iter()
+                .map(|p| sha256_digest(&p.data))
+                .collect();
+            return json!({
+                "architecture": "amd64",
+                "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": diff_ids},
+            });
+        }
         let payloads: Vec<Value> = self
             .payloads
             .iter()
@@ -417,6 +444,17 @@ impl ImageBuilder {
         ImageBuilder::new().image(image)
     }
 
+    /// A layout with one plain OCI image (not Monogon's format): an OCI
+    /// image config and one `…layer.v1.tar` layer per payload (`+zstd` for
+    /// [`Payload::zstd`]), in order; payload names only label the layers
+    /// for [`BuiltImage::layer`].
+    pub fn generic(layers: impl IntoIterator<Item = Payload>) -> ImageBuilder {
+        let mut image = OsImage::new();
+        image.generic = true;
+        image.payloads.extend(layers);
+        ImageBuilder::new().image(image)
+    }
+
     /// Adds a manifest.
     pub fn image(mut self, image: OsImage) -> ImageBuilder {
         self.images.push(image);
@@ -479,7 +517,7 @@ impl ImageBuilder {
             let mut layers = Vec::new();
             for p in &image.payloads {
                 let stored = p.stored_bytes()?;
-                let media_type = p.layer_media_type();
+                let media_type = p.layer_media_type(image.generic);
                 let blob = w.blob(&stored, !p.inline, &format!("payload-{}", p.name))?;
                 let mut desc = json!({
                     "mediaType": media_type,
@@ -504,8 +542,13 @@ impl ImageBuilder {
             }
             let config_bytes = to_bytes(&config)?;
             let config_blob = w.blob(&config_bytes, !image.inline_config, "config.json")?;
+            let config_media_type = if image.generic {
+                OCI_CONFIG_MEDIA_TYPE
+            } else {
+                CONFIG_MEDIA_TYPE
+            };
             let mut config_desc = json!({
-                "mediaType": CONFIG_MEDIA_TYPE,
+                "mediaType": config_media_type,
                 "digest": config_blob.digest,
                 "size": config_blob.size,
             });
@@ -516,10 +559,12 @@ impl ImageBuilder {
             let mut manifest = json!({
                 "schemaVersion": 2,
                 "mediaType": MANIFEST_MEDIA_TYPE,
-                "artifactType": ARTIFACT_TYPE,
                 "config": config_desc,
                 "layers": layer_descs,
             });
+            if !image.generic {
+                manifest["artifactType"] = json!(ARTIFACT_TYPE);
+            }
             for e in &image.edit_manifest {
                 e(&mut manifest);
             }
@@ -530,10 +575,12 @@ impl ImageBuilder {
             // media type.
             let mut entry = json!({
                 "mediaType": MANIFEST_MEDIA_TYPE,
-                "artifactType": CONFIG_MEDIA_TYPE,
                 "digest": manifest_blob.digest,
                 "size": manifest_blob.size,
             });
+            if !image.generic {
+                entry["artifactType"] = json!(CONFIG_MEDIA_TYPE);
+            }
             if let Some(r) = &image.ref_name {
                 entry["annotations"] = json!({ REF_NAME: r });
             }

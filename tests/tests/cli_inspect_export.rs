@@ -283,6 +283,7 @@ fn inspect_json_matches_the_composed_disk() -> Result<()> {
     assert_eq!(e["count"], summary.extents);
     assert_eq!(e["file_bytes"], summary.file_bytes);
     assert_eq!(e["generated_bytes"], summary.generated_bytes);
+    assert_eq!(e["inline_bytes"], 0);
     assert_eq!(e["zero_bytes"], summary.zero_bytes);
     assert_eq!(
         summary.file_bytes + summary.generated_bytes + summary.zero_bytes,
@@ -526,7 +527,7 @@ fn layout_file_describes_another_disk() -> Result<()> {
     File::open(&out)?.read_exact_at(&mut root, 41 * (1 << 20))?;
     ensure!(&root == system, "root partition is not the system payload");
     let esp = f.path("esp.img");
-    extract(&disk.map, 1 << 20, 40 << 20, &esp)?;
+    extract(&out, 1 << 20, 40 << 20, &esp)?;
     fsck_fat(&esp)?;
     let loader = mcopy(&esp, "EFI/BOOT/BOOTX64.EFI", f.dir.path())?;
     ensure!(loader == f.built.layer("kernel.efi").data, "loader differs");
@@ -610,7 +611,39 @@ fn bad_layout_files() -> Result<()> {
         &f,
         &f.built.dir,
         &["--layout", path_str(&payload)?],
-        &["\"nope\"", "partition 1"],
+        &[
+            path_str(&payload)?,
+            "partition 1 (x): partitions[0].content",
+            "\"nope\"",
+        ],
+    )?;
+    // A FAT32 file whose layer is not there, and a content too large: the
+    // file and the field.
+    let fat = f.path("fat.toml");
+    std::fs::write(
+        &fat,
+        "disk_size = \"64MiB\"\n[[partitions]]\nname = \"esp\"\ntype = \"esp\"\nsize = \"40MiB\"\nfat32 = { label = \"B\", files = [ { path = \"a\", content = \"empty\" }, { path = \"b\", content = \"layer:7\" } ] }\n",
+    )?;
+    both_fail(
+        &f,
+        &f.built.dir,
+        &["--layout", path_str(&fat)?],
+        &[path_str(&fat)?, "partitions[0].fat32.files[1].content", "7"],
+    )?;
+    let large = f.path("large.toml");
+    std::fs::write(
+        &large,
+        "disk_size = \"64MiB\"\n[[partitions]]\nname = \"a\"\ntype = \"linux\"\nsize = \"1MiB\"\n[[partitions]]\nname = \"b\"\ntype = \"linux\"\nsize = \"100KiB\"\ncontent = \"payload:system\"\n",
+    )?;
+    both_fail(
+        &f,
+        &f.built.dir,
+        &["--layout", path_str(&large)?],
+        &[
+            path_str(&large)?,
+            "partition 2 (b): partitions[1].content",
+            "larger than",
+        ],
     )?;
     // No such file.
     let missing = f.path("missing.toml");
@@ -688,7 +721,7 @@ fn abloader_goes_to_the_removable_media_path() -> Result<()> {
     )?;
     assert_same_bytes(&disk.map, &File::open(&out)?)?;
     let esp = f.path("esp.img");
-    extract(&disk.map, 1 << 20, 128 << 20, &esp)?;
+    extract(&out, 1 << 20, 128 << 20, &esp)?;
     ensure!(mcopy(&esp, "EFI/BOOT/BOOTx64.EFI", f.dir.path())? == bytes);
     // With a layout file the loader belongs in the file: a clear error.
     let layout = f.path("l.toml");
@@ -711,6 +744,137 @@ fn abloader_goes_to_the_removable_media_path() -> Result<()> {
 
 /// Runs `inspect` with stdout a pipe whose reading end is already closed,
 /// so that its first write fails with EPIPE (Rust ignores SIGPIPE).
+#[test]
+fn esp_files_go_on_the_esp() -> Result<()> {
+    let f = Fixture::sample()?;
+    let host: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+    let host_path = f.path("params.bin");
+    std::fs::write(&host_path, &host)?;
+    let from_file = format!("metropolis/parameters.pb=file:{}", path_str(&host_path)?);
+    let files = [
+        "--esp-file",
+        &from_file,
+        "--esp-file",
+        "node.txt=inline:node=3",
+        "--esp-file",
+        "EFI/node/blob.bin=base64:AAEC/w==",
+        "--esp-file",
+        "EFI/metropolis/boot-b.efi=payload:kernel.efi",
+    ];
+    let out = f.path("node.img");
+    let mut args = files.to_vec();
+    args.extend(["--output", path_str(&out)?]);
+    succeeds(f.args("export", &args))?;
+    sgdisk_verify(&out)?;
+    let esp = f.path("esp.img");
+    extract(&out, 1 << 20, 128 << 20, &esp)?;
+    fsck_fat(&esp)?;
+    let kernel = &f.built.layer("kernel.efi").data;
+    for (path, want) in [
+        ("metropolis/parameters.pb", &host[..]),
+        ("node.txt", b"node=3"),
+        ("EFI/node/blob.bin", &[0, 1, 2, 255]),
+        ("EFI/metropolis/boot-b.efi", kernel),
+        ("EFI/metropolis/boot-a.efi", kernel),
+    ] {
+        ensure!(mcopy(&esp, path, f.dir.path())? == want, "{path} differs");
+    }
+
+    // inspect lists them, and composes the same disk export wrote.
+    let mut args = files.to_vec();
+    args.push("--json");
+    let report = json(&succeeds(f.args("inspect", &args))?)?;
+    let esp_content = report["partitions"][0]["content"]
+        .as_str()
+        .unwrap_or_default();
+    ensure!(
+        esp_content.contains("metropolis/parameters.pb") && esp_content.contains("node.txt"),
+        "{esp_content}"
+    );
+    let plain = json(&succeeds(f.args("inspect", &["--json"]))?)?;
+    ensure!(report["partitions"][1] == plain["partitions"][1]);
+    Ok(())
+}
+
+#[test]
+fn bad_esp_files() -> Result<()> {
+    let f = Fixture::sample()?;
+    let dir = &f.built.dir;
+    for (arg, needles) in [
+        (
+            "x.bin=base64:not base64!",
+            &["--esp-file", "not valid base64"][..],
+        ),
+        ("no-equals-sign", &["--esp-file", "PATH=CONTENT"][..]),
+        ("x=nothing:1", &["--esp-file", "inline:TEXT"][..]),
+        (
+            "EFI/BOOT/bootx64.efi=inline:x",
+            &["--esp-file", "esp_files[0].path", "already a file"][..],
+        ),
+        (
+            "EFI/metropolis=inline:x",
+            &["--esp-file", "esp_files[0].path", "already a file"][..],
+        ),
+        ("a/b?c=inline:x", &["--esp-file", "'?'", "FAT names"][..]),
+        ("dir/name.=inline:x", &["--esp-file", "\"name.\""][..]),
+        ("x=payload:nope", &["nope"][..]),
+    ] {
+        both_fail(&f, dir, &["--esp-file", arg], needles)?;
+    }
+    let long = format!("{}=inline:x", "n".repeat(300));
+    both_fail(
+        &f,
+        dir,
+        &["--esp-file", &long],
+        &["--esp-file", "300 UTF-16"],
+    )?;
+    let missing = f.path("missing.pb");
+    let arg = format!("p.pb=file:{}", path_str(&missing)?);
+    both_fail(&f, dir, &["--esp-file", &arg], &[path_str(&missing)?])?;
+    // With a layout file, the files belong in the file.
+    let layout = f.path("l.toml");
+    std::fs::write(
+        &layout,
+        "disk_size = \"8MiB\"\n[[partitions]]\nname = \"x\"\ntype = \"linux\"\nsize = \"rest\"\n",
+    )?;
+    both_fail(
+        &f,
+        dir,
+        &["--layout", path_str(&layout)?, "--esp-file", "a=inline:b"],
+        &["--esp-file applies to the monogon preset only"],
+    )
+}
+
+#[test]
+fn inline_layer_data_is_counted_as_inline() -> Result<()> {
+    // A layer given as the descriptor's `data` is the image's bytes, not
+    // metadata ocidisk generated.
+    let kernel = ocidisk_tests::oci_writer::efi_image(3000);
+    let f = Fixture::new(
+        OsImage::new()
+            .payload(ocidisk_tests::oci_writer::Payload::new("kernel.efi", kernel.clone()).inline())
+            .payload(ocidisk_tests::oci_writer::Payload::new(
+                "system",
+                vec![1u8; 5000],
+            )),
+    )?;
+    let report = json(&succeeds(f.args("inspect", &["--json"]))?)?;
+    let e = &report["extents"];
+    // The kernel, twice in the ESP.
+    assert_eq!(e["inline_bytes"], 2 * kernel.len() as u64);
+    assert_eq!(e["file_bytes"], 5000);
+    let disk = f.compose(&preset(), "")?;
+    let summary = disk.map.summary();
+    assert_eq!(e["generated_bytes"], summary.generated_bytes);
+    assert_eq!(
+        summary.file_bytes + summary.generated_bytes + summary.inline_bytes + summary.zero_bytes,
+        5 * GIB
+    );
+    let table = succeeds(f.args("inspect", &[]))?;
+    ensure!(table.contains(" inline, "), "{table}");
+    Ok(())
+}
+
 fn inspect_into_closed_pipe(f: &Fixture, extra: &[&str]) -> Result<Run> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills the array with two new descriptors we then own.

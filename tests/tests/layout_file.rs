@@ -9,7 +9,6 @@ use layout::oci::{Image, OpenOptions};
 use layout::spec::{LayoutSpec, SpecError, GIB, MIB};
 use layout_support::*;
 use ocidisk_tests::oci_writer::{efi_image, snapshot, BuiltImage, ImageBuilder, OsImage, Payload};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 struct Fixture {
@@ -74,6 +73,8 @@ fn every_kind_of_content() -> Result<()> {
               {{ path = "EFI/BOOT/BOOTX64.EFI", content = "payload:kernel.efi" }},
               {{ path = "cfg/params.txt", content = "file:params.txt" }},
               {{ path = "empty.txt", content = "empty" }},
+              {{ path = "node/id.txt", content = "inline:node=7, ü" }},
+              {{ path = "node/parameters.pb", content = "base64:AAEC/w==" }},
             ]
             [[partitions]]
             name = "root"
@@ -104,7 +105,7 @@ fn every_kind_of_content() -> Result<()> {
     let spec = LayoutSpec::from_file(&layout, None)?;
     let disk = compose(&f.image, &spec, &node())?;
     let raw = f.dir.path().join("disk.img");
-    export_sparse(&disk.map, &raw)?;
+    let exported = export_raw(&disk.map, &raw)?;
     sgdisk_verify(&raw)?;
 
     let table = sfdisk_json(&raw)?;
@@ -170,16 +171,27 @@ fn every_kind_of_content() -> Result<()> {
     for i in [4, 5] {
         assert_zero_range(&disk.map, at(i), disk.partitions[i].size);
     }
-    let file = File::open(&raw)?;
-    assert!(!has_data(&file, at(4), at(5) + disk.partitions[5].size)?);
+    assert!(!has_data(
+        &exported,
+        at(4),
+        at(5) + disk.partitions[5].size
+    )?);
 
     let esp = f.dir.path().join("esp.img");
-    extract(&disk.map, at(0), disk.partitions[0].size, &esp)?;
+    extract(&raw, at(0), disk.partitions[0].size, &esp)?;
     fsck_fat(&esp)?;
     let kernel = f.built.layer("kernel.efi").data.clone();
     assert_eq!(mcopy(&esp, "EFI/BOOT/BOOTX64.EFI", f.dir.path())?, kernel);
     assert_eq!(mcopy(&esp, "cfg/params.txt", f.dir.path())?, params);
     assert_eq!(mcopy(&esp, "empty.txt", f.dir.path())?, b"");
+    assert_eq!(
+        mcopy(&esp, "node/id.txt", f.dir.path())?,
+        "node=7, ü".as_bytes()
+    );
+    assert_eq!(
+        mcopy(&esp, "node/parameters.pb", f.dir.path())?,
+        [0, 1, 2, 255]
+    );
     assert!(
         disk.partitions[0].content.contains("cfg/params.txt"),
         "{}",
@@ -238,10 +250,10 @@ fn production_sizes() -> Result<()> {
         ]
     );
     let raw = f.dir.path().join("disk.img");
-    export_sparse(&disk.map, &raw)?;
+    export_raw(&disk.map, &raw)?;
     sgdisk_verify(&raw)?;
     let esp = f.dir.path().join("esp.img");
-    extract(&disk.map, 2048 * 512, 384 * MIB, &esp)?;
+    extract(&raw, 2048 * 512, 384 * MIB, &esp)?;
     fsck_fat(&esp)?;
 
     // --disk-size overrides the file's size.
@@ -280,11 +292,16 @@ fn compose_errors_name_the_partition() -> Result<()> {
         panic!("{err}")
     };
     assert_eq!((*len, *size), (3 * MIB + 77, 2 * MIB));
-    assert!(err.to_string().contains("partition 1 (p)"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("partition 1 (p): partitions[0].content"),
+        "{err}"
+    );
 
     let err = compose_error(&f, &part("content = \"payload:nope\"", "2MiB"));
     assert!(matches!(err, ComposeError::Image { index: 1, .. }), "{err}");
     assert!(err.to_string().contains("nope"), "{err}");
+    assert!(err.to_string().contains("partitions[0].content"), "{err}");
     let err = compose_error(&f, &part("content = \"layer:3\"", "2MiB"));
     assert!(matches!(err, ComposeError::Image { .. }), "{err}");
     let digest = format!("layer:sha256:{}", "0".repeat(64));
@@ -302,10 +319,16 @@ fn compose_errors_name_the_partition() -> Result<()> {
         "fat32 = { label = \"X\", files = [{ path = \"k\", content = \"payload:kernel.efi\" }] }";
     let err = compose_error(&f, &part(fat, "8MiB"));
     assert!(matches!(err, ComposeError::Fat32 { index: 1, .. }), "{err}");
+    assert!(err.to_string().contains("partitions[0].fat32:"), "{err}");
     // A FAT32 file that is missing from the image.
     let fat = "fat32 = { label = \"X\", files = [{ path = \"k\", content = \"payload:gone\" }] }";
     let err = compose_error(&f, &part(fat, "40MiB"));
     assert!(matches!(err, ComposeError::Image { index: 1, .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("partitions[0].fat32.files[0].content"),
+        "{err}"
+    );
     // Files larger than the file system.
     let files: Vec<String> = (0..12)
         .map(|i| format!("{{ path = \"f{i}\", content = \"payload:rootfs\" }}"))
@@ -352,6 +375,76 @@ fn layout_file_errors_name_the_file() -> Result<()> {
     assert!(
         err.contains("partitions[0].size") && err.contains("huge"),
         "{err}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_generic_image_by_layer_index_and_digest() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let disk_image: Vec<u8> = (0..2 * MIB as u32 + 333).map(|i| (i % 241) as u8).collect();
+    let loader = efi_image(30_000);
+    let built = ImageBuilder::generic([
+        Payload::new("rootfs", disk_image.clone()),
+        Payload::new("loader", loader.clone()).zstd(),
+    ])
+    .write(&dir.path().join("image"))?;
+    let image = Image::open(
+        &built.dir,
+        &OpenOptions {
+            cache_dir: Some(dir.path().join("cache")),
+            ..OpenOptions::default()
+        },
+    )?;
+    assert!(image.monogon().is_none(), "a plain OCI image");
+    let loader_digest = built.layer("loader").blob.digest.clone();
+    let layout = write_layout(
+        dir.path(),
+        &format!(
+            r#"
+            disk_size = "64MiB"
+            [[partitions]]
+            name = "boot"
+            type = "esp"
+            size = "40MiB"
+            fat32 = {{ label = "GENERIC", files = [
+              {{ path = "EFI/BOOT/BOOTX64.EFI", content = "layer:{loader_digest}" }},
+            ] }}
+            [[partitions]]
+            name = "root"
+            type = "linux"
+            size = "rest"
+            content = "layer:0"
+            "#
+        ),
+    )?;
+    let spec = LayoutSpec::from_file(&layout, None)?;
+    let disk = compose(&image, &spec, &node())?;
+    let raw = dir.path().join("disk.img");
+    let exported = export_raw(&disk.map, &raw)?;
+    sgdisk_verify(&raw)?;
+    let root = &disk.partitions[1];
+    assert_eq!(
+        read_file(&exported, root.first_lba * 512, disk_image.len() as u64)?,
+        disk_image
+    );
+    let esp = dir.path().join("esp.img");
+    extract(&raw, disk.partitions[0].first_lba * 512, 40 * MIB, &esp)?;
+    fsck_fat(&esp)?;
+    assert_eq!(mcopy(&esp, "EFI/BOOT/BOOTX64.EFI", dir.path())?, loader);
+
+    // Its layers have no names.
+    let spec = LayoutSpec::from_toml(
+        "disk_size = \"64MiB\"\n[[partitions]]\nname = \"p\"\ntype = \"linux\"\nsize = \"rest\"\ncontent = \"payload:rootfs\"\n",
+        Path::new("generic.toml"),
+        dir.path(),
+        None,
+    )?;
+    let err = compose(&image, &spec, &node()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("not a Monogon OS image") && msg.contains("rootfs"),
+        "{msg}"
     );
     Ok(())
 }

@@ -9,7 +9,6 @@ use layout::oci::{Image, OpenOptions};
 use layout::spec::{LayoutSpec, MonogonPreset, GIB, MIB};
 use layout_support::*;
 use ocidisk_tests::oci_writer::{BuiltImage, ImageBuilder, OsImage, Payload};
-use std::fs::File;
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -55,7 +54,7 @@ fn monogon_preset_is_a_valid_5gib_disk() -> Result<()> {
     let size = 5 * GIB;
     assert_eq!(disk.map.size(), size);
     let raw = f.dir.path().join("disk.img");
-    export_sparse(&disk.map, &raw)?;
+    let file = export_raw(&disk.map, &raw)?;
     sgdisk_verify(&raw)?;
 
     // The table as sfdisk reads it: Monogon's installer's LBAs, names, types.
@@ -85,17 +84,23 @@ fn monogon_preset_is_a_valid_5gib_disk() -> Result<()> {
         );
     }
 
-    // System A: the payload from byte 0, zeros after it.
+    // System A, in the exported file: the payload from byte 0, zeros after
+    // it (a hole past its first MiB).
     let system = f.built.layer("system").data.clone();
     let a = &disk.partitions[1];
     assert_eq!(
-        read(&disk.map, a.first_lba * 512, system.len() as u64)?,
+        read_file(&file, a.first_lba * 512, system.len() as u64)?,
         system
     );
     let after = a.first_lba * 512 + system.len() as u64;
     let a_end = (a.last_lba + 1) * 512;
     let tail = (a_end - after).min(MIB);
-    assert!(read(&disk.map, after, tail)?.iter().all(|&b| b == 0));
+    assert_file_zero(&file, after, after + tail)?;
+    assert!(!has_data(
+        &file,
+        (after + tail).next_multiple_of(4096),
+        a_end
+    )?);
     assert_zero_range(
         &disk.map,
         after.next_multiple_of(512),
@@ -103,8 +108,14 @@ fn monogon_preset_is_a_valid_5gib_disk() -> Result<()> {
     );
     assert!(a.content.starts_with("payload system"), "{}", a.content);
 
+    // Between the primary GPT and the ESP (LBA 34-2047), and between the
+    // last partition and the backup GPT: zeros.
+    assert_file_zero(&file, 34 * 512, 2048 * 512)?;
+    let data_end = (disk.partitions[3].last_lba + 1) * 512;
+    assert!(data_end < size - 33 * 512);
+    assert_file_zero(&file, data_end, size - 33 * 512)?;
+
     // System B and Data: zeros, and holes in the exported file.
-    let file = File::open(&raw)?;
     for p in &disk.partitions[2..] {
         let (start, end) = (p.first_lba * 512, (p.last_lba + 1) * 512);
         assert_zero_range(&disk.map, start, end - start);
@@ -115,7 +126,7 @@ fn monogon_preset_is_a_valid_5gib_disk() -> Result<()> {
     // The ESP: a clean FAT32 with the kernel at both boot paths.
     let esp = &disk.partitions[0];
     let esp_img = f.dir.path().join("esp.img");
-    extract(&disk.map, esp.first_lba * 512, esp.size, &esp_img)?;
+    extract(&raw, esp.first_lba * 512, esp.size, &esp_img)?;
     fsck_fat(&esp_img)?;
     let kernel = f.built.layer("kernel.efi").data.clone();
     assert_eq!(
@@ -185,8 +196,10 @@ fn the_abloader_is_the_removable_media_boot_file() -> Result<()> {
     });
     let disk = compose(&f.image, &spec, &node("n"))?;
     let esp = &disk.partitions[0];
+    let raw = f.dir.path().join("disk.img");
+    export_raw(&disk.map, &raw)?;
     let esp_img = f.dir.path().join("esp.img");
-    extract(&disk.map, esp.first_lba * 512, esp.size, &esp_img)?;
+    extract(&raw, esp.first_lba * 512, esp.size, &esp_img)?;
     fsck_fat(&esp_img)?;
     assert_eq!(
         mcopy(&esp_img, "EFI/BOOT/BOOTx64.EFI", f.dir.path())?,
@@ -224,7 +237,7 @@ fn zstd_payloads_compose_the_same_contents() -> Result<()> {
         system
     );
     let raw = f.dir.path().join("disk.img");
-    export_sparse(&disk.map, &raw)?;
+    export_raw(&disk.map, &raw)?;
     sgdisk_verify(&raw)?;
     Ok(())
 }
@@ -244,7 +257,7 @@ fn disk_sizes_other_than_the_default() -> Result<()> {
     assert_eq!(data.first_lba, 2177 * 2048);
     assert_eq!(data.size, 22 * MIB);
     let raw = f.dir.path().join("disk.img");
-    export_sparse(&disk.map, &raw)?;
+    export_raw(&disk.map, &raw)?;
     sgdisk_verify(&raw)?;
 
     // Too small: system B does not fit; the error names the field.

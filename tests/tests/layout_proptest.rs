@@ -1,7 +1,8 @@
-//! Random layouts composed from a real image: every read of the block map
-//! equals a flat image built independently from the layout, the partition
-//! table parses back to what was asked (and sgdisk agrees on a few), and
-//! FAT32 partitions hold their files.
+//! Random layouts composed from a real image: every read of the block map,
+//! and the file the real export path writes, equals a flat image built
+//! independently from the layout, the partition table parses back to what
+//! was asked (and sgdisk agrees on a few), and FAT32 partitions hold their
+//! files.
 
 mod layout_support;
 
@@ -357,20 +358,56 @@ fn check_case(
         );
     }
 
-    if tools || expect.iter().any(|e| e.data.is_none()) {
-        let raw = f.dir.path().join("prop.img");
-        export_sparse(&disk.map, &raw).map_err(fail)?;
-        if tools {
-            sgdisk_verify(&raw).map_err(fail)?;
+    // The real export path (copy_file_range, holes) on the same layout:
+    // byte-identical to the flat image, to the random reads, and every
+    // 4 KiB-aligned stretch of a zero extent left a hole.
+    let raw_file = tempfile::NamedTempFile::new_in(f.dir.path()).map_err(|e| fail(e.into()))?;
+    let raw = raw_file.path().to_owned();
+    std::fs::remove_file(&raw).map_err(|e| fail(e.into()))?;
+    let exported = export_raw(&disk.map, &raw).map_err(fail)?;
+    let written = std::fs::read(&raw).map_err(|e| fail(e.into()))?;
+    prop_assert_eq!(written.len() as u64, size);
+    if let Some(at) = written.iter().zip(&flat).position(|(a, b)| a != b) {
+        return Err(TestCaseError::fail(format!("export differs at byte {at}")));
+    }
+    for &(off, len, _) in reads {
+        let off = off % size;
+        let len = len.min((size - off) as usize) as u64;
+        let got = read_file(&exported, off, len).map_err(fail)?;
+        prop_assert!(
+            got[..] == flat[off as usize..][..len as usize],
+            "pread {}+{}",
+            off,
+            len
+        );
+    }
+    for e in disk.map.extents() {
+        if !matches!(e.source, layout::Source::Zero) {
+            continue;
         }
-        for e in expect.iter().filter(|e| e.data.is_none()) {
-            let esp = f.dir.path().join("prop-esp.img");
-            extract(&disk.map, e.start, e.len, &esp).map_err(fail)?;
-            fsck_fat(&esp).map_err(fail)?;
-            for (path, data) in &e.files {
-                let got = mcopy(&esp, path, f.dir.path()).map_err(fail)?;
-                prop_assert!(&got == data, "FAT file {}", path);
-            }
+        let (start, end) = (e.start.next_multiple_of(4096), e.end() / 4096 * 4096);
+        if start >= end {
+            continue;
+        }
+        prop_assert!(
+            !has_data(&exported, start, end).map_err(fail)?,
+            "zero extent {}..{} has data in the export",
+            e.start,
+            e.end()
+        );
+        prop_assert_eq!(seek_hole(&exported, start).map_err(fail)?, start);
+    }
+
+    if tools {
+        sgdisk_verify(&raw).map_err(fail)?;
+    }
+    for e in expect.iter().filter(|e| e.data.is_none()) {
+        let esp = f.dir.path().join("prop-esp.img");
+        extract(&raw, e.start, e.len, &esp).map_err(fail)?;
+        fsck_fat(&esp).map_err(fail)?;
+        for (path, data) in &e.files {
+            let got = mcopy(&esp, path, f.dir.path()).map_err(fail)?;
+            prop_assert!(&got == data, "FAT file {}", path);
         }
     }
     Ok(true)

@@ -180,3 +180,86 @@ fn cache_dir_that_cannot_be_created() -> Result<()> {
     assert!(e.to_string().contains("cache"), "{e}");
     Ok(())
 }
+
+#[test]
+fn concurrent_processes_decompress_once() -> Result<()> {
+    // Twenty nodes launched at once are twenty processes, not threads: the
+    // cache's lock and rename must hold across processes too.
+    let root = tempfile::tempdir()?;
+    let data: Vec<u8> = (0..6u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8 & 0x0f)
+        .collect();
+    let built = ImageBuilder::monogon(
+        OsImage::new()
+            .payload(Payload::new(
+                "kernel.efi",
+                ocidisk_tests::oci_writer::efi_image(20_000),
+            ))
+            .payload(Payload::new("system", data).zstd()),
+    )
+    .write(&root.path().join("image"))?;
+    let cache = root.path().join("cache");
+    let bin = ocidisk_tests::blkio_client::ocidisk_binary()?;
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            std::process::Command::new(&bin)
+                .arg("inspect")
+                .arg("--json")
+                .arg("--image")
+                .arg(&built.dir)
+                .arg("--cache")
+                .arg(&cache)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    let mut outputs = Vec::new();
+    for child in children {
+        let out = child.wait_with_output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "inspect failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        outputs.push(out.stdout);
+    }
+    assert!(!outputs[0].is_empty());
+    assert!(
+        outputs.iter().all(|o| o == &outputs[0]),
+        "the processes saw different disks"
+    );
+
+    // One entry, complete, and nothing else but its lock file.
+    let hex = built
+        .layer("system")
+        .blob
+        .digest
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let mut names: Vec<String> = fs::read_dir(cache.join("zstd/sha256"))?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    names.sort();
+    assert_eq!(names, vec![hex.clone(), format!("{hex}.lock")]);
+    assert_eq!(
+        fs::read(cache.join("zstd/sha256").join(&hex))?,
+        built.layer("system").data
+    );
+    // No temporary files anywhere in the cache.
+    let mut all = Vec::new();
+    let mut dirs = vec![cache.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d)? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                dirs.push(e.path());
+            } else {
+                all.push(e.path());
+            }
+        }
+    }
+    assert_eq!(all.len(), 2, "{all:?}");
+    Ok(())
+}

@@ -18,6 +18,7 @@ mod names;
 use crate::blockmap::Extent;
 use crate::source::{Content, Source};
 use geometry::{Geometry, SECTOR};
+pub(crate) use names::check_long_name;
 use names::{ShortName, ShortNames};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -530,6 +531,7 @@ fn bytes(data: &Arc<[u8]>, offset: usize) -> Source {
     Source::Bytes {
         data: data.clone(),
         offset,
+        inline: false,
     }
 }
 
@@ -538,7 +540,7 @@ fn bytes(data: &Arc<[u8]>, offset: usize) -> Source {
 fn check_content(path: &str, content: &Content) -> Result<(), Fat32Error> {
     let (source_name, offset, available) = match &content.source {
         Source::File { file, offset } => (file.path().display().to_string(), *offset, file.len()),
-        Source::Bytes { data, offset } => {
+        Source::Bytes { data, offset, .. } => {
             ("inline bytes".to_owned(), *offset as u64, data.len() as u64)
         }
         Source::Zero => return Ok(()),
@@ -600,9 +602,14 @@ impl Extents {
 fn continues(last: &Extent, next: &Source) -> bool {
     match (&last.source, next) {
         (Source::Zero, Source::Zero) => true,
-        (Source::Bytes { data: a, offset: x }, Source::Bytes { data: b, offset: y }) => {
-            Arc::ptr_eq(a, b) && *x as u64 + last.len == *y as u64
-        }
+        (
+            Source::Bytes {
+                data: a, offset: x, ..
+            },
+            Source::Bytes {
+                data: b, offset: y, ..
+            },
+        ) => Arc::ptr_eq(a, b) && *x as u64 + last.len == *y as u64,
         (Source::File { file: a, offset: x }, Source::File { file: b, offset: y }) => {
             Arc::ptr_eq(a, b) && x + last.len == *y
         }

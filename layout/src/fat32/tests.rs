@@ -517,6 +517,7 @@ fn bad_contents() {
         source: Source::Bytes {
             data: vec![1u8; 10].into(),
             offset: 4,
+            inline: true,
         },
         len: 7,
     };

@@ -356,7 +356,7 @@ fn open_layer(
         }
         match &data {
             BlobData::File(f) => Content::file(f.clone()),
-            BlobData::Inline(b) => Content::bytes(b.clone()),
+            BlobData::Inline(b) => Content::inline(b.clone()),
         }
     } else {
         let cache = match cache {

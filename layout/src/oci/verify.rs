@@ -103,7 +103,9 @@ pub fn layer(
             for_each_block(file, content.len, |b| c.update(b).map_err(&on_chunk))?;
             c.finish().map_err(on_chunk)
         }
-        Source::Bytes { data, offset: 0 } => {
+        Source::Bytes {
+            data, offset: 0, ..
+        } => {
             let on_chunk = bad_chunk("inline data");
             c.update(data).map_err(&on_chunk)?;
             c.finish().map_err(on_chunk)

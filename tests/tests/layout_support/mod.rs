@@ -1,5 +1,5 @@
-//! Helpers shared by the `layout_*` tests: export a composed disk as a
-//! sparse raw file, and run the standard disk tools on it.
+//! Helpers shared by the `layout_*` tests: export a composed disk with the
+//! real export path, and run the standard disk tools on the file.
 
 #![allow(dead_code)]
 
@@ -35,23 +35,32 @@ pub const MONOGON: [(&str, &str, u64, u64); 4] = [
     ),
 ];
 
-/// Writes the disk as a raw image: extents that read as zero are left as
-/// holes, everything else is read through the map (the reference reader).
-pub fn export_sparse(map: &BlockMap, path: &Path) -> Result<()> {
-    let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    file.set_len(map.size())?;
-    let mut buf = vec![0u8; 1 << 20];
-    for e in map.extents() {
-        if matches!(e.source, Source::Zero) {
-            continue;
-        }
-        let mut pos = e.start;
-        while pos < e.end() {
-            let n = (e.end() - pos).min(buf.len() as u64) as usize;
-            map.read_at(pos, &mut buf[..n])?;
-            file.write_all_at(&buf[..n], pos)?;
-            pos += n as u64;
-        }
+/// Writes the disk as a raw image with the real export path
+/// ([`layout::export::write_raw`]: `copy_file_range`, holes), so the tools
+/// below check what `ocidisk export` writes, not a test's own copy.
+pub fn export_raw(map: &BlockMap, path: &Path) -> Result<File> {
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    layout::export::write_raw(map, &file)?;
+    Ok(file)
+}
+
+/// `len` bytes of a file from `offset`.
+pub fn read_file(file: &File, offset: u64, len: u64) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, offset)?;
+    Ok(buf)
+}
+
+/// Checks that `[start, end)` of an exported file reads as zeros.
+pub fn assert_file_zero(file: &File, start: u64, end: u64) -> Result<()> {
+    let bytes = read_file(file, start, end - start)?;
+    if let Some(i) = bytes.iter().position(|&b| b != 0) {
+        bail!("byte {} of [{start}, {end}) is not zero", start + i as u64);
     }
     Ok(())
 }
@@ -90,6 +99,14 @@ pub fn has_data(file: &File, start: u64, end: u64) -> Result<bool> {
     Ok((at as u64) < end)
 }
 
+/// Where the first hole at or after `start` begins (`SEEK_HOLE`).
+pub fn seek_hole(file: &File, start: u64) -> Result<u64> {
+    // SAFETY: lseek on an open descriptor has no memory effects.
+    let at = unsafe { libc::lseek(file.as_raw_fd(), start as libc::off_t, libc::SEEK_HOLE) };
+    ensure!(at >= 0, "SEEK_HOLE: {}", std::io::Error::last_os_error());
+    Ok(at as u64)
+}
+
 /// Runs a tool and returns its stdout; fails with its output if it fails.
 pub fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd
@@ -123,15 +140,17 @@ pub fn sfdisk_json(path: &Path) -> Result<Value> {
     Ok(v["partitiontable"].clone())
 }
 
-/// Copies one partition of the disk into its own file.
-pub fn extract(map: &BlockMap, offset: u64, len: u64, path: &Path) -> Result<()> {
+/// Copies one partition of an exported disk image into its own file.
+pub fn extract(raw: &Path, offset: u64, len: u64, path: &Path) -> Result<()> {
+    let src = File::open(raw).with_context(|| format!("opening {}", raw.display()))?;
+    let _ = std::fs::remove_file(path);
     let file = File::create(path)?;
     file.set_len(len)?;
     let mut buf = vec![0u8; 1 << 20];
     let mut pos = 0;
     while pos < len {
         let n = (len - pos).min(buf.len() as u64) as usize;
-        map.read_at(offset + pos, &mut buf[..n])?;
+        src.read_exact_at(&mut buf[..n], offset + pos)?;
         file.write_all_at(&buf[..n], pos)?;
         pos += n as u64;
     }
