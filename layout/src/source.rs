@@ -157,27 +157,22 @@ impl Content {
 
     /// Bytes generated in memory.
     pub fn bytes(data: impl Into<Arc<[u8]>>) -> Content {
-        let data = data.into();
-        Content {
-            len: data.len() as u64,
-            source: Source::Bytes {
-                data,
-                offset: 0,
-                inline: false,
-            },
-        }
+        Self::in_memory(data.into(), false)
     }
 
     /// Bytes given inline (an image layer's `data`, a layout's inline
     /// content), held in memory.
     pub fn inline(data: impl Into<Arc<[u8]>>) -> Content {
-        let data = data.into();
+        Self::in_memory(data.into(), true)
+    }
+
+    fn in_memory(data: Arc<[u8]>, inline: bool) -> Content {
         Content {
             len: data.len() as u64,
             source: Source::Bytes {
                 data,
                 offset: 0,
-                inline: true,
+                inline,
             },
         }
     }

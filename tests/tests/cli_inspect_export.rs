@@ -580,79 +580,50 @@ fn missing_index_json() -> Result<()> {
 #[test]
 fn bad_layout_files() -> Result<()> {
     let f = Fixture::sample()?;
-    // Not TOML.
-    let syntax = f.path("syntax.toml");
-    std::fs::write(&syntax, "disk_size = \"64MiB\"\n[[partitions]\nname = 1\n")?;
-    both_fail(
-        &f,
-        &f.built.dir,
-        &["--layout", path_str(&syntax)?],
-        &[path_str(&syntax)?],
-    )?;
-    // TOML, but a field is wrong.
-    let field = f.path("field.toml");
-    std::fs::write(
-        &field,
-        "disk_size = \"64MiB\"\n[[partitions]]\nname = \"x\"\ntype = \"no-such-type\"\nsize = \"1MiB\"\n",
-    )?;
-    both_fail(
-        &f,
-        &f.built.dir,
-        &["--layout", path_str(&field)?],
-        &[path_str(&field)?, "partitions[0].type", "no-such-type"],
-    )?;
-    // A payload the image does not have.
-    let payload = f.path("payload.toml");
-    std::fs::write(
-        &payload,
-        "disk_size = \"64MiB\"\n[[partitions]]\nname = \"x\"\ntype = \"linux\"\nsize = \"1MiB\"\ncontent = \"payload:nope\"\n",
-    )?;
-    both_fail(
-        &f,
-        &f.built.dir,
-        &["--layout", path_str(&payload)?],
-        &[
-            path_str(&payload)?,
-            "partition 1 (x): partitions[0].content",
-            "\"nope\"",
-        ],
-    )?;
-    // A FAT32 file whose layer is not there, and a content too large: the
-    // file and the field.
-    let fat = f.path("fat.toml");
-    std::fs::write(
-        &fat,
-        "disk_size = \"64MiB\"\n[[partitions]]\nname = \"esp\"\ntype = \"esp\"\nsize = \"40MiB\"\nfat32 = { label = \"B\", files = [ { path = \"a\", content = \"empty\" }, { path = \"b\", content = \"layer:7\" } ] }\n",
-    )?;
-    both_fail(
-        &f,
-        &f.built.dir,
-        &["--layout", path_str(&fat)?],
-        &[path_str(&fat)?, "partitions[0].fat32.files[1].content", "7"],
-    )?;
-    let large = f.path("large.toml");
-    std::fs::write(
-        &large,
-        "disk_size = \"64MiB\"\n[[partitions]]\nname = \"a\"\ntype = \"linux\"\nsize = \"1MiB\"\n[[partitions]]\nname = \"b\"\ntype = \"linux\"\nsize = \"100KiB\"\ncontent = \"payload:system\"\n",
-    )?;
-    both_fail(
-        &f,
-        &f.built.dir,
-        &["--layout", path_str(&large)?],
-        &[
-            path_str(&large)?,
-            "partition 2 (b): partitions[1].content",
-            "larger than",
-        ],
-    )?;
-    // No such file.
-    let missing = f.path("missing.toml");
-    both_fail(
-        &f,
-        &f.built.dir,
-        &["--layout", path_str(&missing)?],
-        &[path_str(&missing)?],
-    )
+    // (file name, contents or None for no file, what the error must say
+    // besides the file's path)
+    let cases: &[(&str, Option<&str>, &[&str])] = &[
+        // Not TOML.
+        ("syntax.toml", Some("disk_size = \"64MiB\"\n[[partitions]\nname = 1\n"), &[]),
+        // TOML, but a field is wrong.
+        (
+            "field.toml",
+            Some("disk_size = \"64MiB\"\n[[partitions]]\nname = \"x\"\ntype = \"no-such-type\"\nsize = \"1MiB\"\n"),
+            &["partitions[0].type", "no-such-type"],
+        ),
+        // A payload the image does not have.
+        (
+            "payload.toml",
+            Some("disk_size = \"64MiB\"\n[[partitions]]\nname = \"x\"\ntype = \"linux\"\nsize = \"1MiB\"\ncontent = \"payload:nope\"\n"),
+            &["partition 1 (x): partitions[0].content", "\"nope\""],
+        ),
+        // A FAT32 file whose layer is not there.
+        (
+            "fat.toml",
+            Some("disk_size = \"64MiB\"\n[[partitions]]\nname = \"esp\"\ntype = \"esp\"\nsize = \"40MiB\"\nfat32 = { label = \"B\", files = [ { path = \"a\", content = \"empty\" }, { path = \"b\", content = \"layer:7\" } ] }\n"),
+            &["partitions[0].fat32.files[1].content", "7"],
+        ),
+        // A content too large for its partition.
+        (
+            "large.toml",
+            Some("disk_size = \"64MiB\"\n[[partitions]]\nname = \"a\"\ntype = \"linux\"\nsize = \"1MiB\"\n[[partitions]]\nname = \"b\"\ntype = \"linux\"\nsize = \"100KiB\"\ncontent = \"payload:system\"\n"),
+            &["partition 2 (b): partitions[1].content", "larger than"],
+        ),
+        // No such file.
+        ("missing.toml", None, &[]),
+    ];
+    for (name, contents, says) in cases {
+        let path = f.path(name);
+        if let Some(contents) = contents {
+            std::fs::write(&path, contents)?;
+        }
+        let path = path_str(&path)?;
+        let mut needles = vec![path];
+        needles.extend_from_slice(says);
+        both_fail(&f, &f.built.dir, &["--layout", path], &needles)
+            .with_context(|| format!("layout file {name}"))?;
+    }
+    Ok(())
 }
 
 #[test]

@@ -573,6 +573,25 @@ mod tests {
     }
 
     /// Drives requests through a real vring, as the worker thread would.
+    /// A vring over the rings of `queue`, ready to serve.
+    fn ready_vring(
+        atomic: &GuestMemory,
+        queue: &MockSplitQueue<'_, GuestMemoryMmap>,
+        size: u16,
+    ) -> VringRwLock<GuestMemory> {
+        let vring = VringRwLock::new(atomic.clone(), size).unwrap();
+        vring.set_queue_size(size);
+        vring
+            .set_queue_info(
+                queue.desc_table_addr().0,
+                queue.avail_addr().0,
+                queue.used_addr().0,
+            )
+            .unwrap();
+        vring.set_queue_ready(true);
+        vring
+    }
+
     #[test]
     fn handle_event_completes_requests_and_survives_bad_ones() {
         let disk = Arc::new(MemoryDisk::new(64 * 1024, 7));
@@ -618,16 +637,7 @@ mod tests {
                 0,
             )
             .unwrap();
-        let vring = VringRwLock::new(atomic.clone(), 16).unwrap();
-        vring.set_queue_size(16);
-        vring
-            .set_queue_info(
-                queue.desc_table_addr().0,
-                queue.avail_addr().0,
-                queue.used_addr().0,
-            )
-            .unwrap();
-        vring.set_queue_ready(true);
+        let vring = ready_vring(&atomic, &queue, 16);
         b.handle_event(0, EventSet::IN, std::slice::from_ref(&vring), 0)
             .unwrap();
 
@@ -689,16 +699,7 @@ mod tests {
         }
         let chains: Vec<RawDescriptor> = chains.into_iter().map(RawDescriptor::from).collect();
         queue.add_desc_chains(&chains, 0).unwrap();
-        let vring = VringRwLock::new(atomic.clone(), 32).unwrap();
-        vring.set_queue_size(32);
-        vring
-            .set_queue_info(
-                queue.desc_table_addr().0,
-                queue.avail_addr().0,
-                queue.used_addr().0,
-            )
-            .unwrap();
-        vring.set_queue_ready(true);
+        let vring = ready_vring(&atomic, &queue, 32);
         let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK).unwrap();
         // SAFETY: the descriptor is the notifier's own, handed over whole.
         let call =
