@@ -83,7 +83,13 @@ impl<'s, 'a> IoSplitter<'s, 'a> {
         (self.index, self.skip) = (last, keep);
 
         let first_whole = raw_parts(&mut self.bufs[first]);
-        let last_whole = raw_parts(&mut self.bufs[last]);
+        // One pointer per buffer: a second borrow of the same buffer would
+        // invalidate the first pointer under Rust's aliasing rules.
+        let last_whole = if last == first {
+            first_whole
+        } else {
+            raw_parts(&mut self.bufs[last])
+        };
         // SAFETY: each new buffer is a sub-range of the buffer it replaces,
         // valid for 'a; the replaced buffers are restored below from the
         // same pointers. `IoWindow` cannot move, replace or hand out the
