@@ -421,14 +421,14 @@ fn sync_dir(path: &Path) -> Result<(), OverlayError> {
 /// `.NAME.tmp-PID-NANOS`, removed on drop unless it was renamed into place.
 struct TempFile {
     path: PathBuf,
-    file: Option<File>,
 }
 
 impl TempFile {
-    /// Creates the file, after removing temporary files of `path` left by
-    /// processes that died while creating or resetting it (a host crash or
-    /// kill -9 would otherwise leave a full-size sparse file forever).
-    fn new(path: &Path) -> Result<TempFile, OverlayError> {
+    /// Creates the file and returns it open, after removing temporary files
+    /// of `path` left by processes that died while creating or resetting it
+    /// (a host crash or kill -9 would otherwise leave a full-size sparse file
+    /// forever).
+    fn new(path: &Path) -> Result<(TempFile, File), OverlayError> {
         let dir = parent_dir(path);
         let name = path
             .file_name()
@@ -447,27 +447,11 @@ impl TempFile {
             .create_new(true)
             .open(&tmp)
             .map_err(io_err(path, format!("creating {}", tmp.display())))?;
-        Ok(TempFile {
-            path: tmp,
-            file: Some(file),
-        })
-    }
-
-    /// The open file (once).
-    fn file(&self) -> Result<File, OverlayError> {
-        let file = self.file.as_ref().map(File::try_clone);
-        match file {
-            Some(Ok(f)) => Ok(f),
-            Some(Err(e)) => Err(io_err(&self.path, "duplicating a descriptor")(e)),
-            None => Err(io_err(&self.path, "opening")(
-                io::ErrorKind::NotFound.into(),
-            )),
-        }
+        Ok((TempFile { path: tmp }, file))
     }
 
     /// The file was renamed into place: nothing to remove.
     fn forget(mut self) {
-        self.file = None;
         self.path = PathBuf::new();
     }
 }
@@ -518,8 +502,8 @@ impl Overlay {
         if path.symlink_metadata().is_ok() {
             return Err(exists());
         }
-        let tmp = TempFile::new(path)?;
-        Self::write_new(&FileStorage::new(tmp.file()?), path, opts)?;
+        let (tmp, file) = TempFile::new(path)?;
+        Self::write_new(&FileStorage::new(file), path, opts)?;
         // Linking fails if `path` appeared meanwhile: never clobber.
         std::fs::hard_link(&tmp.path, path).map_err(|e| {
             if e.kind() == io::ErrorKind::AlreadyExists {
@@ -674,7 +658,7 @@ impl Overlay {
     pub fn reset(path: &Path) -> Result<(), OverlayError> {
         // Held until the rename is done: the lock keeps backends away.
         let old = FileStorage::new(open_locked(path, true)?);
-        let tmp = TempFile::new(path)?;
+        let (tmp, file) = TempFile::new(path)?;
         // The new file replaces the old one: keep its permission bits.
         let mode = old
             .file()
@@ -683,7 +667,7 @@ impl Overlay {
             .permissions();
         std::fs::set_permissions(&tmp.path, mode)
             .map_err(io_err(path, "copying the permissions"))?;
-        Self::reset_into(&old, &FileStorage::new(tmp.file()?), path)?;
+        Self::reset_into(&old, &FileStorage::new(file), path)?;
         std::fs::rename(&tmp.path, path)
             .map_err(io_err(path, "renaming the pristine file into place"))?;
         tmp.forget();
