@@ -125,7 +125,7 @@ impl ImageArgs {
     /// Composes the disk that `disk_id` (which seeds its GUIDs) sees.
     pub fn compose(&self, disk_id: &str) -> anyhow::Result<Disk> {
         let (image, spec) = self.open()?;
-        compose_for(&image, &spec, disk_id).with_context(|| self.origin())
+        compose_for(&image, &spec, disk_id, &self.origin())
     }
 
     /// How the layout is named in errors: its file, or the preset.
@@ -138,12 +138,18 @@ impl ImageArgs {
     }
 }
 
-/// Composes the disk `disk_id` sees from an image already opened.
-fn compose_for(image: &Image, spec: &LayoutSpec, disk_id: &str) -> anyhow::Result<Disk> {
+/// Composes the disk `disk_id` sees from an image already opened; errors
+/// name the layout by `origin` (its file, or the preset).
+fn compose_for(
+    image: &Image,
+    spec: &LayoutSpec,
+    disk_id: &str,
+    origin: &str,
+) -> anyhow::Result<Disk> {
     let opts = ComposeOptions {
         disk_id: disk_id.to_owned(),
     };
-    Ok(compose(image, spec, &opts)?)
+    compose(image, spec, &opts).with_context(|| origin.to_owned())
 }
 
 /// A composed disk and the VM overlay that belongs to it.
@@ -174,8 +180,7 @@ impl ImageArgs {
             }
             Err(err) => return Err(err.into()),
         };
-        let disk = compose_for(&image, &spec, &header.disk_id.to_string())
-            .with_context(|| self.origin())?;
+        let disk = compose_for(&image, &spec, &header.disk_id.to_string(), &self.origin())?;
         let overlay = Overlay::open(path, &disk.identity, disk.map.size(), opts)?;
         Ok(VmDisk { disk, overlay })
     }
@@ -193,7 +198,7 @@ fn create_overlay(
     // The identity and size do not depend on the disk id, which the
     // overlay makes; compose once to learn them (it takes well under a
     // millisecond).
-    let disk = compose_for(image, spec, "").with_context(|| origin.to_owned())?;
+    let disk = compose_for(image, spec, "", origin)?;
     let opts = CreateOptions {
         disk_size: disk.map.size(),
         base: disk.identity,
