@@ -187,7 +187,8 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    /// Every range `run` hands out, and what it returned.
+    /// Every range `for_each_piece` hands out for one transfer, and their
+    /// total length.
     fn pieces_of(helpers: &Helpers, base: u64, len: u64) -> (Vec<Range<u64>>, u64) {
         let seen = Mutex::new(Vec::new());
         helpers.for_each_piece(&[(base, len)], |i, r| {
