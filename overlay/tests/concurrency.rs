@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{identity, read_all, split, MemStorage, Rng, BS};
+use common::{fresh_overlay, identity, read_all, split, MemStorage, Rng, BS};
 use overlay::{CreateOptions, OpenOptions, Overlay};
 use std::io::{IoSlice, IoSliceMut};
 use std::path::Path;
@@ -16,19 +16,6 @@ const THREADS: u64 = 4;
 /// A thread's range at its last completed flush, and what it wrote since.
 type ThreadState = (Vec<u8>, Vec<(u64, Vec<u8>)>);
 
-fn create(blocks: u64) -> (tempfile::TempDir, Overlay) {
-    let dir = tempfile::tempdir().unwrap();
-    let ov = Overlay::create(
-        &dir.path().join("ov"),
-        &CreateOptions {
-            disk_size: blocks * BS,
-            base: identity("conc"),
-        },
-    )
-    .unwrap();
-    (dir, ov)
-}
-
 /// The disk is cut into 1000-byte units dealt round-robin to the threads,
 /// so every block is shared by several threads and its first (copy-up)
 /// write races between them. Bytes are disjoint, so the final disk is fully
@@ -38,7 +25,7 @@ fn disjoint_unaligned_ranges_share_blocks() {
     let blocks = 256;
     const UNIT: u64 = 1000;
     for round in 0..6 {
-        let (_dir, ov) = create(blocks);
+        let (_dir, ov) = fresh_overlay(blocks, "conc");
         let mut rng = Rng(round);
         let base = rng.bytes((blocks * BS) as usize);
         let units = blocks * BS / UNIT;
@@ -89,7 +76,7 @@ fn disjoint_unaligned_ranges_share_blocks() {
 #[test]
 fn overlapping_writes_never_resurrect_the_base() {
     let blocks = 32;
-    let (_dir, ov) = create(blocks);
+    let (_dir, ov) = fresh_overlay(blocks, "conc");
     let base = vec![0xEEu8; (blocks * BS) as usize];
     let covered: Vec<Vec<(u64, u64)>> = std::thread::scope(|s| {
         let reader = {
@@ -264,7 +251,7 @@ fn a_stalled_copy_up_does_not_block_other_stripes() {
     use std::sync::mpsc::{channel, sync_channel};
     use std::time::Duration;
     let blocks = 2048;
-    let (_dir, ov) = create(blocks);
+    let (_dir, ov) = fresh_overlay(blocks, "conc");
     let (entered_tx, entered) = sync_channel(1);
     let (release, release_rx) = channel();
     let base = StallingBase {

@@ -56,6 +56,17 @@ impl Expect {
     }
 }
 
+/// Storage holding a new overlay of `size` bytes (synced).
+fn new_storage(size: u64) -> Arc<MemStorage> {
+    let storage = MemStorage::new();
+    let create = CreateOptions {
+        disk_size: size,
+        base: identity("crash"),
+    };
+    Overlay::write_new(&*storage, Path::new("mem.overlay"), &create).unwrap();
+    storage
+}
+
 fn open(storage: &Arc<MemStorage>, size: u64) -> Overlay {
     Overlay::open_on(
         Box::new(storage.clone()),
@@ -133,12 +144,7 @@ fn crash_rounds(seed: u64, blocks: u64) {
     let mut rng = Rng(seed);
     let size = blocks * BS - rng.below(8) * 512;
     let base = rng.bytes(size as usize);
-    let mut storage = MemStorage::new();
-    let create = CreateOptions {
-        disk_size: size,
-        base: identity("crash"),
-    };
-    Overlay::write_new(&*storage, Path::new("mem.overlay"), &create).unwrap();
+    let mut storage = new_storage(size);
     let mut model = Model { disk: base.clone() };
     for round in 0..6 {
         let ov = open(&storage, size);
@@ -188,12 +194,7 @@ fn crash_at_every_step_of_a_flush() {
         let mut rng = Rng(die);
         let size = 40 * BS;
         let base = rng.bytes(size as usize);
-        let storage = MemStorage::new();
-        let create = CreateOptions {
-            disk_size: size,
-            base: identity("crash"),
-        };
-        Overlay::write_new(&*storage, Path::new("mem.overlay"), &create).unwrap();
+        let storage = new_storage(size);
         let ov = open(&storage, size);
         let mut model = Model { disk: base.clone() };
         for i in 0..10u64 {
@@ -250,12 +251,7 @@ fn written_overlay(seed: u64) -> (Arc<MemStorage>, Vec<u8>, Vec<u8>) {
     let mut rng = Rng(seed);
     let size = PAGES_BLOCKS * BS;
     let base = pattern(size);
-    let storage = MemStorage::new();
-    let create = CreateOptions {
-        disk_size: size,
-        base: identity("crash"),
-    };
-    Overlay::write_new(&*storage, Path::new("mem.overlay"), &create).unwrap();
+    let storage = new_storage(size);
     let ov = open(&storage, size);
     let mut model = Model { disk: base.clone() };
     for block in [3, 16127, 16128, PAGES_BLOCKS - 2] {
@@ -478,12 +474,7 @@ fn writethrough_writes_survive_a_crash_without_flush() {
         let mut rng = Rng(seed);
         let size = (3 + seed % 5) * BS - 512 * (seed % 3);
         let base = rng.bytes(size as usize);
-        let storage = MemStorage::new();
-        let create = CreateOptions {
-            disk_size: size,
-            base: identity("crash"),
-        };
-        Overlay::write_new(&*storage, Path::new("mem.overlay"), &create).unwrap();
+        let storage = new_storage(size);
         let ov = Overlay::open_on(
             Box::new(storage.clone()),
             Path::new("mem.overlay"),

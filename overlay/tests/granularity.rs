@@ -5,8 +5,7 @@
 mod common;
 
 use blockio::ReadAt;
-use common::{identity, BS};
-use overlay::{CreateOptions, Overlay};
+use common::{fresh_overlay, BS};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -37,16 +36,8 @@ impl ReadAt for CountingBase {
 
 #[test]
 fn copy_up_reads_at_most_one_block_per_unaligned_end() {
-    let dir = tempfile::tempdir().unwrap();
     let size = 1024 * BS;
-    let ov = Overlay::create(
-        &dir.path().join("ov"),
-        &CreateOptions {
-            disk_size: size,
-            base: identity("granularity"),
-        },
-    )
-    .unwrap();
+    let (_dir, ov) = fresh_overlay(1024, "granularity");
     let base = CountingBase {
         size,
         read: AtomicU64::new(0),

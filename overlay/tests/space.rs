@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::{identity, BS};
-use overlay::{CreateOptions, Overlay};
+use common::{fresh_overlay, BS};
+use overlay::Overlay;
 use std::io::IoSlice;
 
 const MIB: u64 = 1 << 20;
@@ -12,16 +12,8 @@ const MIB: u64 = 1 << 20;
 /// Writes 1 MiB, flushes, then releases it with `release`; returns the
 /// allocation after the write and after the release.
 fn allocated_around(release: impl Fn(&Overlay, &Vec<u8>)) -> (u64, u64) {
-    let dir = tempfile::tempdir().unwrap();
     let size = 1024 * BS;
-    let ov = Overlay::create(
-        &dir.path().join("ov"),
-        &CreateOptions {
-            disk_size: size,
-            base: identity("space"),
-        },
-    )
-    .unwrap();
+    let (_dir, ov) = fresh_overlay(1024, "space");
     let base = vec![1u8; size as usize];
     ov.write(MIB, &[IoSlice::new(&vec![9u8; MIB as usize])], &base)
         .unwrap();

@@ -97,6 +97,23 @@ impl Fixture {
         args
     }
 
+    /// [`serve_args`](Self::serve_args) over another image: the same layout
+    /// over a different payload.
+    fn serve_args_over_another_image(&self, extra: &[&str]) -> Vec<String> {
+        let other = self._dir.path().join("other-image");
+        ImageBuilder::monogon(
+            OsImage::new()
+                .payload(Payload::new("kernel.efi", efi_image(64 << 10)))
+                .payload(Payload::new("system", vec![1; 4096])),
+        )
+        .write(&other)
+        .unwrap();
+        let mut args = self.serve_args(extra);
+        // `image_args` starts with `--image DIR`.
+        args[1] = other.to_str().unwrap().to_owned();
+        args
+    }
+
     fn connect(&self, queues: usize) -> BlkioClient {
         BlkioClient::connect(&self.socket, queues, BUF).unwrap()
     }
@@ -570,17 +587,7 @@ fn an_overlay_of_another_image_is_refused() {
     assert!(server.terminate().unwrap().success());
     let before = std::fs::read(&f.overlay).unwrap();
 
-    // Another image: the same layout over a different payload.
-    let other = f._dir.path().join("other-image");
-    ImageBuilder::monogon(
-        OsImage::new()
-            .payload(Payload::new("kernel.efi", efi_image(64 << 10)))
-            .payload(Payload::new("system", vec![1; 4096])),
-    )
-    .write(&other)
-    .unwrap();
-    let mut args = f.serve_args(&[]);
-    args[1] = other.to_str().unwrap().to_owned();
+    let args = f.serve_args_over_another_image(&[]);
     let err = Server::start(&f.socket, &args)
         .err()
         .expect("served an overlay over another image");
@@ -601,16 +608,7 @@ fn serve_rebase_keeps_the_writes_over_another_image() {
     assert!(server.terminate().unwrap().success());
     let disk_id = Overlay::read_header(&f.overlay).unwrap().disk_id;
 
-    let other = f._dir.path().join("other-image");
-    ImageBuilder::monogon(
-        OsImage::new()
-            .payload(Payload::new("kernel.efi", efi_image(64 << 10)))
-            .payload(Payload::new("system", vec![1; 4096])),
-    )
-    .write(&other)
-    .unwrap();
-    let mut args = f.serve_args(&["--rebase"]);
-    args[1] = other.to_str().unwrap().to_owned();
+    let args = f.serve_args_over_another_image(&["--rebase"]);
     let server = Server::start(&f.socket, &args).unwrap();
     assert_eq!(
         f.connect(1).queue().read(8192, 4096).unwrap(),

@@ -577,6 +577,17 @@ fn missing_index_json() -> Result<()> {
     )
 }
 
+/// A layout file of one empty partition, for options that apply to the
+/// monogon preset only.
+fn plain_layout_file(f: &Fixture) -> Result<PathBuf> {
+    let layout = f.path("l.toml");
+    std::fs::write(
+        &layout,
+        "disk_size = \"8MiB\"\n[[partitions]]\nname = \"x\"\ntype = \"linux\"\nsize = \"rest\"\n",
+    )?;
+    Ok(layout)
+}
+
 #[test]
 fn bad_layout_files() -> Result<()> {
     let f = Fixture::sample()?;
@@ -695,11 +706,7 @@ fn abloader_goes_to_the_removable_media_path() -> Result<()> {
     extract(&out, 1 << 20, 128 << 20, &esp)?;
     ensure!(mcopy(&esp, "EFI/BOOT/BOOTx64.EFI", f.dir.path())? == bytes);
     // With a layout file the loader belongs in the file: a clear error.
-    let layout = f.path("l.toml");
-    std::fs::write(
-        &layout,
-        "disk_size = \"8MiB\"\n[[partitions]]\nname = \"x\"\ntype = \"linux\"\nsize = \"rest\"\n",
-    )?;
+    let layout = plain_layout_file(&f)?;
     both_fail(
         &f,
         &f.built.dir,
@@ -803,11 +810,7 @@ fn bad_esp_files() -> Result<()> {
     let arg = format!("p.pb=file:{}", path_str(&missing)?);
     both_fail(&f, dir, &["--esp-file", &arg], &[path_str(&missing)?])?;
     // With a layout file, the files belong in the file.
-    let layout = f.path("l.toml");
-    std::fs::write(
-        &layout,
-        "disk_size = \"8MiB\"\n[[partitions]]\nname = \"x\"\ntype = \"linux\"\nsize = \"rest\"\n",
-    )?;
+    let layout = plain_layout_file(&f)?;
     both_fail(
         &f,
         dir,

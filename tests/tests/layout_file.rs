@@ -27,14 +27,19 @@ fn fixture() -> Result<Fixture> {
         .payload(Payload::new("rootfs", rootfs))
         .payload(Payload::new("extra", extra).zstd());
     let built = ImageBuilder::monogon(os).write(&dir.path().join("image"))?;
-    let image = Image::open(
+    let image = open_with_cache(&built, dir.path())?;
+    Ok(Fixture { dir, built, image })
+}
+
+/// Opens `built` with its zstd cache in `dir`.
+fn open_with_cache(built: &BuiltImage, dir: &Path) -> Result<Image> {
+    Ok(Image::open(
         &built.dir,
         &OpenOptions {
-            cache_dir: Some(dir.path().join("cache")),
+            cache_dir: Some(dir.join("cache")),
             ..OpenOptions::default()
         },
-    )?;
-    Ok(Fixture { dir, built, image })
+    )?)
 }
 
 fn write_layout(dir: &Path, text: &str) -> Result<PathBuf> {
@@ -389,13 +394,7 @@ fn a_generic_image_by_layer_index_and_digest() -> Result<()> {
         Payload::new("loader", loader.clone()).zstd(),
     ])
     .write(&dir.path().join("image"))?;
-    let image = Image::open(
-        &built.dir,
-        &OpenOptions {
-            cache_dir: Some(dir.path().join("cache")),
-            ..OpenOptions::default()
-        },
-    )?;
+    let image = open_with_cache(&built, dir.path())?;
     assert!(image.monogon().is_none(), "a plain OCI image");
     let loader_digest = built.layer("loader").blob.digest.clone();
     let layout = write_layout(

@@ -17,6 +17,16 @@ fn opts(cache: &Path) -> OpenOptions {
     }
 }
 
+/// The hex digest of the `system` layer: its cache entry's file name.
+fn system_hex(built: &BuiltImage) -> String {
+    built
+        .layer("system")
+        .blob
+        .digest
+        .trim_start_matches("sha256:")
+        .to_owned()
+}
+
 /// A zstd image with a payload of several MiB (so decompression takes a
 /// while and openers overlap).
 fn big_zstd_image(root: &Path) -> Result<BuiltImage> {
@@ -45,12 +55,7 @@ fn decompressed_once_then_reused() -> Result<()> {
     let cache = root.path().join("cache");
     let img = Image::open(&built.dir, &opts(&cache))?;
     let path = cache_file(&img, "system");
-    let hex = built
-        .layer("system")
-        .blob
-        .digest
-        .trim_start_matches("sha256:")
-        .to_owned();
+    let hex = system_hex(&built);
     assert_eq!(path, cache.join("zstd/sha256").join(&hex));
     let m1 = fs::metadata(&path)?;
     assert_eq!(
@@ -115,12 +120,7 @@ fn a_partial_entry_is_replaced() -> Result<()> {
     let root = tempfile::tempdir()?;
     let built = big_zstd_image(root.path())?;
     let cache = root.path().join("cache");
-    let hex = built
-        .layer("system")
-        .blob
-        .digest
-        .trim_start_matches("sha256:")
-        .to_owned();
+    let hex = system_hex(&built);
     let entry = cache.join("zstd/sha256").join(&hex);
     fs::create_dir_all(entry.parent().unwrap())?;
     fs::write(&entry, b"left over from a crash")?;
@@ -232,12 +232,7 @@ fn concurrent_processes_decompress_once() -> Result<()> {
     );
 
     // One entry, complete, and nothing else but its lock file.
-    let hex = built
-        .layer("system")
-        .blob
-        .digest
-        .trim_start_matches("sha256:")
-        .to_owned();
+    let hex = system_hex(&built);
     let mut names: Vec<String> = fs::read_dir(cache.join("zstd/sha256"))?
         .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_>>()?;

@@ -32,6 +32,21 @@ impl Rng {
     }
 }
 
+/// A new overlay file of `blocks` blocks over a base named `name`, in a
+/// directory of its own (removed when the returned guard drops).
+pub fn fresh_overlay(blocks: u64, name: &str) -> (tempfile::TempDir, overlay::Overlay) {
+    let dir = tempfile::tempdir().unwrap();
+    let ov = overlay::Overlay::create(
+        &dir.path().join("ov"),
+        &overlay::CreateOptions {
+            disk_size: blocks * BS,
+            base: identity(name),
+        },
+    )
+    .unwrap();
+    (dir, ov)
+}
+
 pub fn identity(name: &str) -> blockio::BaseIdentity {
     blockio::BaseIdentity {
         manifest_digest: format!("sha256:{name}"),
