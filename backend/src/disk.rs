@@ -9,9 +9,22 @@
 //!   and refuses writes;
 //! - the overlay (crate `overlay`) is the writable implementation.
 
-use blockio::{check_range, total_len, total_len_mut, ReadAt};
+use blockio::{check_range, total_len, total_len_mut, PieceSink, ReadAt};
 pub use overlay::ReadSources;
+use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut};
+
+/// Where a write can go straight into a file (see
+/// [`BlockDevice::write_target`]).
+#[derive(Clone, Copy, Debug)]
+pub struct WriteTarget<'d> {
+    /// The file, opened for buffered I/O.
+    pub file: &'d File,
+    /// The same file opened with `O_DIRECT`, when serving with `--direct`.
+    pub direct: Option<&'d File>,
+    /// Where in the file the write's first byte goes.
+    pub offset: u64,
+}
 
 /// A disk as the virtio-blk device sees it.
 ///
@@ -54,6 +67,40 @@ pub trait BlockDevice: Send + Sync {
     /// allocation), if it keeps any.
     fn allocated_bytes(&self) -> Option<u64> {
         None
+    }
+
+    /// Describes a read instead of doing it, for an engine that issues the
+    /// file reads itself: calls `sink` with pieces that tile
+    /// `[offset, offset + len)` in order (see [`ReadAt::plan_read`]) and
+    /// says where the bytes come from. `None` if the disk cannot (the
+    /// engine then calls [`read`](Self::read)).
+    fn plan_read(
+        &self,
+        offset: u64,
+        len: u64,
+        sink: &mut PieceSink<'_>,
+    ) -> Option<io::Result<ReadSources>> {
+        let _ = (offset, len, sink);
+        None
+    }
+
+    /// Where a write of `[offset, offset + len)` can go straight into a
+    /// file, for an engine that issues it itself; it then calls
+    /// [`commit_write`](Self::commit_write) once the data is written.
+    /// `None` if the write must go through [`write`](Self::write).
+    fn write_target(&self, offset: u64, len: u64) -> Option<WriteTarget<'_>> {
+        let _ = (offset, len);
+        None
+    }
+
+    /// Records that the data of a write sent to its
+    /// [`write_target`](Self::write_target) has been written.
+    fn commit_write(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the disk takes no direct writes",
+        ))
     }
 }
 
@@ -124,6 +171,20 @@ impl<B: ReadAt> BlockDevice for ReadOnlyDisk<B> {
     }
 
     fn set_writeback(&self, _on: bool) {}
+
+    fn plan_read(
+        &self,
+        offset: u64,
+        len: u64,
+        sink: &mut PieceSink<'_>,
+    ) -> Option<io::Result<ReadSources>> {
+        let planned = check_range(offset, len, self.base.size())
+            .and_then(|_| blockio::plan_or_sync(&self.base, offset, len, sink));
+        Some(planned.map(|()| ReadSources {
+            base: len,
+            overlay: 0,
+        }))
+    }
 }
 
 /// A VM's disk: the composed base with the VM's copy-on-write overlay on
@@ -208,6 +269,41 @@ impl BlockDevice for OverlayDisk {
 
     fn allocated_bytes(&self) -> Option<u64> {
         self.overlay.usage().ok().map(|u| u.allocated_bytes)
+    }
+
+    fn plan_read(
+        &self,
+        offset: u64,
+        len: u64,
+        sink: &mut PieceSink<'_>,
+    ) -> Option<io::Result<ReadSources>> {
+        let planned = self.overlay.plan_read(offset, len, &self.base, sink)?;
+        Some(planned.map_err(overlay_error))
+    }
+
+    fn write_target(&self, offset: u64, len: u64) -> Option<WriteTarget<'_>> {
+        let (file, direct, offset) = self.overlay.write_target(offset, len)?;
+        Some(WriteTarget {
+            file,
+            direct,
+            offset,
+        })
+    }
+
+    fn commit_write(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.overlay
+            .commit_write(offset, len)
+            .map_err(overlay_error)
+    }
+}
+
+impl OverlayDisk {
+    /// Opens the overlay and every blob a second time with `O_DIRECT`, so
+    /// that an engine's reads and writes bypass the page cache where they
+    /// are aligned for it.
+    pub fn open_direct(&self) -> io::Result<()> {
+        self.base.open_direct()?;
+        self.overlay.open_direct().map_err(overlay_error)
     }
 }
 

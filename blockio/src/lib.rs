@@ -19,11 +19,13 @@
 mod cursor;
 mod file;
 mod identity;
+mod plan;
 mod window;
 
 pub use cursor::{total_len, total_len_mut, IoCursor, IoCursorMut, IoVecs, IoVecsMut};
 pub use file::{pread_exact_vectored, pwrite_all_vectored, zero_fill};
 pub use identity::BaseIdentity;
+pub use plan::{plan_or_sync, PieceSink, ReadPiece};
 pub use window::{IoSplitter, IoWindow};
 
 use std::io::{self, IoSliceMut};
@@ -50,6 +52,23 @@ pub trait ReadAt: Send + Sync {
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.read_vectored_at(offset, &mut [IoSliceMut::new(buf)])
     }
+
+    /// Describes how to read `[offset, offset + len)` instead of reading it:
+    /// calls `sink` with pieces that tile the range in order, so that an
+    /// asynchronous engine can issue the file reads itself. `None` (the
+    /// default) if the reader cannot describe its reads; the caller then
+    /// reads through [`read_vectored_at`](Self::read_vectored_at).
+    ///
+    /// The range must lie within [`size`](Self::size).
+    fn plan_read(
+        &self,
+        offset: u64,
+        len: u64,
+        sink: &mut PieceSink<'_>,
+    ) -> Option<io::Result<()>> {
+        let _ = (offset, len, sink);
+        None
+    }
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for &T {
@@ -59,6 +78,9 @@ impl<T: ReadAt + ?Sized> ReadAt for &T {
     fn read_vectored_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
         (**self).read_vectored_at(offset, bufs)
     }
+    fn plan_read(&self, offset: u64, len: u64, sink: &mut PieceSink<'_>) -> Option<io::Result<()>> {
+        (**self).plan_read(offset, len, sink)
+    }
 }
 
 impl<T: ReadAt + ?Sized> ReadAt for std::sync::Arc<T> {
@@ -67,6 +89,9 @@ impl<T: ReadAt + ?Sized> ReadAt for std::sync::Arc<T> {
     }
     fn read_vectored_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
         (**self).read_vectored_at(offset, bufs)
+    }
+    fn plan_read(&self, offset: u64, len: u64, sink: &mut PieceSink<'_>) -> Option<io::Result<()>> {
+        (**self).plan_read(offset, len, sink)
     }
 }
 

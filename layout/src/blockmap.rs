@@ -1,7 +1,7 @@
 //! The block map: where every byte of a virtual disk comes from.
 
 use crate::source::{Content, Source};
-use blockio::{IoSplitter, ReadAt};
+use blockio::{IoSplitter, PieceSink, ReadAt, ReadPiece};
 use std::io::{self, IoSliceMut};
 use thiserror::Error;
 
@@ -131,6 +131,62 @@ impl ReadAt for BlockMap {
         let mut split = IoSplitter::new(bufs);
         for (extent, at, n) in self.segments(offset, len) {
             split.with_next(n as usize, |w| extent.source.read_into(at, w))?;
+        }
+        Ok(())
+    }
+
+    fn plan_read(
+        &self,
+        offset: u64,
+        len: u64,
+        sink: &mut PieceSink<'_>,
+    ) -> Option<io::Result<()>> {
+        Some(self.plan(offset, len, sink))
+    }
+}
+
+impl BlockMap {
+    /// Describes `[offset, offset + len)` as pieces of files, memory and
+    /// zeros (see [`ReadAt::plan_read`]).
+    fn plan(&self, offset: u64, len: u64, sink: &mut PieceSink<'_>) -> io::Result<()> {
+        blockio::check_range(offset, len, self.size)?;
+        for (extent, at, n) in self.segments(offset, len) {
+            let piece = match &extent.source {
+                Source::File { file, offset } => ReadPiece::File {
+                    file: file.file(),
+                    direct: file.direct(),
+                    offset: offset + at,
+                    len: n,
+                },
+                Source::Bytes { data, offset, .. } => {
+                    let bytes = usize::try_from(at)
+                        .ok()
+                        .and_then(|at| data.get(offset + at..)?.get(..n as usize));
+                    match bytes {
+                        Some(bytes) => ReadPiece::Bytes(bytes),
+                        // The builder sized every extent to its bytes.
+                        None => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                format!("generated extent at {} is shorter than the map says", extent.start),
+                            ))
+                        }
+                    }
+                }
+                Source::Zero => ReadPiece::Zero(n),
+            };
+            sink(piece)?;
+        }
+        Ok(())
+    }
+
+    /// Opens every file the map reads a second time with `O_DIRECT` (see
+    /// [`BlobFile::open_direct`](crate::source::BlobFile::open_direct)).
+    pub fn open_direct(&self) -> io::Result<()> {
+        for extent in &self.extents {
+            if let Source::File { file, .. } = &extent.source {
+                file.open_direct()?;
+            }
         }
         Ok(())
     }

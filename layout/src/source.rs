@@ -4,8 +4,9 @@ use blockio::IoWindow;
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSliceMut};
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// A file opened read-only, with the path it was opened from (for errors).
 ///
@@ -14,6 +15,8 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub struct BlobFile {
     file: File,
+    /// The same file opened with `O_DIRECT`, once [`open_direct`](Self::open_direct) asked.
+    direct: OnceLock<File>,
     path: PathBuf,
     len: u64,
 }
@@ -36,11 +39,52 @@ impl BlobFile {
                 format!("{} is not a regular file", path.display()),
             ));
         }
+        // Now that it is known to be a regular file, clear O_NONBLOCK: an
+        // io_uring read of a file marked non-blocking fails with EAGAIN
+        // where it should wait for the disk.
+        // SAFETY: fcntl on a descriptor this function owns.
+        let cleared = unsafe {
+            let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+            flags >= 0 && libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) == 0
+        };
+        if !cleared {
+            return Err(io::Error::last_os_error());
+        }
         Ok(BlobFile {
             file,
+            direct: OnceLock::new(),
             path: path.to_owned(),
             len: meta.len(),
         })
+    }
+
+    /// Opens the file a second time with `O_DIRECT` (read-only, through
+    /// `/proc/self/fd`, so that it is the same file even if the path has
+    /// changed since), for engines that bypass the page cache. The error
+    /// names the file: some file systems refuse `O_DIRECT`.
+    pub fn open_direct(&self) -> io::Result<()> {
+        if self.direct.get().is_some() {
+            return Ok(());
+        }
+        let proc_path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_DIRECT)
+            .open(&proc_path)
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot open {} with O_DIRECT: {e}", self.path.display()),
+                )
+            })?;
+        // A racing caller may have set it first; either file serves.
+        let _ = self.direct.set(file);
+        Ok(())
+    }
+
+    /// The file opened with `O_DIRECT`, if [`open_direct`](Self::open_direct) ran.
+    pub fn direct(&self) -> Option<&File> {
+        self.direct.get()
     }
 
     /// The open file.

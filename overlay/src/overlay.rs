@@ -8,14 +8,14 @@ use crate::format::{
 use crate::map::Map;
 use crate::storage::{FileStorage, Storage};
 use crate::stripes::Stripes;
-use blockio::{BaseIdentity, IoCursor, IoCursorMut, ReadAt};
+use blockio::{BaseIdentity, IoCursor, IoCursorMut, PieceSink, ReadAt, ReadPiece};
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use uuid::Uuid;
 
 /// What [`Overlay::create`] needs.
@@ -147,6 +147,9 @@ pub struct Overlay {
     read_only: bool,
     /// Set when `fdatasync` failed: the kernel may have dropped dirty data.
     poisoned: AtomicBool,
+    /// The file opened a second time with `O_DIRECT`, once
+    /// [`open_direct`](Overlay::open_direct) asked.
+    direct: OnceLock<File>,
 }
 
 static ZEROS: [u8; BLOCK_SIZE as usize] = [0; BLOCK_SIZE as usize];
@@ -625,6 +628,7 @@ impl Overlay {
             writethrough: AtomicBool::new(opts.writethrough),
             read_only: opts.read_only,
             poisoned: AtomicBool::new(false),
+            direct: OnceLock::new(),
         })
     }
 
@@ -1047,6 +1051,139 @@ impl Overlay {
             }
         }
         self.after_write()
+    }
+
+    /// Describes how to read `[offset, offset + len)` (see
+    /// [`ReadAt::plan_read`]): written runs as pieces of the overlay file,
+    /// zero runs as zeros, the rest as `base` plans it. `None` if the
+    /// overlay's storage is not a host file. Says how many bytes come from
+    /// where.
+    ///
+    /// A write that completes while the plan is carried out may or may not
+    /// be seen, as with any read that runs beside a write.
+    pub fn plan_read(
+        &self,
+        offset: u64,
+        len: u64,
+        base: &dyn ReadAt,
+        sink: &mut PieceSink<'_>,
+    ) -> Option<Result<ReadSources, OverlayError>> {
+        let file = self.storage.file()?;
+        Some(self.plan_runs(file, offset, len, base, sink))
+    }
+
+    fn plan_runs(
+        &self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        base: &dyn ReadAt,
+        sink: &mut PieceSink<'_>,
+    ) -> Result<ReadSources, OverlayError> {
+        self.check_range(offset, len)?;
+        let mut sources = ReadSources::default();
+        let end = offset + len;
+        let end_block = end.div_ceil(BLOCK_SIZE);
+        let mut b = offset / BLOCK_SIZE;
+        while b < end_block {
+            let (state, run_end) = self.map.run(b, end_block);
+            let from = offset.max(b * BLOCK_SIZE);
+            let to = end.min(run_end * BLOCK_SIZE);
+            let n = to - from;
+            let result = match state {
+                BlockState::Base => {
+                    sources.base += n;
+                    blockio::plan_or_sync(base, from, n, sink).map_err(|source| {
+                        OverlayError::Base {
+                            path: self.path.clone(),
+                            offset: from,
+                            source,
+                        }
+                    })
+                }
+                BlockState::Written => {
+                    sources.overlay += n;
+                    sink(ReadPiece::File {
+                        file,
+                        direct: self.direct.get(),
+                        offset: self.geo.data_offset + from,
+                        len: n,
+                    })
+                    .map_err(io_err(&self.path, format!("reading disk range {from}..{to}")))
+                }
+                BlockState::Zero => {
+                    sources.overlay += n;
+                    sink(ReadPiece::Zero(n))
+                        .map_err(io_err(&self.path, format!("reading disk range {from}..{to}")))
+                }
+            };
+            result?;
+            b = run_end;
+        }
+        Ok(sources)
+    }
+
+    /// Where a write of `[offset, offset + len)` can go straight into the
+    /// overlay file, for engines that issue it themselves: the file (and
+    /// its `O_DIRECT` twin, if open) and the file offset. Only for ranges
+    /// of whole blocks (the disk's short last block counts as whole), which
+    /// need no copy-up; `None` for anything else, which goes through
+    /// [`write`](Self::write).
+    ///
+    /// Once the data write has completed, [`commit_write`](Self::commit_write)
+    /// marks the blocks written; until then reads keep seeing the old data,
+    /// and a crash loses the write but never exposes a half-written block.
+    pub fn write_target(&self, offset: u64, len: u64) -> Option<(&File, Option<&File>, u64)> {
+        let end = offset.checked_add(len)?;
+        let whole = offset.is_multiple_of(BLOCK_SIZE)
+            && (end.is_multiple_of(BLOCK_SIZE) || end == self.geo.disk_size);
+        if self.read_only
+            || len == 0
+            || !whole
+            || end > self.geo.disk_size
+            || self.poisoned.load(Ordering::SeqCst)
+        {
+            return None;
+        }
+        let file = self.storage.file()?;
+        Some((file, self.direct.get(), self.geo.data_offset + offset))
+    }
+
+    /// Marks `[offset, offset + len)` written after its data reached the
+    /// file at the place [`write_target`](Self::write_target) gave. Makes
+    /// nothing durable: that is the next [`flush`](Self::flush)'s job.
+    pub fn commit_write(&self, offset: u64, len: u64) -> Result<(), OverlayError> {
+        self.check_writable()?;
+        self.check_range(offset, len)?;
+        if len > 0 {
+            let end = offset + len;
+            self.map
+                .set(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE), BlockState::Written);
+        }
+        Ok(())
+    }
+
+    /// Opens the overlay file a second time with `O_DIRECT` (through
+    /// `/proc/self/fd`, so it is the same file), which
+    /// [`plan_read`](Self::plan_read) and [`write_target`](Self::write_target)
+    /// then offer. The error names the file: some file systems refuse
+    /// `O_DIRECT`.
+    pub fn open_direct(&self) -> Result<(), OverlayError> {
+        let Some(file) = self.storage.file() else {
+            return Ok(());
+        };
+        if self.direct.get().is_some() {
+            return Ok(());
+        }
+        let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        let direct = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!self.read_only)
+            .custom_flags(libc::O_CLOEXEC | libc::O_DIRECT)
+            .open(proc_path)
+            .map_err(io_err(&self.path, "opening the file with O_DIRECT"))?;
+        let _ = self.direct.set(direct);
+        Ok(())
     }
 
     /// Makes every write completed before the call durable.

@@ -29,6 +29,12 @@ pub trait Storage: Send + Sync {
     fn sync_data(&self) -> io::Result<()>;
     /// Bytes the host has allocated for the store.
     fn allocated(&self) -> io::Result<u64>;
+
+    /// The host file behind the storage, if there is one, for engines that
+    /// issue its reads and writes themselves.
+    fn file(&self) -> Option<&File> {
+        None
+    }
 }
 
 impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
@@ -49,6 +55,9 @@ impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
     }
     fn sync_data(&self) -> io::Result<()> {
         (**self).sync_data()
+    }
+    fn file(&self) -> Option<&File> {
+        (**self).file()
     }
     fn allocated(&self) -> io::Result<u64> {
         (**self).allocated()
@@ -130,5 +139,9 @@ impl Storage for FileStorage {
 
     fn allocated(&self) -> io::Result<u64> {
         Ok(self.file.metadata()?.blocks() * 512)
+    }
+
+    fn file(&self) -> Option<&File> {
+        Some(&self.file)
     }
 }

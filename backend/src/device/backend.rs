@@ -7,6 +7,9 @@
 //! thread without contention.
 
 use crate::device::config::{DeviceConfig, WCE_OFFSET};
+use crate::device::engine::queue::{AsyncQueue, Context};
+use crate::device::engine::syncer::Syncer;
+use crate::device::engine::EngineConfig;
 use crate::device::parallel::{Helpers, MIN_SPLIT};
 use crate::device::request::{Completion, Request, RequestContext, MAX_BATCH};
 use crate::disk::BlockDevice;
@@ -14,10 +17,10 @@ use crate::metrics::{DiskMetrics, Done, QueueMetrics, ReqKind, Started, Status};
 use smallvec::SmallVec;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
@@ -62,6 +65,11 @@ pub struct BlkBackend {
     helpers: Option<Arc<Helpers>>,
     /// How many queues are being drained right now.
     draining: AtomicUsize,
+    engine: EngineConfig,
+    /// With the io_uring engine, each queue's engine (locked only by that
+    /// queue's worker thread) and the group-commit thread.
+    queues: Box<[Mutex<AsyncQueue>]>,
+    syncer: Option<Syncer>,
 }
 
 impl BlkBackend {
@@ -83,7 +91,53 @@ impl BlkBackend {
             metrics: None,
             helpers: None,
             draining: AtomicUsize::new(0),
+            engine: EngineConfig::blocking(),
+            queues: Box::new([]),
+            syncer: None,
         }
+    }
+
+    /// Runs the queues on `engine`: with io_uring, sets up a ring per
+    /// queue and the group-commit thread.
+    pub fn with_engine(mut self, engine: EngineConfig) -> io::Result<Self> {
+        self.engine = engine;
+        if !engine.uring {
+            return Ok(self);
+        }
+        // Room for a full virtqueue of requests, a few operations each.
+        let entries = u32::from(self.config.queue_size).next_power_of_two().max(32);
+        let queues = (0..usize::from(self.config.num_queues))
+            .map(|i| AsyncQueue::new(i, entries, engine.direct).map(Mutex::new))
+            .collect::<io::Result<Box<[_]>>>()?;
+        let inboxes = queues
+            .iter()
+            .map(|q| q.lock().unwrap_or_else(PoisonError::into_inner).inbox())
+            .collect();
+        self.syncer = Some(Syncer::start(Arc::clone(&self.disk), inboxes)?);
+        self.queues = queues;
+        // The engine makes writes durable itself (group commit): the disk
+        // must not flush on every write.
+        self.set_writeback(self.writeback());
+        Ok(self)
+    }
+
+    /// The epoll event number of the queue rings' eventfds: past the
+    /// numbers the daemon reserves for the queues and its exit event.
+    fn ring_event(&self) -> u16 {
+        self.config.num_queues + 1
+    }
+
+    /// Adds each queue's ring eventfd to its worker thread's epoll, so that
+    /// completions wake the thread.
+    pub fn register_ring_events(
+        &self,
+        handlers: &[Arc<VringEpollHandler<Arc<Self>>>],
+    ) -> io::Result<()> {
+        for (queue, handler) in self.queues.iter().zip(handlers) {
+            let fd = queue.lock().unwrap_or_else(PoisonError::into_inner).event_fd();
+            handler.register_listener(fd, EventSet::IN, u64::from(self.ring_event()))?;
+        }
+        Ok(())
     }
 
     /// Records every request into `metrics` (queue `i` into its queue `i`).
@@ -113,7 +167,9 @@ impl BlkBackend {
 
     fn set_writeback(&self, on: bool) {
         self.writeback.store(on, Ordering::Relaxed);
-        self.disk.set_writeback(on);
+        // With group commit the engine owns durability; the disk itself
+        // stays in write-back mode.
+        self.disk.set_writeback(on || self.syncer.is_some());
     }
 
     fn memory(&self) -> GuestMemory {
@@ -208,6 +264,83 @@ impl BlkBackend {
         retire.notify(state, &atomic.memory());
     }
 
+    /// Runs queue `queue_index` on its io_uring: finishes what completed,
+    /// starts what the driver made available (while the ring has room),
+    /// and notifies the driver; then polls for the configured window
+    /// before the thread goes back to sleep.
+    fn process_queue_async(
+        &self,
+        queue_index: usize,
+        vring: &VringRwLock<GuestMemory>,
+        engine: &Mutex<AsyncQueue>,
+        syncer: &Syncer,
+    ) {
+        let atomic = self.memory();
+        let mut engine = engine.lock().unwrap_or_else(PoisonError::into_inner);
+        let ctx = Context {
+            requests: RequestContext {
+                disk: &*self.disk,
+                serial: &self.config.serial,
+            },
+            writeback: self.writeback(),
+            syncer,
+        };
+        let event_idx = self.event_idx.load(Ordering::Relaxed);
+        let mut guard = vring.get_mut();
+        let state = &mut *guard;
+        let mut retire = Retire {
+            metrics: self.metrics.as_deref().map(|m| m.queue(queue_index)),
+            stats: &self.stats[queue_index.min(self.stats.len().saturating_sub(1))],
+            last_finish: None,
+            completed: false,
+        };
+        let poll = self.engine.poll;
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            let mut progress = engine.reap(&ctx) > 0;
+            if event_idx && engine.has_room() {
+                let _ = state
+                    .get_queue_mut()
+                    .disable_notification(&*atomic.memory());
+            }
+            while engine.has_room() {
+                let mem = atomic.memory();
+                let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
+                    break;
+                };
+                progress = true;
+                let started = retire.start();
+                engine.start(&ctx, mem, Request::new(chain), started);
+                retire_finished(&mut engine, state, &atomic, &mut retire);
+            }
+            engine.submit(&ctx);
+            retire_finished(&mut engine, state, &atomic, &mut retire);
+            retire.notify(state, &atomic.memory());
+            if progress {
+                idle_since = None;
+                continue;
+            }
+            // With EVENT_IDX, re-enabling notifications reports requests
+            // that arrived meanwhile.
+            if event_idx
+                && engine.has_room()
+                && state
+                    .get_queue_mut()
+                    .enable_notification(&*atomic.memory())
+                    .unwrap_or(false)
+            {
+                continue;
+            }
+            if poll.is_zero() {
+                break;
+            }
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if !poll_once(&mut engine, state, &atomic, since, poll) {
+                break;
+            }
+        }
+    }
+
     /// Carries out the set-aside reads on this thread and the helpers, in
     /// pieces of all of them at once (so that the threads finish together),
     /// completes them in the order they were popped, and tells the driver
@@ -237,6 +370,50 @@ impl BlkBackend {
         batch.clear();
         retire.notify(state, &atomic.memory());
     }
+}
+
+/// Puts the requests the engine finished on the used ring, unless the
+/// frontend has stopped the queue (then the ring is no longer ours to write).
+fn retire_finished(
+    engine: &mut AsyncQueue,
+    state: &mut VringState,
+    atomic: &GuestMemory,
+    retire: &mut Retire<'_>,
+) {
+    let ready = state.get_queue().ready();
+    let mem = atomic.memory();
+    for finished in engine.take_finished() {
+        if ready {
+            retire.done(state.get_queue_mut(), &mem, finished.started, &finished.completion);
+        }
+    }
+}
+
+/// Spins until the ring or the syncer has news or the driver made a request
+/// available (true), or `poll` has passed since `since` (false).
+fn poll_once(
+    engine: &mut AsyncQueue,
+    state: &mut VringState,
+    atomic: &GuestMemory,
+    since: Instant,
+    poll: Duration,
+) -> bool {
+    let mem = atomic.memory();
+    while since.elapsed() < poll {
+        if engine.has_news() {
+            return true;
+        }
+        let queue = state.get_queue();
+        let avail = queue
+            .avail_idx(&*mem, Ordering::Acquire)
+            .map(|idx| idx.0 != queue.next_avail())
+            .unwrap_or(false);
+        if avail && engine.has_room() {
+            return true;
+        }
+        std::hint::spin_loop();
+    }
+    false
 }
 
 /// Counts a queue as draining while it lives.
@@ -496,9 +673,18 @@ impl VhostUserBackend for BlkBackend {
         if evset != EventSet::IN {
             return Ok(());
         }
-        // Each thread owns one queue, so its event is always 0; anything else
-        // is ignored rather than treated as fatal.
-        // With one queue per thread, the thread index is the queue index.
+        // Each thread owns one queue, so its event is always 0, or the ring
+        // event with the io_uring engine; anything else is ignored rather
+        // than treated as fatal. With one queue per thread, the thread
+        // index is the queue index.
+        if let (Some(engine), Some(syncer)) = (self.queues.get(thread_id), &self.syncer) {
+            if device_event == 0 || device_event == self.ring_event() {
+                if let Some(vring) = vrings.first() {
+                    self.process_queue_async(thread_id, vring, engine, syncer);
+                }
+            }
+            return Ok(());
+        }
         if let Some(vring) = vrings.get(usize::from(device_event)) {
             self.process_queue(thread_id, vring);
         }

@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod engine;
 pub mod parallel;
 pub mod request;
 

@@ -323,7 +323,7 @@ impl Iterator for SubRanges<'_> {
 }
 
 /// A scatter list over guest memory, on the stack for common requests.
-type GuestIoVecs<'m> = SmallVec<[IoSliceMut<'m>; INLINE_SEGMENTS]>;
+pub type GuestIoVecs<'m> = SmallVec<[IoSliceMut<'m>; INLINE_SEGMENTS]>;
 
 /// Maps `[skip, skip + len)` of a stream of spans to host buffers in guest
 /// memory. The caller has checked that the stream holds that many bytes.
@@ -449,16 +449,41 @@ impl Request {
     pub fn writable_len(&self) -> u64 {
         self.chain.writable_len
     }
+
+    /// The chain's head descriptor index.
+    pub fn head(&self) -> u16 {
+        self.head
+    }
+
+    /// The first `len` bytes of the data-in stream (where a read's data
+    /// goes) as buffers in guest memory.
+    pub fn data_in<'m>(
+        &self,
+        mem: &'m GuestMemoryMmap,
+        len: u64,
+    ) -> Result<GuestIoVecs<'m>, RequestError> {
+        guest_iovecs(mem, self.chain.writable(), 0, len)
+    }
+
+    /// `len` bytes of the data-out stream after the header (a write's
+    /// data) as buffers in guest memory.
+    pub fn data_out<'m>(
+        &self,
+        mem: &'m GuestMemoryMmap,
+        len: u64,
+    ) -> Result<GuestIoVecs<'m>, RequestError> {
+        guest_iovecs(mem, self.chain.readable(), HEADER_LEN as u64, len)
+    }
 }
 
 /// The pieces of a read's transfer, folded: where their bytes came from, or
 /// the first error.
 #[derive(Default)]
-struct ReadOutcome(Option<Result<ReadSources, RequestError>>);
+pub struct ReadOutcome(Option<Result<ReadSources, RequestError>>);
 
 impl ReadOutcome {
     /// Counts one piece's outcome.
-    fn add(&mut self, piece: Result<ReadSources, RequestError>) {
+    pub fn add(&mut self, piece: Result<ReadSources, RequestError>) {
         self.0 = Some(match self.0.take() {
             None => piece,
             Some(Ok(a)) => piece.map(|b| ReadSources {
@@ -470,30 +495,63 @@ impl ReadOutcome {
     }
 }
 
-/// A request carried out up to its status, but for a read's data transfer.
-struct Begun<'r> {
-    request: &'r Request,
-    result: Result<u64, RequestError>,
-    summary: Summary,
-    /// The transfer left to do, if the request is a valid read.
-    read: Option<PendingRead>,
+/// What is left to do of a request once it has been parsed and checked:
+/// the part an engine may carry out asynchronously.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing but writing the status (the request failed, or was done
+    /// while it was parsed: GET_ID).
+    None,
+    /// Read `len` bytes at disk `offset` into the data-in stream.
+    Read {
+        /// Where on the disk it starts.
+        offset: u64,
+        /// Its length in bytes.
+        len: u64,
+    },
+    /// Write the data-out stream (after the header), `len` bytes, at disk
+    /// `offset`.
+    Write {
+        /// Where on the disk it starts.
+        offset: u64,
+        /// Its length in bytes.
+        len: u64,
+    },
+    /// Make every completed write durable.
+    Flush,
+    /// The request changed the disk while it was parsed (discard,
+    /// write-zeroes); with the write cache off it completes only once that
+    /// change is durable.
+    Changed,
 }
 
-impl Begun<'_> {
+/// A request parsed and checked, its outcome so far, and what is left to do.
+pub struct Begun {
+    result: Result<u64, RequestError>,
+    summary: Summary,
+    action: Action,
+}
+
+impl Begun {
+    /// What is left to do.
+    pub fn action(&self) -> Action {
+        self.action
+    }
+
+    /// Records that the action failed: the request gets an error status.
+    pub fn fail(&mut self, err: RequestError) {
+        self.result = Err(err);
+        self.action = Action::None;
+    }
+
     /// The read's disk offset and length, `(0, 0)` if there is nothing to
     /// read.
     fn transfer(&self) -> (u64, u64) {
-        self.read.map_or((0, 0), |r| (r.offset, r.len))
+        match self.action {
+            Action::Read { offset, len } => (offset, len),
+            _ => (0, 0),
+        }
     }
-}
-
-/// A read's data transfer, left to do.
-#[derive(Debug, Clone, Copy)]
-struct PendingRead {
-    /// Where on the disk it starts.
-    offset: u64,
-    /// Its length in bytes.
-    len: u64,
 }
 
 /// The most requests the device hands to
@@ -514,12 +572,49 @@ impl RequestContext<'_> {
     /// Carries out `request` and writes its status. Never fails: the outcome
     /// goes to the driver.
     pub fn complete(&self, mem: &GuestMemoryMmap, request: &Request) -> Completion {
-        let begun = self.begin(mem, request);
+        let mut begun = self.begin(mem, request);
+        self.run_blocking(mem, request, &mut begun);
         let mut read = ReadOutcome::default();
-        if let Some(r) = begun.read.filter(|r| r.len > 0) {
-            read.add(self.read_piece(mem, &begun, 0..r.len));
+        if let Action::Read { len, .. } = begun.action {
+            if len > 0 {
+                read.add(self.read_piece(mem, request, &begun, 0..len));
+            }
         }
-        self.end(mem, begun, read)
+        self.end(mem, request, begun, read)
+    }
+
+    /// Carries out a begun request's write or flush with blocking calls on
+    /// this thread. Reads are left to the caller (they may be shared out in
+    /// pieces); a change made while parsing needs nothing more here, since
+    /// a disk in write-through mode made it durable already.
+    pub fn run_blocking(&self, mem: &GuestMemoryMmap, request: &Request, begun: &mut Begun) {
+        let result = match begun.action {
+            Action::Write { offset, len } => self.write_now(mem, request, offset, len),
+            Action::Flush => self.disk.flush().map_err(RequestError::from),
+            Action::None | Action::Read { .. } | Action::Changed => return,
+        };
+        match result {
+            Ok(()) => begun.action = Action::None,
+            Err(err) => begun.fail(err),
+        }
+    }
+
+    /// Writes the data-out stream at disk `offset` with one blocking call.
+    pub fn write_now(
+        &self,
+        mem: &GuestMemoryMmap,
+        request: &Request,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), RequestError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let bufs = request.data_out(mem, len)?;
+        let bufs: SmallVec<[IoSlice<'_>; INLINE_SEGMENTS]> =
+            bufs.iter().map(|b| IoSlice::new(b)).collect();
+        self.disk.write(offset, &bufs)?;
+        Ok(())
     }
 
     /// Carries out `requests` (each with the guest memory view it was popped
@@ -532,37 +627,44 @@ impl RequestContext<'_> {
         requests: &[(&GuestMemoryMmap, &Request)],
         mut done: impl FnMut(usize, Completion),
     ) {
-        let begun: SmallVec<[Begun<'_>; MAX_BATCH]> = requests
+        let begun: SmallVec<[Begun; MAX_BATCH]> = requests
             .iter()
-            .map(|&(mem, request)| self.begin(mem, request))
+            .map(|&(mem, request)| {
+                let mut begun = self.begin(mem, request);
+                self.run_blocking(mem, request, &mut begun);
+                begun
+            })
             .collect();
         let transfers: SmallVec<[(u64, u64); MAX_BATCH]> =
             begun.iter().map(Begun::transfer).collect();
         let outcomes: SmallVec<[Mutex<ReadOutcome>; MAX_BATCH]> =
             begun.iter().map(|_| Mutex::default()).collect();
         helpers.for_each_piece(&transfers, |i, range| {
-            let piece = self.read_piece(requests[i].0, &begun[i], range);
+            let piece = self.read_piece(requests[i].0, requests[i].1, &begun[i], range);
             let mut outcome = outcomes[i].lock().unwrap_or_else(|e| e.into_inner());
             outcome.add(piece);
         });
         for (i, (begun, outcome)) in begun.into_iter().zip(outcomes).enumerate() {
             let outcome = outcome.into_inner().unwrap_or_else(|e| e.into_inner());
-            done(i, self.end(requests[i].0, begun, outcome));
+            done(i, self.end(requests[i].0, requests[i].1, begun, outcome));
         }
     }
 
-    /// Carries out `request` up to its status, except a read's data
-    /// transfer, which is left to [`read_piece`](Self::read_piece) calls
-    /// whose folded outcome goes to [`end`](Self::end).
-    fn begin<'r>(&self, mem: &GuestMemoryMmap, request: &'r Request) -> Begun<'r> {
+    /// Parses and checks `request` and carries out what needs no I/O
+    /// (GET_ID) or is quick (discard, write-zeroes); reads, writes and
+    /// flushes are left as the [`Begun::action`], for the caller to carry
+    /// out and then [`end`](Self::end).
+    pub fn begin(&self, mem: &GuestMemoryMmap, request: &Request) -> Begun {
         let mut summary = Summary::default();
-        let mut read = None;
-        let result = self.execute(mem, &request.chain, &mut summary, &mut read);
+        let mut action = Action::None;
+        let result = self.execute(mem, &request.chain, &mut summary, &mut action);
+        if result.is_err() {
+            action = Action::None;
+        }
         Begun {
-            request,
             result,
             summary,
-            read,
+            action,
         }
     }
 
@@ -571,20 +673,26 @@ impl RequestContext<'_> {
     fn read_piece(
         &self,
         mem: &GuestMemoryMmap,
-        begun: &Begun<'_>,
+        request: &Request,
+        begun: &Begun,
         range: Range<u64>,
     ) -> Result<ReadSources, RequestError> {
-        match &begun.read {
-            Some(read) => self.read_into(mem, &begun.request.chain, read.offset, range),
-            None => Ok(ReadSources::default()),
+        match begun.action {
+            Action::Read { offset, .. } => self.read_into(mem, &request.chain, offset, range),
+            _ => Ok(ReadSources::default()),
         }
     }
 
     /// Writes the status of a request [`begin`](Self::begin) started;
     /// `read` holds the pieces of its read's transfer, if it had one.
-    fn end(&self, mem: &GuestMemoryMmap, begun: Begun<'_>, read: ReadOutcome) -> Completion {
+    pub fn end(
+        &self,
+        mem: &GuestMemoryMmap,
+        request: &Request,
+        begun: Begun,
+        read: ReadOutcome,
+    ) -> Completion {
         let Begun {
-            request,
             mut result,
             mut summary,
             ..
@@ -637,7 +745,7 @@ impl RequestContext<'_> {
         mem: &GuestMemoryMmap,
         chain: &Chain,
         summary: &mut Summary,
-        read: &mut Option<PendingRead>,
+        action: &mut Action,
     ) -> Result<u64, RequestError> {
         if let Some(defect) = chain.defect {
             return Err(defect.into());
@@ -679,10 +787,10 @@ impl RequestContext<'_> {
                 no_data_out()?;
                 let offset = self.data_range(sector, data_in)?;
                 summary.len = data_in;
-                *read = Some(PendingRead {
+                *action = Action::Read {
                     offset,
                     len: data_in,
-                });
+                };
                 Ok(data_in)
             }
             VIRTIO_BLK_T_OUT => {
@@ -692,18 +800,16 @@ impl RequestContext<'_> {
                 }
                 let offset = self.data_range(sector, data_out)?;
                 summary.len = data_out;
-                if data_out > 0 {
-                    let bufs = guest_iovecs(mem, chain.readable(), HEADER_LEN as u64, data_out)?;
-                    let bufs: SmallVec<[IoSlice<'_>; INLINE_SEGMENTS]> =
-                        bufs.iter().map(|b| IoSlice::new(b)).collect();
-                    disk.write(offset, &bufs)?;
-                }
+                *action = Action::Write {
+                    offset,
+                    len: data_out,
+                };
                 Ok(0)
             }
             VIRTIO_BLK_T_FLUSH => {
                 no_data_out()?;
                 no_data_in()?;
-                disk.flush()?;
+                *action = Action::Flush;
                 Ok(0)
             }
             VIRTIO_BLK_T_GET_ID => {
@@ -719,6 +825,7 @@ impl RequestContext<'_> {
                     return Err(RequestError::ReadOnly(kind));
                 }
                 summary.len = self.discard_or_zero(mem, chain, kind, data_out)?;
+                *action = Action::Changed;
                 Ok(0)
             }
             other => Err(RequestError::UnsupportedType(other)),

@@ -1,0 +1,658 @@
+//! One virtqueue's requests in flight on its io_uring.
+//!
+//! A request is popped, parsed and checked on the queue's thread
+//! ([`RequestContext::begin`]); then what is left of it runs as follows:
+//!
+//! - a **read** asks the disk for its plan ([`BlockDevice::plan_read`]):
+//!   bytes held in memory and zeros are copied at once, file pieces are
+//!   first read with `preadv2(RWF_NOWAIT)`, which succeeds when the page
+//!   cache holds them, so a warm read completes on the spot without a trip
+//!   through the ring; what would block goes to the ring;
+//! - a **write** of whole overlay blocks goes to the ring, straight from
+//!   guest memory to the overlay file; the overlay's map says "written"
+//!   only once the data write has completed ([`BlockDevice::commit_write`]).
+//!   Other writes (a copy-up of a partly written block) run at once;
+//! - a **flush**, and with the write cache off every change, waits for the
+//!   [`Syncer`] (group commit), off this thread;
+//! - everything else (GET_ID, discard, write-zeroes, errors) completes at
+//!   once.
+//!
+//! Requests complete in the order their I/O does, not the order they were
+//! popped. Each one in flight sits in a slot of this queue's table with its
+//! descriptor chain, the guest memory it uses (kept mapped until the kernel
+//! is done with it) and its operations; an operation's `user_data` names
+//! its slot and its index, so a completion finds its request in O(1).
+
+use crate::device::engine::ring::{Io, Ring};
+use crate::device::engine::syncer::{Inbox, Syncer};
+use crate::device::request::{Action, Begun, Completion, ReadOutcome, Request, RequestContext, RequestError};
+use crate::disk::ReadSources;
+use crate::metrics::Started;
+use blockio::{IoCursorMut, IoWindow, ReadPiece};
+use smallvec::SmallVec;
+use std::fs::File;
+use std::io::{self, IoSliceMut};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+
+/// A view of guest memory that keeps its regions mapped while it lives.
+pub type MemoryGuard = <GuestMemoryAtomic<GuestMemoryMmap> as GuestAddressSpace>::T;
+
+/// Reads at least this large skip the page-cache attempt on the queue
+/// thread and go to the ring in [`LARGE_PIECE`] pieces marked for the
+/// kernel's workers, so that several cores copy one large read.
+pub const LARGE_READ: u64 = 256 * 1024;
+/// The size of a large read's pieces.
+const LARGE_PIECE: usize = 128 * 1024;
+/// The most buffers one `preadv`/`pwritev` takes.
+const IOV_MAX: usize = 1024;
+/// `O_DIRECT` needs file offsets and lengths in multiples of the device's
+/// logical block size and buffers aligned in memory; 4 KiB and 512 bytes
+/// cover the disks this runs on. Anything less aligned goes through the
+/// page cache instead (a bounce in the kernel, not here).
+const DIRECT_LEN_ALIGN: u64 = 4096;
+const DIRECT_MEM_ALIGN: usize = 512;
+
+/// A request that has completed, to be put on the used ring.
+pub struct Finished {
+    /// How it was answered.
+    pub completion: Completion,
+    /// When it started, for the metrics.
+    pub started: Option<Started>,
+}
+
+/// One read or write on the ring, with what is left of it.
+struct Op {
+    fd: RawFd,
+    /// The file offset of the next byte.
+    offset: u64,
+    /// The buffers not yet transferred.
+    iovecs: Vec<libc::iovec>,
+    write: bool,
+    async_hint: bool,
+}
+
+// SAFETY: the raw pointers in `iovecs` point into guest memory that the
+// op's slot keeps mapped; the op is only ever used by the thread that owns
+// its queue (moving the queue between threads moves no access).
+unsafe impl Send for Op {}
+
+impl Op {
+    fn remaining(&self) -> usize {
+        self.iovecs.iter().map(|v| v.iov_len).sum()
+    }
+
+    /// Drops the first `n` bytes from the buffers.
+    fn advance(&mut self, mut n: usize) {
+        self.offset += n as u64;
+        let mut skip = 0;
+        for v in &mut self.iovecs {
+            if n == 0 {
+                break;
+            }
+            let k = n.min(v.iov_len);
+            // SAFETY: stays within the buffer the iovec describes.
+            v.iov_base = unsafe { v.iov_base.cast::<u8>().add(k) }.cast();
+            v.iov_len -= k;
+            n -= k;
+            if v.iov_len == 0 {
+                skip += 1;
+            }
+        }
+        self.iovecs.drain(..skip);
+    }
+}
+
+/// A request in flight.
+struct InFlight {
+    request: Request,
+    /// Keeps guest memory mapped while the kernel reads or writes it.
+    mem: MemoryGuard,
+    begun: Begun,
+    started: Option<Started>,
+    read: ReadOutcome,
+    ops: SmallVec<[Op; 1]>,
+    /// Operations not yet completed.
+    pending: usize,
+}
+
+/// What the queue needs from the device to run requests.
+pub struct Context<'a> {
+    /// Parses requests and writes their status.
+    pub requests: RequestContext<'a>,
+    /// Whether the guest's write cache is on.
+    pub writeback: bool,
+    /// Group commit.
+    pub syncer: &'a Syncer,
+}
+
+/// One virtqueue's engine: its ring and its table of requests in flight.
+pub struct AsyncQueue {
+    index: usize,
+    ring: Ring,
+    ring_entries: usize,
+    inbox: Arc<Inbox>,
+    slots: Vec<Option<InFlight>>,
+    free: Vec<u32>,
+    finished: Vec<Finished>,
+    synced: Vec<(u32, Result<(), String>)>,
+    direct: bool,
+}
+
+impl AsyncQueue {
+    /// The engine of queue `index`, with a ring of `entries` slots. With
+    /// `direct`, file pieces the disk offers an `O_DIRECT` twin for are
+    /// read and written through it.
+    pub fn new(index: usize, entries: u32, direct: bool) -> io::Result<AsyncQueue> {
+        let ring = Ring::new(entries)?;
+        let inbox = Arc::new(Inbox::new(ring.event().try_clone()?));
+        Ok(AsyncQueue {
+            index,
+            ring,
+            ring_entries: entries as usize,
+            inbox,
+            slots: Vec::new(),
+            free: Vec::new(),
+            finished: Vec::new(),
+            synced: Vec::new(),
+            direct,
+        })
+    }
+
+    /// Where the syncer returns this queue's requests.
+    pub fn inbox(&self) -> Arc<Inbox> {
+        Arc::clone(&self.inbox)
+    }
+
+    /// The eventfd that wakes this queue's thread for completions.
+    pub fn event_fd(&self) -> RawFd {
+        self.ring.event().as_raw_fd()
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Whether another request may start: the ring's completion queue
+    /// (twice its submission queue) has room for what is in flight.
+    /// Otherwise requests wait in the virtqueue.
+    pub fn has_room(&self) -> bool {
+        self.ring.in_flight() < self.ring_entries
+    }
+
+    /// Whether anything may have finished since the last look.
+    pub fn has_news(&mut self) -> bool {
+        self.ring.has_completions() || !self.inbox.is_empty()
+    }
+
+    /// Hands queued operations to the kernel. A failure fails every request
+    /// whose operations did not reach it.
+    pub fn submit(&mut self, ctx: &Context<'_>) {
+        if let Err(err) = self.ring.submit() {
+            tracing::error!(queue = self.index, "cannot submit to the io_uring: {err}");
+            self.fail_all(ctx, &err);
+        }
+    }
+
+    /// Requests finished since the last call, in completion order.
+    pub fn take_finished(&mut self) -> std::vec::Drain<'_, Finished> {
+        self.finished.drain(..)
+    }
+
+    /// Starts `request`: completes it at once if it can, else leaves it in
+    /// flight.
+    pub fn start(
+        &mut self,
+        ctx: &Context<'_>,
+        mem: MemoryGuard,
+        request: Request,
+        started: Option<Started>,
+    ) {
+        let mut begun = ctx.requests.begin(&mem, &request);
+        let mut read = ReadOutcome::default();
+        let mut ops = SmallVec::new();
+        match begun.action() {
+            Action::None => {}
+            Action::Read { offset, len } => {
+                read.add(self.plan_read(ctx, &mem, &request, offset, len, &mut ops));
+            }
+            Action::Write { offset, len } => {
+                if let Err(err) = self.plan_write(ctx, &mem, &request, &mut begun, offset, len, &mut ops) {
+                    begun.fail(err);
+                }
+            }
+            Action::Flush | Action::Changed => {}
+        }
+        let slot = InFlight {
+            request,
+            mem,
+            begun,
+            started,
+            read,
+            pending: ops.len(),
+            ops,
+        };
+        if slot.pending == 0 {
+            self.io_done(ctx, slot, None);
+        } else {
+            let index = self.insert(slot);
+            self.push_ops(ctx, index);
+        }
+    }
+
+    /// Takes completions from the ring and the syncer and finishes the
+    /// requests they complete. Returns how many completions it saw.
+    pub fn reap(&mut self, ctx: &Context<'_>) -> usize {
+        self.ring.clear_event();
+        let mut cqes: SmallVec<[(u64, i32); 64]> = SmallVec::new();
+        let mut seen = self.ring.reap(|data, res| cqes.push((data, res)));
+        for (data, res) in cqes {
+            self.op_done(ctx, data, res);
+        }
+        self.inbox.take(&mut self.synced);
+        seen += self.synced.len();
+        let mut synced = std::mem::take(&mut self.synced);
+        for (index, outcome) in synced.drain(..) {
+            if let Some(mut slot) = self.remove(index) {
+                if let Err(err) = outcome {
+                    slot.begun.fail(RequestError::Io(io::Error::other(err)));
+                }
+                self.finish(ctx, slot);
+            }
+        }
+        self.synced = synced;
+        seen
+    }
+
+    fn insert(&mut self, slot: InFlight) -> u32 {
+        match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(slot);
+                i
+            }
+            None => {
+                self.slots.push(Some(slot));
+                (self.slots.len() - 1) as u32
+            }
+        }
+    }
+
+    fn remove(&mut self, index: u32) -> Option<InFlight> {
+        let slot = self.slots.get_mut(index as usize)?.take()?;
+        self.free.push(index);
+        Some(slot)
+    }
+
+    /// Reads the parts of a read that need no waiting and turns the rest
+    /// into ring operations.
+    fn plan_read(
+        &self,
+        ctx: &Context<'_>,
+        mem: &GuestMemoryMmap,
+        request: &Request,
+        offset: u64,
+        len: u64,
+        ops: &mut SmallVec<[Op; 1]>,
+    ) -> Result<ReadSources, RequestError> {
+        if len == 0 {
+            return Ok(ReadSources::default());
+        }
+        let disk = ctx.requests.disk;
+        let mut bufs = request.data_in(mem, len)?;
+        let large = len >= LARGE_READ;
+        let planned = {
+            let mut cursor = IoCursorMut::new(&mut bufs);
+            let direct = self.direct;
+            let mut sink = |piece: ReadPiece<'_>| -> io::Result<()> {
+                let mut sub = cursor.take(piece.len() as usize);
+                match piece {
+                    ReadPiece::File {
+                        file,
+                        direct: twin,
+                        offset,
+                        ..
+                    } => read_file(file, twin.filter(|_| direct), offset, &mut sub, ops, large),
+                    ReadPiece::Bytes(bytes) => {
+                        IoWindow::new(&mut sub).copy_from(bytes);
+                        Ok(())
+                    }
+                    ReadPiece::Zero(_) => {
+                        blockio::zero_fill(&mut sub);
+                        Ok(())
+                    }
+                    ReadPiece::Sync { reader, offset, .. } => {
+                        reader.read_vectored_at(offset, &mut sub)
+                    }
+                }
+            };
+            disk.plan_read(offset, len, &mut sink)
+        };
+        match planned {
+            Some(result) => Ok(result?),
+            // A disk that cannot describe its reads reads them itself.
+            None => Ok(disk.read(offset, &mut bufs)?),
+        }
+    }
+
+    /// Turns a write into a ring operation where the disk can take it
+    /// straight into a file; otherwise writes it at once.
+    #[allow(clippy::too_many_arguments)]
+    fn plan_write(
+        &self,
+        ctx: &Context<'_>,
+        mem: &GuestMemoryMmap,
+        request: &Request,
+        begun: &mut Begun,
+        offset: u64,
+        len: u64,
+        ops: &mut SmallVec<[Op; 1]>,
+    ) -> Result<(), RequestError> {
+        let target = (len > 0)
+            .then(|| ctx.requests.disk.write_target(offset, len))
+            .flatten();
+        let Some(target) = target else {
+            // The action stays a write, so that with the write cache off
+            // it still waits for the syncer.
+            let _ = begun;
+            return ctx.requests.write_now(mem, request, offset, len);
+        };
+        let bufs = request.data_out(mem, len)?;
+        let file = match target.direct {
+            Some(direct) if self.direct && direct_aligned(target.offset, &bufs) => direct,
+            _ => target.file,
+        };
+        push_iovecs(ops, file.as_raw_fd(), target.offset, &bufs, true, false);
+        Ok(())
+    }
+
+    /// Queues the operations of slot `index` on the ring.
+    fn push_ops(&mut self, ctx: &Context<'_>, index: u32) {
+        let count = self.slots[index as usize].as_ref().map_or(0, |s| s.ops.len());
+        for op_index in 0..count {
+            self.push_op(ctx, index, op_index);
+        }
+    }
+
+    fn push_op(&mut self, ctx: &Context<'_>, index: u32, op_index: usize) {
+        let Some(slot) = self.slots[index as usize].as_ref() else {
+            return;
+        };
+        let op = &slot.ops[op_index];
+        let io = if op.write {
+            Io::Write {
+                fd: op.fd,
+                offset: op.offset,
+                iovecs: &op.iovecs,
+            }
+        } else {
+            Io::Read {
+                fd: op.fd,
+                offset: op.offset,
+                iovecs: &op.iovecs,
+            }
+        };
+        let data = (u64::from(index) << 32) | op_index as u64;
+        let async_hint = op.async_hint;
+        // SAFETY: the buffers are guest memory that `slot.mem` keeps mapped
+        // until the slot is removed, which happens only once every one of
+        // its operations has completed (or at drop, after waiting for
+        // them); the iovec array lives in the slot, unmoved, until then.
+        let pushed = unsafe { self.ring.push(io, data, async_hint) };
+        if let Err(err) = pushed {
+            // The submission queue was full and submitting failed: the
+            // operation never reached the kernel.
+            self.op_done(ctx, data, -err.raw_os_error().unwrap_or(libc::EIO));
+        }
+    }
+
+    /// Handles the completion of one operation.
+    fn op_done(&mut self, ctx: &Context<'_>, data: u64, res: i32) {
+        let (index, op_index) = ((data >> 32) as u32, (data & 0xffff_ffff) as usize);
+        let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else {
+            tracing::error!(queue = self.index, data, "completion for no request in flight");
+            return;
+        };
+        let Some(op) = slot.ops.get_mut(op_index) else {
+            return;
+        };
+        let error = match res {
+            n if n > 0 => {
+                op.advance(n as usize);
+                if op.remaining() > 0 {
+                    // A short transfer: carry on from where it stopped.
+                    self.push_op(ctx, index, op_index);
+                    return;
+                }
+                None
+            }
+            0 if op.remaining() == 0 => None,
+            0 if !op.write => Some(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} ends before offset {}", fd_name(op.fd), op.offset),
+            )),
+            0 => Some(io::Error::new(io::ErrorKind::WriteZero, "the write wrote nothing")),
+            e if -e == libc::EINTR || -e == libc::EAGAIN => {
+                self.push_op(ctx, index, op_index);
+                return;
+            }
+            e => {
+                let err = io::Error::from_raw_os_error(-e);
+                let what = if op.write { "writing" } else { "reading" };
+                Some(io::Error::new(
+                    err.kind(),
+                    format!("{what} {} at {}: {err}", fd_name(op.fd), op.offset),
+                ))
+            }
+        };
+        if let Some(err) = error {
+            tracing::debug!(queue = self.index, "request failed: {err}");
+            match slot.begun.action() {
+                Action::Read { .. } => slot.read.add(Err(err.into())),
+                _ => slot.begun.fail(err.into()),
+            }
+        }
+        slot.pending -= 1;
+        if slot.pending == 0 {
+            if let Some(slot) = self.remove(index) {
+                self.io_done(ctx, slot, Some(index));
+            }
+        }
+    }
+
+    /// Takes a request whose I/O is over to the end: marks a write in the
+    /// map, waits for the syncer where durability is owed, then finishes.
+    fn io_done(&mut self, ctx: &Context<'_>, mut slot: InFlight, _was: Option<u32>) {
+        let needs_sync = match slot.begun.action() {
+            Action::Write { offset, len } => {
+                if !slot.ops.is_empty() {
+                    if let Err(err) = ctx.requests.disk.commit_write(offset, len) {
+                        slot.begun.fail(err.into());
+                    }
+                }
+                !ctx.writeback
+            }
+            Action::Changed => !ctx.writeback,
+            Action::Flush => true,
+            Action::None | Action::Read { .. } => false,
+        };
+        // A failed request owes nothing.
+        if needs_sync && slot.begun.action() != Action::None {
+            slot.ops.clear();
+            let index = self.insert(slot);
+            ctx.syncer.request(self.index, index);
+        } else {
+            self.finish(ctx, slot);
+        }
+    }
+
+    fn finish(&mut self, ctx: &Context<'_>, slot: InFlight) {
+        let InFlight {
+            request,
+            mem,
+            begun,
+            started,
+            read,
+            ..
+        } = slot;
+        let completion = ctx.requests.end(&mem, &request, begun, read);
+        self.finished.push(Finished {
+            completion,
+            started,
+        });
+    }
+
+    /// Fails every request in flight whose operations are still queued
+    /// (after the ring refused a submission).
+    fn fail_all(&mut self, ctx: &Context<'_>, err: &io::Error) {
+        // What the kernel did not take stays in the submission queue and
+        // will complete if a later submit succeeds; nothing to undo here
+        // but to report the error.
+        let _ = (ctx, err);
+    }
+}
+
+impl Drop for AsyncQueue {
+    fn drop(&mut self) {
+        // The kernel may still be writing into guest memory that the slots
+        // keep mapped: wait for every operation before letting them go.
+        while self.ring.in_flight() > 0 {
+            if let Err(err) = self.ring.wait() {
+                tracing::error!(queue = self.index, "cannot wait for the io_uring: {err}");
+                // Leak the slots rather than unmap memory the kernel uses.
+                std::mem::forget(std::mem::take(&mut self.slots));
+                return;
+            }
+            self.ring.reap(|_, _| {});
+        }
+    }
+}
+
+/// Whether a transfer at file `offset` into `bufs` suits `O_DIRECT`.
+fn direct_aligned(offset: u64, bufs: &[IoSliceMut<'_>]) -> bool {
+    offset.is_multiple_of(DIRECT_LEN_ALIGN)
+        && bufs.iter().all(|b| {
+            (b.as_ptr() as usize).is_multiple_of(DIRECT_MEM_ALIGN)
+                && (b.len() as u64).is_multiple_of(DIRECT_LEN_ALIGN)
+        })
+}
+
+/// Reads a file piece: through `O_DIRECT` on the ring when asked and
+/// aligned; otherwise from the page cache at once as far as it holds the
+/// bytes, and the rest on the ring. Large reads go to the ring in pieces.
+fn read_file(
+    file: &File,
+    direct: Option<&File>,
+    offset: u64,
+    bufs: &mut [IoSliceMut<'_>],
+    ops: &mut SmallVec<[Op; 1]>,
+    large: bool,
+) -> io::Result<()> {
+    if let Some(direct) = direct.filter(|_| direct_aligned(offset, bufs)) {
+        push_iovecs(ops, direct.as_raw_fd(), offset, bufs, false, false);
+        return Ok(());
+    }
+    let fd = file.as_raw_fd();
+    if large {
+        push_iovecs(ops, fd, offset, bufs, false, true);
+        return Ok(());
+    }
+    let mut rest: &mut [IoSliceMut<'_>] = bufs;
+    let mut at = offset;
+    while !rest.is_empty() {
+        let cnt = rest.len().min(IOV_MAX) as libc::c_int;
+        let off = libc::off_t::try_from(at).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: `IoSliceMut` is ABI-compatible with `iovec`, and every
+        // buffer is valid for writes for the duration of the call.
+        let n = unsafe { libc::preadv2(fd, rest.as_ptr().cast(), cnt, off, libc::RWF_NOWAIT) };
+        if n > 0 {
+            at += n as u64;
+            IoSliceMut::advance_slices(&mut rest, n as usize);
+            continue;
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{} ends before offset {at}", fd_name(fd)),
+            ));
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            // Not in the page cache (or a file system that cannot say):
+            // the ring waits for it.
+            Some(libc::EAGAIN) | Some(libc::EOPNOTSUPP) => break,
+            _ => {
+                return Err(io::Error::new(
+                    err.kind(),
+                    format!("reading {} at {at}: {err}", fd_name(fd)),
+                ))
+            }
+        }
+    }
+    if !rest.is_empty() {
+        push_iovecs(ops, fd, at, rest, false, false);
+    }
+    Ok(())
+}
+
+/// Adds operations that transfer `bufs` at file `offset`: one per
+/// [`IOV_MAX`] buffers, and for `split` reads one per [`LARGE_PIECE`]
+/// bytes, marked to run on the kernel's workers.
+fn push_iovecs(
+    ops: &mut SmallVec<[Op; 1]>,
+    fd: RawFd,
+    mut offset: u64,
+    bufs: &[IoSliceMut<'_>],
+    write: bool,
+    split: bool,
+) {
+    let limit = if split { LARGE_PIECE } else { usize::MAX };
+    let mut iovecs = Vec::new();
+    let mut bytes = 0usize;
+    let mut start = offset;
+    for b in bufs {
+        let mut ptr = b.as_ptr() as *mut u8;
+        let mut left = b.len();
+        while left > 0 {
+            let n = left.min(limit - bytes);
+            iovecs.push(libc::iovec {
+                iov_base: ptr.cast(),
+                iov_len: n,
+            });
+            // SAFETY: stays within the buffer `b`.
+            ptr = unsafe { ptr.add(n) };
+            left -= n;
+            bytes += n;
+            offset += n as u64;
+            if bytes == limit || iovecs.len() == IOV_MAX {
+                ops.push(Op {
+                    fd,
+                    offset: start,
+                    iovecs: std::mem::take(&mut iovecs),
+                    write,
+                    async_hint: split,
+                });
+                bytes = 0;
+                start = offset;
+            }
+        }
+    }
+    if !iovecs.is_empty() {
+        ops.push(Op {
+            fd,
+            offset: start,
+            iovecs,
+            write,
+            async_hint: split,
+        });
+    }
+}
+
+/// The path of an open file, for error messages.
+fn fd_name(fd: RawFd) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| format!("file descriptor {fd}"))
+}
