@@ -60,12 +60,7 @@ pub trait ReadAt: Send + Sync {
     /// reads through [`read_vectored_at`](Self::read_vectored_at).
     ///
     /// The range must lie within [`size`](Self::size).
-    fn plan_read(
-        &self,
-        offset: u64,
-        len: u64,
-        sink: &mut PieceSink<'_>,
-    ) -> Option<io::Result<()>> {
+    fn plan_read(&self, offset: u64, len: u64, sink: &mut PieceSink<'_>) -> Option<io::Result<()>> {
         let _ = (offset, len, sink);
         None
     }

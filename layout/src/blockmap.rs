@@ -135,12 +135,7 @@ impl ReadAt for BlockMap {
         Ok(())
     }
 
-    fn plan_read(
-        &self,
-        offset: u64,
-        len: u64,
-        sink: &mut PieceSink<'_>,
-    ) -> Option<io::Result<()>> {
+    fn plan_read(&self, offset: u64, len: u64, sink: &mut PieceSink<'_>) -> Option<io::Result<()>> {
         Some(self.plan(offset, len, sink))
     }
 }
@@ -168,7 +163,10 @@ impl BlockMap {
                         None => {
                             return Err(io::Error::new(
                                 io::ErrorKind::UnexpectedEof,
-                                format!("generated extent at {} is shorter than the map says", extent.start),
+                                format!(
+                                    "generated extent at {} is shorter than the map says",
+                                    extent.start
+                                ),
                             ))
                         }
                     }

@@ -3,8 +3,8 @@
 use blockio::IoWindow;
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSliceMut};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -45,7 +45,8 @@ impl BlobFile {
         // SAFETY: fcntl on a descriptor this function owns.
         let cleared = unsafe {
             let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-            flags >= 0 && libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) == 0
+            flags >= 0
+                && libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) == 0
         };
         if !cleared {
             return Err(io::Error::last_os_error());

@@ -1109,12 +1109,17 @@ impl Overlay {
                         offset: self.geo.data_offset + from,
                         len: n,
                     })
-                    .map_err(io_err(&self.path, format!("reading disk range {from}..{to}")))
+                    .map_err(io_err(
+                        &self.path,
+                        format!("reading disk range {from}..{to}"),
+                    ))
                 }
                 BlockState::Zero => {
                     sources.overlay += n;
-                    sink(ReadPiece::Zero(n))
-                        .map_err(io_err(&self.path, format!("reading disk range {from}..{to}")))
+                    sink(ReadPiece::Zero(n)).map_err(io_err(
+                        &self.path,
+                        format!("reading disk range {from}..{to}"),
+                    ))
                 }
             };
             result?;
@@ -1157,8 +1162,11 @@ impl Overlay {
         self.check_range(offset, len)?;
         if len > 0 {
             let end = offset + len;
-            self.map
-                .set(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE), BlockState::Written);
+            self.map.set(
+                offset / BLOCK_SIZE,
+                end.div_ceil(BLOCK_SIZE),
+                BlockState::Written,
+            );
         }
         Ok(())
     }

@@ -105,7 +105,9 @@ impl BlkBackend {
             return Ok(self);
         }
         // Room for a full virtqueue of requests, a few operations each.
-        let entries = u32::from(self.config.queue_size).next_power_of_two().max(32);
+        let entries = u32::from(self.config.queue_size)
+            .next_power_of_two()
+            .max(32);
         let queues = (0..usize::from(self.config.num_queues))
             .map(|i| AsyncQueue::new(i, entries, engine.direct).map(Mutex::new))
             .collect::<io::Result<Box<[_]>>>()?;
@@ -134,7 +136,10 @@ impl BlkBackend {
         handlers: &[Arc<VringEpollHandler<Arc<Self>>>],
     ) -> io::Result<()> {
         for (queue, handler) in self.queues.iter().zip(handlers) {
-            let fd = queue.lock().unwrap_or_else(PoisonError::into_inner).event_fd();
+            let fd = queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .event_fd();
             handler.register_listener(fd, EventSet::IN, u64::from(self.ring_event()))?;
         }
         Ok(())
@@ -384,7 +389,12 @@ fn retire_finished(
     let mem = atomic.memory();
     for finished in engine.take_finished() {
         if ready {
-            retire.done(state.get_queue_mut(), &mem, finished.started, &finished.completion);
+            retire.done(
+                state.get_queue_mut(),
+                &mem,
+                finished.started,
+                &finished.completion,
+            );
         }
     }
 }

@@ -52,7 +52,11 @@ impl EngineConfig {
 
     /// Resolves `choice` on this machine; says once in the log when it
     /// falls back.
-    pub fn resolve(choice: EngineChoice, poll: Duration, direct: bool) -> std::io::Result<EngineConfig> {
+    pub fn resolve(
+        choice: EngineChoice,
+        poll: Duration,
+        direct: bool,
+    ) -> std::io::Result<EngineConfig> {
         let uring = match choice {
             EngineChoice::Sync => false,
             EngineChoice::Uring => {
@@ -62,7 +66,9 @@ impl EngineConfig {
             EngineChoice::Auto => match ring::probe() {
                 Ok(()) => true,
                 Err(err) => {
-                    tracing::warn!("io_uring is not available ({err}); serving with blocking calls");
+                    tracing::warn!(
+                        "io_uring is not available ({err}); serving with blocking calls"
+                    );
                     false
                 }
             },

@@ -25,7 +25,9 @@
 
 use crate::device::engine::ring::{Io, Ring};
 use crate::device::engine::syncer::{Inbox, Syncer};
-use crate::device::request::{Action, Begun, Completion, ReadOutcome, Request, RequestContext, RequestError};
+use crate::device::request::{
+    Action, Begun, Completion, ReadOutcome, Request, RequestContext, RequestError,
+};
 use crate::disk::ReadSources;
 use crate::metrics::Started;
 use blockio::{IoCursorMut, IoWindow, ReadPiece};
@@ -219,7 +221,9 @@ impl AsyncQueue {
                 read.add(self.plan_read(ctx, &mem, &request, offset, len, &mut ops));
             }
             Action::Write { offset, len } => {
-                if let Err(err) = self.plan_write(ctx, &mem, &request, &mut begun, offset, len, &mut ops) {
+                if let Err(err) =
+                    self.plan_write(ctx, &mem, &request, &mut begun, offset, len, &mut ops)
+                {
                     begun.fail(err);
                 }
             }
@@ -369,7 +373,9 @@ impl AsyncQueue {
 
     /// Queues the operations of slot `index` on the ring.
     fn push_ops(&mut self, ctx: &Context<'_>, index: u32) {
-        let count = self.slots[index as usize].as_ref().map_or(0, |s| s.ops.len());
+        let count = self.slots[index as usize]
+            .as_ref()
+            .map_or(0, |s| s.ops.len());
         for op_index in 0..count {
             self.push_op(ctx, index, op_index);
         }
@@ -411,7 +417,11 @@ impl AsyncQueue {
     fn op_done(&mut self, ctx: &Context<'_>, data: u64, res: i32) {
         let (index, op_index) = ((data >> 32) as u32, (data & 0xffff_ffff) as usize);
         let Some(slot) = self.slots.get_mut(index as usize).and_then(Option::as_mut) else {
-            tracing::error!(queue = self.index, data, "completion for no request in flight");
+            tracing::error!(
+                queue = self.index,
+                data,
+                "completion for no request in flight"
+            );
             return;
         };
         let Some(op) = slot.ops.get_mut(op_index) else {
@@ -432,7 +442,10 @@ impl AsyncQueue {
                 io::ErrorKind::UnexpectedEof,
                 format!("{} ends before offset {}", fd_name(op.fd), op.offset),
             )),
-            0 => Some(io::Error::new(io::ErrorKind::WriteZero, "the write wrote nothing")),
+            0 => Some(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "the write wrote nothing",
+            )),
             e if -e == libc::EINTR || -e == libc::EAGAIN => {
                 self.push_op(ctx, index, op_index);
                 return;
@@ -562,7 +575,8 @@ fn read_file(
     let mut at = offset;
     while !rest.is_empty() {
         let cnt = rest.len().min(IOV_MAX) as libc::c_int;
-        let off = libc::off_t::try_from(at).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let off =
+            libc::off_t::try_from(at).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: `IoSliceMut` is ABI-compatible with `iovec`, and every
         // buffer is valid for writes for the duration of the call.
         let n = unsafe { libc::preadv2(fd, rest.as_ptr().cast(), cnt, off, libc::RWF_NOWAIT) };

@@ -155,7 +155,10 @@ pub fn probe() -> io::Result<()> {
     let ring = IoUring::new(2)?;
     let mut probe = Probe::new();
     ring.submitter().register_probe(&mut probe)?;
-    for (code, name) in [(opcode::Readv::CODE, "READV"), (opcode::Writev::CODE, "WRITEV")] {
+    for (code, name) in [
+        (opcode::Readv::CODE, "READV"),
+        (opcode::Writev::CODE, "WRITEV"),
+    ] {
         if !probe.is_supported(code) {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
