@@ -282,7 +282,15 @@ impl BlkBackend {
     ) {
         let atomic = self.memory();
         let mut engine = engine.lock().unwrap_or_else(PoisonError::into_inner);
+        let draining = Draining::enter(&self.draining);
         let ctx = Context {
+            // When other queues are draining too, their threads already
+            // keep the cores busy, and handing work around would only add
+            // wake-ups.
+            helpers: self
+                .helpers
+                .as_deref()
+                .filter(|h| draining.queues() < h.threads()),
             requests: RequestContext {
                 disk: &*self.disk,
                 serial: &self.config.serial,

@@ -450,19 +450,15 @@ impl Request {
         self.chain.writable_len
     }
 
-    /// The chain's head descriptor index.
-    pub fn head(&self) -> u16 {
-        self.head
-    }
-
-    /// The first `len` bytes of the data-in stream (where a read's data
-    /// goes) as buffers in guest memory.
-    pub fn data_in<'m>(
+    /// Bytes `[skip, skip + len)` of the data-in stream as buffers in guest
+    /// memory.
+    pub fn data_in_range<'m>(
         &self,
         mem: &'m GuestMemoryMmap,
+        skip: u64,
         len: u64,
     ) -> Result<GuestIoVecs<'m>, RequestError> {
-        guest_iovecs(mem, self.chain.writable(), 0, len)
+        guest_iovecs(mem, self.chain.writable(), skip, len)
     }
 
     /// `len` bytes of the data-out stream after the header (a write's

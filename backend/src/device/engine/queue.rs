@@ -25,6 +25,7 @@
 
 use crate::device::engine::ring::{Io, Ring};
 use crate::device::engine::syncer::{Inbox, Syncer};
+use crate::device::parallel::{Helpers, MIN_SPLIT};
 use crate::device::request::{
     Action, Begun, Completion, ReadOutcome, Request, RequestContext, RequestError,
 };
@@ -35,18 +36,12 @@ use smallvec::SmallVec;
 use std::fs::File;
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 /// A view of guest memory that keeps its regions mapped while it lives.
 pub type MemoryGuard = <GuestMemoryAtomic<GuestMemoryMmap> as GuestAddressSpace>::T;
 
-/// Reads at least this large skip the page-cache attempt on the queue
-/// thread and go to the ring in [`LARGE_PIECE`] pieces marked for the
-/// kernel's workers, so that several cores copy one large read.
-pub const LARGE_READ: u64 = 256 * 1024;
-/// The size of a large read's pieces.
-const LARGE_PIECE: usize = 128 * 1024;
 /// The most buffers one `preadv`/`pwritev` takes.
 const IOV_MAX: usize = 1024;
 /// `O_DIRECT` needs file offsets and lengths in multiples of the device's
@@ -72,7 +67,6 @@ struct Op {
     /// The buffers not yet transferred.
     iovecs: Vec<libc::iovec>,
     write: bool,
-    async_hint: bool,
 }
 
 // SAFETY: the raw pointers in `iovecs` point into guest memory that the
@@ -127,6 +121,9 @@ pub struct Context<'a> {
     pub writeback: bool,
     /// Group commit.
     pub syncer: &'a Syncer,
+    /// Threads that share the page-cache part of large reads, if sharing
+    /// pays now (other queues are not already keeping the cores busy).
+    pub helpers: Option<&'a Helpers>,
 }
 
 /// One virtqueue's engine: its ring and its table of requests in flight.
@@ -172,11 +169,6 @@ impl AsyncQueue {
         self.ring.event().as_raw_fd()
     }
 
-    /// Requests in flight.
-    pub fn in_flight(&self) -> usize {
-        self.slots.len() - self.free.len()
-    }
-
     /// Whether another request may start: the ring's completion queue
     /// (twice its submission queue) has room for what is in flight.
     /// Otherwise requests wait in the virtqueue.
@@ -217,9 +209,20 @@ impl AsyncQueue {
         let mut ops = SmallVec::new();
         match begun.action() {
             Action::None => {}
-            Action::Read { offset, len } => {
-                read.add(self.plan_read(ctx, &mem, &request, offset, len, &mut ops));
-            }
+            Action::Read { offset, len } => match ctx.helpers {
+                Some(helpers) if len >= MIN_SPLIT => self.plan_shared_read(
+                    ctx, helpers, &mem, &request, offset, len, &mut read, &mut ops,
+                ),
+                _ => read.add(plan_read(
+                    ctx,
+                    self.direct,
+                    &mem,
+                    &request,
+                    offset,
+                    0..len,
+                    &mut ops,
+                )),
+            },
             Action::Write { offset, len } => {
                 if let Err(err) =
                     self.plan_write(ctx, &mem, &request, &mut begun, offset, len, &mut ops)
@@ -289,55 +292,34 @@ impl AsyncQueue {
         Some(slot)
     }
 
-    /// Reads the parts of a read that need no waiting and turns the rest
-    /// into ring operations.
-    fn plan_read(
+    /// [`plan_read`] with the transfer cut into pieces that this thread and
+    /// the helpers carry out together: a large read the page cache holds is
+    /// a memory copy, which one core alone would do at a fraction of the
+    /// memory bandwidth.
+    #[allow(clippy::too_many_arguments)]
+    fn plan_shared_read(
         &self,
         ctx: &Context<'_>,
+        helpers: &Helpers,
         mem: &GuestMemoryMmap,
         request: &Request,
         offset: u64,
         len: u64,
+        read: &mut ReadOutcome,
         ops: &mut SmallVec<[Op; 1]>,
-    ) -> Result<ReadSources, RequestError> {
-        if len == 0 {
-            return Ok(ReadSources::default());
-        }
-        let disk = ctx.requests.disk;
-        let mut bufs = request.data_in(mem, len)?;
-        let large = len >= LARGE_READ;
-        let planned = {
-            let mut cursor = IoCursorMut::new(&mut bufs);
-            let direct = self.direct;
-            let mut sink = |piece: ReadPiece<'_>| -> io::Result<()> {
-                let mut sub = cursor.take(piece.len() as usize);
-                match piece {
-                    ReadPiece::File {
-                        file,
-                        direct: twin,
-                        offset,
-                        ..
-                    } => read_file(file, twin.filter(|_| direct), offset, &mut sub, ops, large),
-                    ReadPiece::Bytes(bytes) => {
-                        IoWindow::new(&mut sub).copy_from(bytes);
-                        Ok(())
-                    }
-                    ReadPiece::Zero(_) => {
-                        blockio::zero_fill(&mut sub);
-                        Ok(())
-                    }
-                    ReadPiece::Sync { reader, offset, .. } => {
-                        reader.read_vectored_at(offset, &mut sub)
-                    }
-                }
-            };
-            disk.plan_read(offset, len, &mut sink)
-        };
-        match planned {
-            Some(result) => Ok(result?),
-            // A disk that cannot describe its reads reads them itself.
-            None => Ok(disk.read(offset, &mut bufs)?),
-        }
+    ) {
+        let shared = Mutex::new((ReadOutcome::default(), SmallVec::<[Op; 1]>::new()));
+        let direct = self.direct;
+        helpers.for_each_piece(&[(offset, len)], |_, range| {
+            let mut piece_ops = SmallVec::new();
+            let piece = plan_read(ctx, direct, mem, request, offset, range, &mut piece_ops);
+            let mut shared = shared.lock().unwrap_or_else(PoisonError::into_inner);
+            shared.0.add(piece);
+            shared.1.extend(piece_ops);
+        });
+        let (outcome, piece_ops) = shared.into_inner().unwrap_or_else(PoisonError::into_inner);
+        *read = outcome;
+        ops.extend(piece_ops);
     }
 
     /// Turns a write into a ring operation where the disk can take it
@@ -367,7 +349,7 @@ impl AsyncQueue {
             Some(direct) if self.direct && direct_aligned(target.offset, &bufs) => direct,
             _ => target.file,
         };
-        push_iovecs(ops, file.as_raw_fd(), target.offset, &bufs, true, false);
+        push_iovecs(ops, file.as_raw_fd(), target.offset, &bufs, true);
         Ok(())
     }
 
@@ -400,12 +382,11 @@ impl AsyncQueue {
             }
         };
         let data = (u64::from(index) << 32) | op_index as u64;
-        let async_hint = op.async_hint;
         // SAFETY: the buffers are guest memory that `slot.mem` keeps mapped
         // until the slot is removed, which happens only once every one of
         // its operations has completed (or at drop, after waiting for
         // them); the iovec array lives in the slot, unmoved, until then.
-        let pushed = unsafe { self.ring.push(io, data, async_hint) };
+        let pushed = unsafe { self.ring.push(io, data) };
         if let Err(err) = pushed {
             // The submission queue was full and submitting failed: the
             // operation never reached the kernel.
@@ -542,6 +523,56 @@ impl Drop for AsyncQueue {
     }
 }
 
+/// Reads bytes `range` of a read at disk `offset` as far as that needs no
+/// waiting (memory, zeros, the page cache) and turns the rest into ring
+/// operations.
+fn plan_read(
+    ctx: &Context<'_>,
+    direct: bool,
+    mem: &GuestMemoryMmap,
+    request: &Request,
+    offset: u64,
+    range: std::ops::Range<u64>,
+    ops: &mut SmallVec<[Op; 1]>,
+) -> Result<ReadSources, RequestError> {
+    let len = range.end.saturating_sub(range.start);
+    if len == 0 {
+        return Ok(ReadSources::default());
+    }
+    let offset = offset + range.start;
+    let disk = ctx.requests.disk;
+    let mut bufs = request.data_in_range(mem, range.start, len)?;
+    let planned = {
+        let mut cursor = IoCursorMut::new(&mut bufs);
+        let mut sink = |piece: ReadPiece<'_>| -> io::Result<()> {
+            let mut sub = cursor.take(piece.len() as usize);
+            match piece {
+                ReadPiece::File {
+                    file,
+                    direct: twin,
+                    offset,
+                    ..
+                } => read_file(file, twin.filter(|_| direct), offset, &mut sub, ops),
+                ReadPiece::Bytes(bytes) => {
+                    IoWindow::new(&mut sub).copy_from(bytes);
+                    Ok(())
+                }
+                ReadPiece::Zero(_) => {
+                    blockio::zero_fill(&mut sub);
+                    Ok(())
+                }
+                ReadPiece::Sync { reader, offset, .. } => reader.read_vectored_at(offset, &mut sub),
+            }
+        };
+        disk.plan_read(offset, len, &mut sink)
+    };
+    match planned {
+        Some(result) => Ok(result?),
+        // A disk that cannot describe its reads reads them itself.
+        None => Ok(disk.read(offset, &mut bufs)?),
+    }
+}
+
 /// Whether a transfer at file `offset` into `bufs` suits `O_DIRECT`.
 fn direct_aligned(offset: u64, bufs: &[IoSliceMut<'_>]) -> bool {
     offset.is_multiple_of(DIRECT_LEN_ALIGN)
@@ -553,24 +584,19 @@ fn direct_aligned(offset: u64, bufs: &[IoSliceMut<'_>]) -> bool {
 
 /// Reads a file piece: through `O_DIRECT` on the ring when asked and
 /// aligned; otherwise from the page cache at once as far as it holds the
-/// bytes, and the rest on the ring. Large reads go to the ring in pieces.
+/// bytes, and the rest on the ring.
 fn read_file(
     file: &File,
     direct: Option<&File>,
     offset: u64,
     bufs: &mut [IoSliceMut<'_>],
     ops: &mut SmallVec<[Op; 1]>,
-    large: bool,
 ) -> io::Result<()> {
     if let Some(direct) = direct.filter(|_| direct_aligned(offset, bufs)) {
-        push_iovecs(ops, direct.as_raw_fd(), offset, bufs, false, false);
+        push_iovecs(ops, direct.as_raw_fd(), offset, bufs, false);
         return Ok(());
     }
     let fd = file.as_raw_fd();
-    if large {
-        push_iovecs(ops, fd, offset, bufs, false, true);
-        return Ok(());
-    }
     let mut rest: &mut [IoSliceMut<'_>] = bufs;
     let mut at = offset;
     while !rest.is_empty() {
@@ -606,61 +632,36 @@ fn read_file(
         }
     }
     if !rest.is_empty() {
-        push_iovecs(ops, fd, at, rest, false, false);
+        push_iovecs(ops, fd, at, rest, false);
     }
     Ok(())
 }
 
-/// Adds operations that transfer `bufs` at file `offset`: one per
-/// [`IOV_MAX`] buffers, and for `split` reads one per [`LARGE_PIECE`]
-/// bytes, marked to run on the kernel's workers.
+/// Adds operations that transfer `bufs` at file `offset`, one per
+/// [`IOV_MAX`] buffers.
 fn push_iovecs(
     ops: &mut SmallVec<[Op; 1]>,
     fd: RawFd,
     mut offset: u64,
     bufs: &[IoSliceMut<'_>],
     write: bool,
-    split: bool,
 ) {
-    let limit = if split { LARGE_PIECE } else { usize::MAX };
-    let mut iovecs = Vec::new();
-    let mut bytes = 0usize;
-    let mut start = offset;
-    for b in bufs {
-        let mut ptr = b.as_ptr() as *mut u8;
-        let mut left = b.len();
-        while left > 0 {
-            let n = left.min(limit - bytes);
-            iovecs.push(libc::iovec {
-                iov_base: ptr.cast(),
-                iov_len: n,
-            });
-            // SAFETY: stays within the buffer `b`.
-            ptr = unsafe { ptr.add(n) };
-            left -= n;
-            bytes += n;
-            offset += n as u64;
-            if bytes == limit || iovecs.len() == IOV_MAX {
-                ops.push(Op {
-                    fd,
-                    offset: start,
-                    iovecs: std::mem::take(&mut iovecs),
-                    write,
-                    async_hint: split,
-                });
-                bytes = 0;
-                start = offset;
-            }
-        }
-    }
-    if !iovecs.is_empty() {
+    for chunk in bufs.chunks(IOV_MAX) {
+        let iovecs: Vec<libc::iovec> = chunk
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        let len: usize = chunk.iter().map(|b| b.len()).sum();
         ops.push(Op {
             fd,
-            offset: start,
+            offset,
             iovecs,
             write,
-            async_hint: split,
         });
+        offset += len as u64;
     }
 }
 

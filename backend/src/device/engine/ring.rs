@@ -1,7 +1,7 @@
 //! One queue's io_uring: submission with backpressure, completion through
 //! an eventfd that the queue's worker thread waits on.
 
-use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe};
+use io_uring::{cqueue, opcode, types, IoUring, Probe};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -66,8 +66,8 @@ impl Ring {
     /// reaped; the iovec array itself only until the next
     /// [`submit`](Self::submit) returns (the kernel copies it then: every
     /// kernel with `IORING_FEAT_SUBMIT_STABLE`, 5.5 on).
-    pub unsafe fn push(&mut self, io: Io<'_>, user_data: u64, async_hint: bool) -> io::Result<()> {
-        let mut entry = match io {
+    pub unsafe fn push(&mut self, io: Io<'_>, user_data: u64) -> io::Result<()> {
+        let entry = match io {
             Io::Read { fd, offset, iovecs } => {
                 opcode::Readv::new(types::Fd(fd), iovecs.as_ptr(), iov_count(iovecs)?)
                     .offset(offset)
@@ -80,9 +80,6 @@ impl Ring {
             }
         }
         .user_data(user_data);
-        if async_hint {
-            entry = entry.flags(squeue::Flags::ASYNC);
-        }
         loop {
             // SAFETY: the caller keeps the buffers valid until completion
             // and the iovec array until the next submit.
