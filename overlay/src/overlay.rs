@@ -1131,9 +1131,18 @@ impl Overlay {
     /// Where a write of `[offset, offset + len)` can go straight into the
     /// overlay file, for engines that issue it themselves: the file (and
     /// its `O_DIRECT` twin, if open) and the file offset. Only for ranges
-    /// of whole blocks (the disk's short last block counts as whole), which
-    /// need no copy-up; `None` for anything else, which goes through
-    /// [`write`](Self::write).
+    /// of whole blocks (the disk's short last block counts as whole) that
+    /// are all written already; `None` for anything else, which goes
+    /// through [`write`](Self::write).
+    ///
+    /// Why only overwrites: a first write changes a block's state, and
+    /// [`write`](Self::write) orders that change against a copy-up of the
+    /// same block (a partial write reading the base) with the block's
+    /// stripe lock. A write in flight outside the lock could land between
+    /// the copy-up's read of the base and its write, and the copy-up would
+    /// then put base bytes back over a completed write. An overwrite of
+    /// written blocks needs no copy-up and can race with nothing but other
+    /// writes, whose bytes land whole or not at all.
     ///
     /// Once the data write has completed, [`commit_write`](Self::commit_write)
     /// marks the blocks written; until then reads keep seeing the old data,
@@ -1147,6 +1156,9 @@ impl Overlay {
             || !whole
             || end > self.geo.disk_size
             || self.poisoned.load(Ordering::SeqCst)
+            || !self
+                .map
+                .all_written(offset / BLOCK_SIZE, end.div_ceil(BLOCK_SIZE))
         {
             return None;
         }
