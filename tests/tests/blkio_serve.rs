@@ -986,3 +986,120 @@ fn io_errors_fail_only_their_requests() {
         assert!(server.terminate().unwrap().success(), "{engine}");
     }
 }
+
+/// kill -9 in the middle of a stream of writes (overwrites, which the
+/// io_uring engine sends to the ring) with FLUSHes among them: after a
+/// restart every block holds the last write a completed FLUSH covered, or
+/// a write issued after it, never anything older.
+#[test]
+fn kill_9_during_a_stream_of_engine_writes_keeps_every_flushed_write() {
+    const BLOCKS: u64 = 256;
+    const DEPTH: usize = 32;
+    const AT: u64 = 4 << 20;
+    let f = Fixture::new();
+    let block = |generation: u64, b: u64| -> Vec<u8> {
+        (0..512u64)
+            .flat_map(|i| (generation << 20 | b << 9 | i).to_le_bytes())
+            .collect()
+    };
+    // Every other block written once and flushed, so the stream both
+    // overwrites (on the ring) and writes blocks for the first time (which
+    // changes the overlay's map).
+    let server = f.serve(&["--io-engine", "uring"]);
+    let mut client = BlkioClient::connect(&f.socket, 1, (DEPTH + 1) * 4096).unwrap();
+    let q = client.queue();
+    for b in (0..BLOCKS).step_by(2) {
+        q.write(AT + b * 4096, &block(0, b)).unwrap();
+    }
+    q.flush().unwrap();
+    // Per block: the generation a completed FLUSH made durable, and every
+    // generation not known to be older on the disk (in flight, or completed
+    // after the last FLUSH was sent): any of them may have reached it.
+    let mut durable: Vec<u64> = vec![0; BLOCKS as usize];
+    let mut since: Vec<Vec<u64>> = vec![Vec::new(); BLOCKS as usize];
+    let mut completed: Vec<(u64, u64)> = Vec::new();
+    let mut flushing: Option<Vec<(u64, u64)>> = None;
+    let mut seed = 7u64;
+    let mut generation = 1u64;
+    let mut slots: Vec<Option<(u64, u64)>> = vec![None; DEPTH];
+    let mut out = Vec::new();
+    for slot in 0..DEPTH {
+        let b = lcg(&mut seed) % BLOCKS;
+        q.buf()[slot * 4096..][..4096].copy_from_slice(&block(generation, b));
+        q.submit(
+            Op::Write {
+                offset: AT + b * 4096,
+                buf: slot * 4096,
+                len: 4096,
+            },
+            slot,
+        );
+        since[b as usize].push(generation);
+        slots[slot] = Some((b, generation));
+        generation += 1;
+    }
+    let stop_after = 2000 + lcg(&mut seed) % 2000;
+    let mut done = 0;
+    while done < stop_after {
+        out.clear();
+        q.reap(1, &mut out).unwrap();
+        for (slot, result) in out.drain(..) {
+            result.unwrap();
+            done += 1;
+            if slot == DEPTH {
+                // The FLUSH covers what had completed when it was sent; of
+                // those, the last to complete on a block is what it holds.
+                // Writes still in flight then may land later, in any order.
+                for (b, g) in flushing.take().unwrap_or_default() {
+                    durable[b as usize] = g;
+                    since[b as usize].retain(|&x| x != g);
+                }
+                continue;
+            }
+            if let Some(write) = slots[slot].take() {
+                completed.push(write);
+            }
+            if flushing.is_none() && completed.len() >= 64 {
+                flushing = Some(std::mem::take(&mut completed));
+                q.submit(Op::Flush, DEPTH);
+            }
+            let b = lcg(&mut seed) % BLOCKS;
+            q.buf()[slot * 4096..][..4096].copy_from_slice(&block(generation, b));
+            q.submit(
+                Op::Write {
+                    offset: AT + b * 4096,
+                    buf: slot * 4096,
+                    len: 4096,
+                },
+                slot,
+            );
+            since[b as usize].push(generation);
+            slots[slot] = Some((b, generation));
+            generation += 1;
+        }
+    }
+    // Requests are in flight right now.
+    server.kill().unwrap();
+    drop(client);
+    let _server = f.serve(&["--io-engine", "uring"]);
+    let mut client = f.connect(1);
+    let q = client.queue();
+    for b in 0..BLOCKS {
+        let got = q.read(AT + b * 4096, 4096).unwrap();
+        if got == f.base_bytes(AT + b * 4096, 4096) {
+            assert!(
+                b % 2 == 1 && durable[b as usize] == 0,
+                "block {b} lost its writes: a FLUSH made generation {} durable",
+                durable[b as usize]
+            );
+            continue;
+        }
+        let g = u64::from_le_bytes(got[..8].try_into().unwrap()) >> 20;
+        assert_eq!(got, block(g, b), "block {b} is torn or misplaced");
+        assert!(
+            g == durable[b as usize] || since[b as usize].contains(&g),
+            "block {b} holds generation {g}; a FLUSH made {} durable",
+            durable[b as usize]
+        );
+    }
+}
