@@ -348,7 +348,10 @@ impl BlkBackend {
                 break;
             }
             let since = *idle_since.get_or_insert_with(Instant::now);
-            if !poll_once(&mut engine, state, &atomic, since, poll) {
+            let window = engine.poll_window(poll);
+            let found = poll_once(&mut engine, state, &atomic, since, window);
+            engine.polled(found, poll);
+            if !found {
                 break;
             }
         }

@@ -137,6 +137,9 @@ pub struct AsyncQueue {
     finished: Vec<Finished>,
     synced: Vec<(u32, Result<(), String>)>,
     direct: bool,
+    /// How long this queue polls before it sleeps now (adaptive, up to the
+    /// configured window); `None` until the first poll.
+    poll_now: Option<std::time::Duration>,
 }
 
 impl AsyncQueue {
@@ -156,6 +159,7 @@ impl AsyncQueue {
             finished: Vec::new(),
             synced: Vec::new(),
             direct,
+            poll_now: None,
         })
     }
 
@@ -174,6 +178,25 @@ impl AsyncQueue {
     /// Otherwise requests wait in the virtqueue.
     pub fn has_room(&self) -> bool {
         self.ring.in_flight() < self.ring_entries
+    }
+
+    /// How long to poll now, given the configured window `max`.
+    pub fn poll_window(&self, max: std::time::Duration) -> std::time::Duration {
+        self.poll_now.unwrap_or(max)
+    }
+
+    /// Adapts the window to what the last poll found: a poll that found
+    /// work doubles it (up to `max`), one that ran out halves it (down to
+    /// an eighth of `max`), so that a queue whose requests come far apart
+    /// soon stops burning its window of CPU after each of them, while a
+    /// queue in a steady stream keeps polling.
+    pub fn polled(&mut self, found: bool, max: std::time::Duration) {
+        let now = self.poll_window(max);
+        self.poll_now = Some(if found {
+            (now * 2).min(max)
+        } else {
+            (now / 2).max(max / 8)
+        });
     }
 
     /// Whether anything may have finished since the last look.
