@@ -26,6 +26,7 @@ pub struct BlkioClient {
     pub queues: Vec<ClientQueue>,
     capacity: u64,
     read_only: bool,
+    flush_needed: Option<bool>,
     // Dropped last: the queues' memory lives until the queues are dropped too.
     _blkio: Blkio,
 }
@@ -71,6 +72,9 @@ impl BlkioClient {
         let read_only = blkio
             .get_bool("read-only")
             .map_err(|e| err("read-only", e))?;
+        // The device's write cache as libblkio read it (the WCE byte with
+        // CONFIG_WCE); informational, so a libblkio without it is no error.
+        let flush_needed = blkio.get_bool("flush-needed").ok();
         let region = blkio
             .alloc_mem_region(buf_len * num_queues)
             .map_err(|e| err("alloc_mem_region", e))?;
@@ -92,6 +96,7 @@ impl BlkioClient {
             queues,
             capacity,
             read_only,
+            flush_needed,
             _blkio: blkio,
         })
     }
@@ -104,6 +109,14 @@ impl BlkioClient {
     /// Whether the device says it is read-only.
     pub fn read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// Whether the device wants flushes (its write cache is on), as
+    /// libblkio's `flush-needed` says; `None` if libblkio does not say.
+    /// libblkio negotiates `CONFIG_WCE` but never writes the WCE byte, so
+    /// this is the mode the device started in.
+    pub fn flush_needed(&self) -> Option<bool> {
+        self.flush_needed
     }
 
     /// The first queue.

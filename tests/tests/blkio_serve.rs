@@ -1023,6 +1023,7 @@ fn kill_9_during_a_stream_of_engine_writes_keeps_every_flushed_write() {
     let mut generation = 1u64;
     let mut slots: Vec<Option<(u64, u64)>> = vec![None; DEPTH];
     let mut out = Vec::new();
+    #[allow(clippy::needless_range_loop)] // `slot` is also the request's id and buffer.
     for slot in 0..DEPTH {
         let b = lcg(&mut seed) % BLOCKS;
         q.buf()[slot * 4096..][..4096].copy_from_slice(&block(generation, b));

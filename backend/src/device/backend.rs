@@ -11,7 +11,7 @@ use crate::device::engine::queue::{AsyncQueue, Context};
 use crate::device::engine::syncer::Syncer;
 use crate::device::engine::EngineConfig;
 use crate::device::parallel::{Helpers, MIN_SPLIT};
-use crate::device::request::{Completion, Request, RequestContext, MAX_BATCH};
+use crate::device::request::{Completion, Request, RequestContext, RequestType, MAX_BATCH};
 use crate::disk::BlockDevice;
 use crate::metrics::{DiskMetrics, Done, QueueMetrics, ReqKind, Started, Status};
 use smallvec::SmallVec;
@@ -21,10 +21,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
-use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
-    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
-};
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -577,13 +574,13 @@ impl Retire<'_> {
 /// What the metrics record of a completed request.
 fn metric_of(done: &Completion) -> Done {
     let kind = match done.summary.kind {
-        Some(VIRTIO_BLK_T_IN) => ReqKind::Read,
-        Some(VIRTIO_BLK_T_OUT) => ReqKind::Write,
-        Some(VIRTIO_BLK_T_FLUSH) => ReqKind::Flush,
-        Some(VIRTIO_BLK_T_DISCARD) => ReqKind::Discard,
-        Some(VIRTIO_BLK_T_WRITE_ZEROES) => ReqKind::WriteZeroes,
-        Some(VIRTIO_BLK_T_GET_ID) => ReqKind::GetId,
-        _ => ReqKind::Unsupported,
+        Some(RequestType::In) => ReqKind::Read,
+        Some(RequestType::Out) => ReqKind::Write,
+        Some(RequestType::Flush) => ReqKind::Flush,
+        Some(RequestType::Discard) => ReqKind::Discard,
+        Some(RequestType::WriteZeroes) => ReqKind::WriteZeroes,
+        Some(RequestType::GetId) => ReqKind::GetId,
+        Some(RequestType::Unsupported(_)) | None => ReqKind::Unsupported,
     };
     let status = match done.status {
         Some(0) => Status::Ok,

@@ -3,14 +3,14 @@
 //! A request is popped, parsed and checked on the queue's thread
 //! ([`RequestContext::begin`]); then what is left of it runs as follows:
 //!
-//! - a **read** asks the disk for its plan ([`BlockDevice::plan_read`]):
+//! - a **read** asks the disk for its plan ([`BlockDevice::plan_read`](crate::disk::BlockDevice::plan_read)):
 //!   bytes held in memory and zeros are copied at once, file pieces are
 //!   first read with `preadv2(RWF_NOWAIT)`, which succeeds when the page
 //!   cache holds them, so a warm read completes on the spot without a trip
 //!   through the ring; what would block goes to the ring;
 //! - a **write** of whole overlay blocks goes to the ring, straight from
 //!   guest memory to the overlay file; the overlay's map says "written"
-//!   only once the data write has completed ([`BlockDevice::commit_write`]).
+//!   only once the data write has completed ([`BlockDevice::commit_write`](crate::disk::BlockDevice::commit_write)).
 //!   Other writes (a copy-up of a partly written block) run at once;
 //! - a **flush**, and with the write cache off every change, waits for the
 //!   [`Syncer`] (group commit), off this thread;
