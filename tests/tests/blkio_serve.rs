@@ -1023,8 +1023,12 @@ fn kill_9_during_a_stream_of_engine_writes_keeps_every_flushed_write() {
     let mut generation = 1u64;
     let mut slots: Vec<Option<(u64, u64)>> = vec![None; DEPTH];
     let mut out = Vec::new();
-    #[allow(clippy::needless_range_loop)] // `slot` is also the request's id and buffer.
-    for slot in 0..DEPTH {
+    let stop_after = 2000 + lcg(&mut seed) % 2000;
+    // Writes a new generation of a random block from buffer `slot`.
+    let mut issue = |q: &mut ocidisk_tests::blkio_client::ClientQueue,
+                     slot: usize,
+                     since: &mut Vec<Vec<u64>>,
+                     slots: &mut Vec<Option<(u64, u64)>>| {
         let b = lcg(&mut seed) % BLOCKS;
         q.buf()[slot * 4096..][..4096].copy_from_slice(&block(generation, b));
         q.submit(
@@ -1038,8 +1042,10 @@ fn kill_9_during_a_stream_of_engine_writes_keeps_every_flushed_write() {
         since[b as usize].push(generation);
         slots[slot] = Some((b, generation));
         generation += 1;
+    };
+    for slot in 0..DEPTH {
+        issue(q, slot, &mut since, &mut slots);
     }
-    let stop_after = 2000 + lcg(&mut seed) % 2000;
     let mut done = 0;
     while done < stop_after {
         out.clear();
@@ -1064,19 +1070,7 @@ fn kill_9_during_a_stream_of_engine_writes_keeps_every_flushed_write() {
                 flushing = Some(std::mem::take(&mut completed));
                 q.submit(Op::Flush, DEPTH);
             }
-            let b = lcg(&mut seed) % BLOCKS;
-            q.buf()[slot * 4096..][..4096].copy_from_slice(&block(generation, b));
-            q.submit(
-                Op::Write {
-                    offset: AT + b * 4096,
-                    buf: slot * 4096,
-                    len: 4096,
-                },
-                slot,
-            );
-            since[b as usize].push(generation);
-            slots[slot] = Some((b, generation));
-            generation += 1;
+            issue(q, slot, &mut since, &mut slots);
         }
     }
     // Requests are in flight right now.

@@ -174,6 +174,17 @@ impl BlkBackend {
         self.disk.set_writeback(on || self.syncer.is_some());
     }
 
+    /// What completes queue `queue_index`'s requests during one drain.
+    fn retire(&self, queue_index: usize) -> Retire<'_> {
+        Retire {
+            // Only this queue's worker thread records into its metrics.
+            metrics: self.metrics.as_deref().map(|m| m.queue(queue_index)),
+            stats: &self.stats[queue_index.min(self.stats.len().saturating_sub(1))],
+            last_finish: None,
+            completed: false,
+        }
+    }
+
     fn memory(&self) -> GuestMemory {
         // A poisoned lock still holds a valid memory map.
         self.mem.read().unwrap_or_else(|e| e.into_inner()).clone()
@@ -203,13 +214,7 @@ impl BlkBackend {
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let mut guard = vring.get_mut();
         let state = &mut *guard;
-        let mut retire = Retire {
-            // Only this queue's worker thread records into its metrics.
-            metrics: self.metrics.as_deref().map(|m| m.queue(queue_index)),
-            stats: &self.stats[queue_index.min(self.stats.len().saturating_sub(1))],
-            last_finish: None,
-            completed: false,
-        };
+        let mut retire = self.retire(queue_index);
         let mut batch = Batch::new();
         loop {
             if event_idx {
@@ -298,12 +303,7 @@ impl BlkBackend {
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let mut guard = vring.get_mut();
         let state = &mut *guard;
-        let mut retire = Retire {
-            metrics: self.metrics.as_deref().map(|m| m.queue(queue_index)),
-            stats: &self.stats[queue_index.min(self.stats.len().saturating_sub(1))],
-            last_finish: None,
-            completed: false,
-        };
+        let mut retire = self.retire(queue_index);
         let poll = self.engine.poll;
         let mut idle_since: Option<Instant> = None;
         loop {
@@ -323,7 +323,7 @@ impl BlkBackend {
                 engine.start(&ctx, mem, Request::new(chain), started);
                 retire_finished(&mut engine, state, &atomic, &mut retire);
             }
-            engine.submit(&ctx);
+            engine.submit();
             retire_finished(&mut engine, state, &atomic, &mut retire);
             retire.notify(state, &atomic.memory());
             if progress {

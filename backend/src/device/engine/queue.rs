@@ -204,12 +204,12 @@ impl AsyncQueue {
         self.ring.has_completions() || !self.inbox.is_empty()
     }
 
-    /// Hands queued operations to the kernel. A failure fails every request
-    /// whose operations did not reach it.
-    pub fn submit(&mut self, ctx: &Context<'_>) {
+    /// Hands queued operations to the kernel.
+    pub fn submit(&mut self) {
         if let Err(err) = self.ring.submit() {
+            // What the kernel did not take stays in the submission queue,
+            // and the next submit hands it over again.
             tracing::error!(queue = self.index, "cannot submit to the io_uring: {err}");
-            self.fail_all(ctx, &err);
         }
     }
 
@@ -265,7 +265,7 @@ impl AsyncQueue {
             ops,
         };
         if slot.pending == 0 {
-            self.io_done(ctx, slot, None);
+            self.io_done(ctx, slot);
         } else {
             let index = self.insert(slot);
             self.push_ops(ctx, index);
@@ -473,14 +473,14 @@ impl AsyncQueue {
         slot.pending -= 1;
         if slot.pending == 0 {
             if let Some(slot) = self.remove(index) {
-                self.io_done(ctx, slot, Some(index));
+                self.io_done(ctx, slot);
             }
         }
     }
 
     /// Takes a request whose I/O is over to the end: marks a write in the
     /// map, waits for the syncer where durability is owed, then finishes.
-    fn io_done(&mut self, ctx: &Context<'_>, mut slot: InFlight, _was: Option<u32>) {
+    fn io_done(&mut self, ctx: &Context<'_>, mut slot: InFlight) {
         let needs_sync = match slot.begun.action() {
             Action::Write { offset, len } => {
                 if !slot.ops.is_empty() {
@@ -518,15 +518,6 @@ impl AsyncQueue {
             completion,
             started,
         });
-    }
-
-    /// Fails every request in flight whose operations are still queued
-    /// (after the ring refused a submission).
-    fn fail_all(&mut self, ctx: &Context<'_>, err: &io::Error) {
-        // What the kernel did not take stays in the submission queue and
-        // will complete if a later submit succeeds; nothing to undo here
-        // but to report the error.
-        let _ = (ctx, err);
     }
 }
 
