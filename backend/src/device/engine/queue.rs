@@ -247,9 +247,7 @@ impl AsyncQueue {
                 )),
             },
             Action::Write { offset, len } => {
-                if let Err(err) =
-                    self.plan_write(ctx, &mem, &request, &mut begun, offset, len, &mut ops)
-                {
+                if let Err(err) = self.plan_write(ctx, &mem, &request, offset, len, &mut ops) {
                     begun.fail(err);
                 }
             }
@@ -346,14 +344,14 @@ impl AsyncQueue {
     }
 
     /// Turns a write into a ring operation where the disk can take it
-    /// straight into a file; otherwise writes it at once.
-    #[allow(clippy::too_many_arguments)]
+    /// straight into a file; otherwise writes it at once. Either way the
+    /// request's action stays a write, so that with the write cache off it
+    /// still waits for the syncer.
     fn plan_write(
         &self,
         ctx: &Context<'_>,
         mem: &GuestMemoryMmap,
         request: &Request,
-        begun: &mut Begun,
         offset: u64,
         len: u64,
         ops: &mut SmallVec<[Op; 1]>,
@@ -362,9 +360,6 @@ impl AsyncQueue {
             .then(|| ctx.requests.disk.write_target(offset, len))
             .flatten();
         let Some(target) = target else {
-            // The action stays a write, so that with the write cache off
-            // it still waits for the syncer.
-            let _ = begun;
             return ctx.requests.write_now(mem, request, offset, len);
         };
         let bufs = request.data_out(mem, len)?;
