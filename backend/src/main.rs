@@ -10,6 +10,7 @@ mod overlay_cmd;
 mod serve;
 mod stats_cmd;
 mod trace_cmd;
+mod vhost_user;
 
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal as _;

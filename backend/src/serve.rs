@@ -19,6 +19,7 @@ use crate::device::{BlkBackend, DeviceConfig, GuestMemory, Stats};
 use crate::disk::{BlockDevice, OverlayDisk, ReadOnlyDisk};
 use crate::image_args::ImageArgs;
 use crate::metrics::{self, DiskMetrics, Labels, TraceWriter};
+use crate::vhost_user::{Ended, Session};
 use anyhow::{bail, Context};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -26,9 +27,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use vhost::vhost_user::{Error as VhostUserError, Listener};
-use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use std::sync::Arc;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 /// Arguments of `ocidisk serve`.
@@ -226,7 +225,6 @@ pub fn serve_device(device: Arc<dyn BlockDevice>, opts: &ServeOptions) -> anyhow
     let (wake_rx, wake_tx) = UnixStream::pair().context("cannot create a wake-up channel")?;
     let shared = Arc::new(Shared {
         terminated: AtomicBool::new(false),
-        connection: Mutex::new(None),
         wake: wake_tx,
     });
     signals.spawn_waiter(Arc::clone(&shared))?;
@@ -246,8 +244,7 @@ pub fn serve_device(device: Arc<dyn BlockDevice>, opts: &ServeOptions) -> anyhow
         spawn_allocation_gauge(Arc::clone(&device), Arc::clone(m), Arc::clone(&shared));
     }
 
-    let socket = SocketFile::bind(&opts.socket, opts.socket_mode)?;
-    let mut listener = Listener::from(socket.listener.try_clone()?);
+    let socket = SocketFile::bind_or_inherit(&opts.socket, opts.socket_mode)?;
     tracing::info!(
         socket = %opts.socket.display(),
         size = config.size,
@@ -268,7 +265,7 @@ pub fn serve_device(device: Arc<dyn BlockDevice>, opts: &ServeOptions) -> anyhow
         &metrics,
         &helpers,
         &shared,
-        &mut listener,
+        &socket.listener,
         &wake_rx,
     );
     // Whatever ended the loop, leave the disk durable and the path free.
@@ -323,7 +320,7 @@ fn serve_loop(
     metrics: &Option<Arc<DiskMetrics>>,
     helpers: &Option<Arc<Helpers>>,
     shared: &Shared,
-    listener: &mut Listener,
+    listener: &UnixListener,
     wake: &UnixStream,
 ) -> anyhow::Result<()> {
     loop {
@@ -333,6 +330,16 @@ fn serve_loop(
             tracing::info!("terminating on signal");
             return Ok(());
         }
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                tracing::warn!("cannot accept a frontend: {err}");
+                // Do not spin if accepting keeps failing (say, out of file
+                // descriptors); the pending connection waits in the backlog.
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                continue;
+            }
+        };
         let mem: GuestMemory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let backend = Arc::new(
             BlkBackend::new(Arc::clone(device), config.clone(), mem.clone())
@@ -341,39 +348,27 @@ fn serve_loop(
                 .with_engine(engine)
                 .context("cannot set up the I/O engine")?,
         );
-        let mut daemon = VhostUserDaemon::new("ocidisk".to_owned(), Arc::clone(&backend), mem)
-            .map_err(|e| anyhow::anyhow!("cannot start the device: {e}"))?;
-        backend
-            .register_ring_events(&daemon.get_epoll_handlers())
-            .context("cannot watch the io_uring completions")?;
-        if let Err(err) = daemon.start(listener) {
-            tracing::warn!("cannot accept a frontend: {err}");
-            // Do not spin if accepting keeps failing (say, out of file
-            // descriptors); the pending connection waits in the backlog.
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            continue;
-        }
+        let mut session = Session::new(stream, Arc::clone(&backend), mem)
+            .context("cannot set up the connection")?;
         tracing::info!("frontend connected");
-        shared.set_connection(daemon.shutdown_handle());
-        let ended = daemon.wait();
-        shared.set_connection(None);
-        // Dropping the daemon stops and joins the worker threads, so no
-        // request is in flight when the disk is flushed.
-        drop(daemon);
+        let ended = session.run(wake.as_raw_fd());
+        // Every request taken from the rings is answered before the socket
+        // closes and before the disk is flushed: the frontend (or the next
+        // backend) then finds each one either done or still available.
+        session.stop_queues();
         let Stats { requests, errors } = backend.stats();
-        match ended {
-            // A frontend that goes away mid-message has disconnected too.
-            Ok(())
-            | Err(vhost_user_backend::Error::HandleRequest(
-                VhostUserError::Disconnected | VhostUserError::PartialMessage,
-            )) => tracing::info!(requests, errors, "frontend disconnected"),
-            Err(err) => {
+        match &ended {
+            Ended::Disconnected => tracing::info!(requests, errors, "frontend disconnected"),
+            Ended::Stopped => tracing::info!(requests, errors, "stopping the connection"),
+            Ended::Failed(err) => {
                 tracing::warn!(requests, errors, "frontend connection failed: {err}")
             }
         }
-        device
+        let flushed = device
             .flush()
-            .context("cannot flush the disk after the frontend disconnected")?;
+            .context("cannot flush the disk after the frontend disconnected");
+        drop(session);
+        flushed?;
         if shared.terminated.load(Ordering::SeqCst) {
             tracing::info!("terminating on signal");
             return Ok(());
@@ -417,32 +412,15 @@ fn wait_for_frontend(listener: RawFd, wake: RawFd) -> io::Result<bool> {
 /// State shared between the serve loop and the signal thread.
 struct Shared {
     terminated: AtomicBool,
-    /// The connection being served, to cut it on a signal.
-    connection: Mutex<Option<ShutdownHandle>>,
-    /// Wakes the serve loop while it waits for a frontend.
+    /// Wakes the serve loop, whether it waits for a frontend or serves one:
+    /// once written it stays readable.
     wake: UnixStream,
 }
 
 impl Shared {
-    fn set_connection(&self, handle: Option<ShutdownHandle>) {
-        let mut slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-        *slot = handle;
-        // A signal that came before the handle was stored found no
-        // connection to cut: cut it now.
-        if self.terminated.load(Ordering::SeqCst) {
-            if let Some(handle) = slot.as_ref() {
-                handle.shutdown();
-            }
-        }
-    }
-
     fn terminate(&self) {
         self.terminated.store(true, Ordering::SeqCst);
         let _ = (&self.wake).write(&[1]);
-        let slot = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(handle) = slot.as_ref() {
-            handle.shutdown();
-        }
     }
 }
 
@@ -495,11 +473,33 @@ impl Signals {
 struct SocketFile {
     listener: UnixListener,
     path: PathBuf,
-    /// Device and inode of the socket file, to recognize it at removal.
-    id: (u64, u64),
+    /// Device and inode of the socket file, to recognize it at removal;
+    /// `None` for a socket inherited from the launcher, which stays.
+    id: Option<(u64, u64)>,
 }
 
 impl SocketFile {
+    /// The listening socket a launcher handed over (systemd's socket
+    /// activation: `LISTEN_PID` is this process and `LISTEN_FDS` is 1, the
+    /// socket is fd 3), or else a new one bound at `path`.
+    ///
+    /// An inherited socket outlives this process: frontends that connect
+    /// while no backend runs wait in its backlog, which is what lets a new
+    /// binary replace a running one under a live VM.
+    fn bind_or_inherit(path: &Path, mode: u32) -> anyhow::Result<Self> {
+        match inherited_listener()? {
+            Some(listener) => {
+                tracing::info!(socket = %path.display(), "serving on the inherited socket (fd 3)");
+                Ok(Self {
+                    listener,
+                    path: path.to_owned(),
+                    id: None,
+                })
+            }
+            None => Self::bind(path, mode),
+        }
+    }
+
     /// Binds a listening socket at `path` with permissions `mode`, replacing
     /// a stale socket file and refusing a live one.
     fn bind(path: &Path, mode: u32) -> anyhow::Result<Self> {
@@ -528,15 +528,18 @@ impl SocketFile {
         Ok(Self {
             listener,
             path: path.to_owned(),
-            id: (meta.dev(), meta.ino()),
+            id: Some((meta.dev(), meta.ino())),
         })
     }
 }
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
+        let Some(id) = self.id else {
+            return;
+        };
         match std::fs::symlink_metadata(&self.path) {
-            Ok(meta) if (meta.dev(), meta.ino()) == self.id => {
+            Ok(meta) if (meta.dev(), meta.ino()) == id => {
                 if let Err(err) = std::fs::remove_file(&self.path) {
                     tracing::warn!("cannot remove the socket {}: {err}", self.path.display());
                 }
@@ -547,6 +550,44 @@ impl Drop for SocketFile {
             ),
         }
     }
+}
+
+/// The listening socket passed by systemd-style socket activation, if
+/// this process was given one.
+fn inherited_listener() -> anyhow::Result<Option<UnixListener>> {
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| pid == std::process::id());
+    let Some(count) = std::env::var("LISTEN_FDS").ok().filter(|_| ours) else {
+        return Ok(None);
+    };
+    if count != "1" {
+        bail!("LISTEN_FDS={count}: ocidisk serve takes exactly one socket");
+    }
+    const FD: RawFd = 3;
+    let mut listening: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `listening` and `len` are valid out-pointers of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            FD,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut listening as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || listening == 0 {
+        bail!("LISTEN_FDS=1, but fd 3 is not a listening socket");
+    }
+    // SAFETY: fd 3 was handed to this process to own (LISTEN_PID), and
+    // nothing else in it uses that descriptor.
+    let listener = unsafe { <UnixListener as std::os::fd::FromRawFd>::from_raw_fd(FD) };
+    // Set close-on-exec, as every descriptor this process opens has.
+    // SAFETY: fcntl without pointers on a descriptor we own.
+    unsafe { libc::fcntl(FD, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(Some(listener))
 }
 
 /// Refuses a path that a live process accepts on or that is not a socket;

@@ -1,10 +1,12 @@
-//! The vhost-user side of the device: [`BlkBackend`] implements
-//! [`VhostUserBackend`] for one frontend connection.
+//! The device side of one frontend connection: [`BlkBackend`] runs a
+//! virtqueue's requests when its worker thread
+//! ([`crate::vhost_user::worker`]) asks, and answers what the protocol
+//! handler ([`crate::vhost_user::connection`]) asks of the device.
 //!
 //! All methods take `&self`; the state the frontend changes (acked features,
-//! write-back, guest memory) sits behind atomics and a lock that is taken once
-//! per batch of requests, so that every virtqueue runs on its own worker
-//! thread without contention.
+//! write-back) sits behind atomics and guest memory behind the atomic map the
+//! handler replaces, so that every virtqueue runs on its own worker thread
+//! without contention.
 
 use crate::device::config::{DeviceConfig, WCE_OFFSET};
 use crate::device::engine::queue::{AsyncQueue, Context};
@@ -14,20 +16,15 @@ use crate::device::parallel::{Helpers, MIN_SPLIT};
 use crate::device::request::{Completion, Request, RequestContext, RequestType, MAX_BATCH};
 use crate::disk::BlockDevice;
 use crate::metrics::{DiskMetrics, Done, QueueMetrics, ReqKind, Started, Status};
+use crate::vhost_user::vring::Vring;
 use smallvec::SmallVec;
 use std::io;
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
-use vhost_user_backend::{VhostUserBackend, VringEpollHandler, VringRwLock, VringT};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH};
-use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
 
 /// Guest memory as the vhost-user daemon shares it with the backend.
 pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap>;
@@ -54,8 +51,8 @@ struct QueueStats {
 pub struct BlkBackend {
     disk: Arc<dyn BlockDevice>,
     config: DeviceConfig,
-    mem: RwLock<GuestMemory>,
-    event_idx: AtomicBool,
+    /// Guest memory; the protocol handler replaces what it holds.
+    mem: GuestMemory,
     writeback: AtomicBool,
     stats: Box<[QueueStats]>,
     metrics: Option<Arc<DiskMetrics>>,
@@ -81,8 +78,7 @@ impl BlkBackend {
         Self {
             disk,
             config,
-            mem: RwLock::new(mem),
-            event_idx: AtomicBool::new(false),
+            mem,
             writeback: AtomicBool::new(writeback),
             stats,
             metrics: None,
@@ -118,28 +114,6 @@ impl BlkBackend {
         // must not flush on every write.
         self.set_writeback(self.writeback());
         Ok(self)
-    }
-
-    /// The epoll event number of the queue rings' eventfds: past the
-    /// numbers the daemon reserves for the queues and its exit event.
-    fn ring_event(&self) -> u16 {
-        self.config.num_queues + 1
-    }
-
-    /// Adds each queue's ring eventfd to its worker thread's epoll, so that
-    /// completions wake the thread.
-    pub fn register_ring_events(
-        &self,
-        handlers: &[Arc<VringEpollHandler<Arc<Self>>>],
-    ) -> io::Result<()> {
-        for (queue, handler) in self.queues.iter().zip(handlers) {
-            let fd = queue
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .event_fd();
-            handler.register_listener(fd, EventSet::IN, u64::from(self.ring_event()))?;
-        }
-        Ok(())
     }
 
     /// Records every request into `metrics` (queue `i` into its queue `i`).
@@ -186,8 +160,7 @@ impl BlkBackend {
     }
 
     fn memory(&self) -> GuestMemory {
-        // A poisoned lock still holds a valid memory map.
-        self.mem.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.mem.clone()
     }
 
     /// Completes every available request of `vring`, notifying the driver
@@ -198,7 +171,7 @@ impl BlkBackend {
     /// together on the helpers once the ring is empty (or a batch is full),
     /// so that a guest streaming through one queue keeps every core copying.
     /// virtio lets a device complete requests in any order.
-    fn process_queue(&self, queue_index: usize, vring: &VringRwLock<GuestMemory>) {
+    fn process_queue(&self, queue_index: usize, state: &mut Vring) {
         let atomic = self.memory();
         let draining = Draining::enter(&self.draining);
         // When other queues are draining too, their threads already keep the
@@ -211,29 +184,22 @@ impl BlkBackend {
             disk: &*self.disk,
             serial: &self.config.serial,
         };
-        let event_idx = self.event_idx.load(Ordering::Relaxed);
-        let mut guard = vring.get_mut();
-        let state = &mut *guard;
+        let event_idx = state.event_idx();
         let mut retire = self.retire(queue_index);
         let mut batch = Batch::new();
         loop {
             if event_idx {
-                // Errors here mean the ring is outside guest memory; popping
-                // will find nothing then, so the loop ends.
-                let _ = state
-                    .get_queue_mut()
-                    .disable_notification(&*atomic.memory());
+                state.disable_notification(&atomic.memory());
             }
             loop {
                 // A fresh view of guest memory for every request: the
                 // frontend may have added a region (and had it acknowledged)
                 // while this loop ran, and its next request may live there.
                 let mem = atomic.memory();
-                let Some(chain) = state.get_queue_mut().pop_descriptor_chain(&*mem) else {
+                let Some(request) = state.pop(&mem) else {
                     break;
                 };
                 let started = retire.start();
-                let request = Request::new(chain);
                 match helpers {
                     // Only reads: buffered writes to one file take its
                     // inode lock in turn (ext4, xfs), so writes would gain
@@ -250,7 +216,7 @@ impl BlkBackend {
                     }
                     _ => {
                         let done = ctx.complete(&mem, &request);
-                        retire.done(state.get_queue_mut(), &mem, started, &done);
+                        retire.done(state, &mem, started, &done);
                     }
                 }
             }
@@ -258,13 +224,9 @@ impl BlkBackend {
                 self.run_batch(&ctx, helpers, &mut batch, state, &atomic, &mut retire);
             }
             // With EVENT_IDX, re-enabling notifications reports requests
-            // that arrived meanwhile: process them before sleeping.
-            if !event_idx
-                || !state
-                    .get_queue_mut()
-                    .enable_notification(&*atomic.memory())
-                    .unwrap_or(false)
-            {
+            // that arrived meanwhile: process them before sleeping. (A
+            // broken ring reports nothing, so it cannot keep this going.)
+            if !event_idx || !state.enable_notification(&atomic.memory()) {
                 break;
             }
         }
@@ -278,7 +240,7 @@ impl BlkBackend {
     fn process_queue_async(
         &self,
         queue_index: usize,
-        vring: &VringRwLock<GuestMemory>,
+        state: &mut Vring,
         engine: &Mutex<AsyncQueue>,
         syncer: &Syncer,
     ) {
@@ -300,27 +262,23 @@ impl BlkBackend {
             writeback: self.writeback(),
             syncer,
         };
-        let event_idx = self.event_idx.load(Ordering::Relaxed);
-        let mut guard = vring.get_mut();
-        let state = &mut *guard;
+        let event_idx = state.event_idx();
         let mut retire = self.retire(queue_index);
         let poll = self.engine.poll;
         let mut idle_since: Option<Instant> = None;
         loop {
             let mut progress = engine.reap(&ctx) > 0;
             if event_idx && engine.has_room() {
-                let _ = state
-                    .get_queue_mut()
-                    .disable_notification(&*atomic.memory());
+                state.disable_notification(&atomic.memory());
             }
             while engine.has_room() {
                 let mem = atomic.memory();
-                let Some(chain) = state.get_queue_mut().pop_descriptor_chain(mem.clone()) else {
+                let Some(request) = state.pop(&mem) else {
                     break;
                 };
                 progress = true;
                 let started = retire.start();
-                engine.start(&ctx, mem, Request::new(chain), started);
+                engine.start(&ctx, mem, request, started);
                 retire_finished(&mut engine, state, &atomic, &mut retire);
             }
             engine.submit();
@@ -332,13 +290,7 @@ impl BlkBackend {
             }
             // With EVENT_IDX, re-enabling notifications reports requests
             // that arrived meanwhile.
-            if event_idx
-                && engine.has_room()
-                && state
-                    .get_queue_mut()
-                    .enable_notification(&*atomic.memory())
-                    .unwrap_or(false)
-            {
+            if event_idx && engine.has_room() && state.enable_notification(&atomic.memory()) {
                 continue;
             }
             if poll.is_zero() {
@@ -364,7 +316,7 @@ impl BlkBackend {
         ctx: &RequestContext<'_>,
         helpers: &Helpers,
         batch: &mut Batch,
-        state: &mut VringState,
+        state: &mut Vring,
         atomic: &GuestMemory,
         retire: &mut Retire<'_>,
     ) {
@@ -375,9 +327,8 @@ impl BlkBackend {
             batch.items.iter_mut().map(|d| d.started.take()).collect();
         let requests: SmallVec<[(&GuestMemoryMmap, &Request); MAX_BATCH]> =
             batch.items.iter().map(|d| (&*d.mem, &d.request)).collect();
-        let queue = state.get_queue_mut();
         ctx.complete_shared(helpers, &requests, |i, done| {
-            retire.done(queue, requests[i].0, started[i].take(), &done);
+            retire.done(state, requests[i].0, started[i].take(), &done);
         });
         drop(requests);
         batch.clear();
@@ -385,25 +336,17 @@ impl BlkBackend {
     }
 }
 
-/// Puts the requests the engine finished on the used ring, unless the
-/// frontend has stopped the queue (then the ring is no longer ours to write).
+/// Puts the requests the engine finished on the used ring (which drops
+/// them if the frontend has taken the ring back).
 fn retire_finished(
     engine: &mut AsyncQueue,
-    state: &mut VringState,
+    state: &mut Vring,
     atomic: &GuestMemory,
     retire: &mut Retire<'_>,
 ) {
-    let ready = state.get_queue().ready();
     let mem = atomic.memory();
     for finished in engine.take_finished() {
-        if ready {
-            retire.done(
-                state.get_queue_mut(),
-                &mem,
-                finished.started,
-                &finished.completion,
-            );
-        }
+        retire.done(state, &mem, finished.started, &finished.completion);
     }
 }
 
@@ -411,7 +354,7 @@ fn retire_finished(
 /// available (true), or `poll` has passed since `since` (false).
 fn poll_once(
     engine: &mut AsyncQueue,
-    state: &mut VringState,
+    state: &mut Vring,
     atomic: &GuestMemory,
     since: Instant,
     poll: Duration,
@@ -421,12 +364,7 @@ fn poll_once(
         if engine.has_news() {
             return true;
         }
-        let queue = state.get_queue();
-        let avail = queue
-            .avail_idx(&*mem, Ordering::Acquire)
-            .map(|idx| idx.0 != queue.next_avail())
-            .unwrap_or(false);
-        if avail && engine.has_room() {
+        if engine.has_room() && state.has_available(&mem) {
             return true;
         }
         std::hint::spin_loop();
@@ -504,8 +442,6 @@ impl Batch {
     }
 }
 
-type Queue = virtio_queue::Queue;
-type VringState = vhost_user_backend::VringState<GuestMemory>;
 type GuestMemoryGuard = <GuestMemory as GuestAddressSpace>::T;
 
 /// Completes requests on the used ring and counts them, for one drain of
@@ -532,25 +468,16 @@ impl Retire<'_> {
 
     /// Tells the driver about the requests completed since the last call,
     /// if it wants to hear (EVENT_IDX lets it say when).
-    fn notify(&mut self, state: &mut VringState, mem: &GuestMemoryMmap) {
-        if !std::mem::take(&mut self.completed) {
-            return;
-        }
-        if state
-            .get_queue_mut()
-            .needs_notification(mem)
-            .unwrap_or(true)
-        {
-            if let Err(err) = state.signal_used_queue() {
-                tracing::debug!("cannot notify the driver: {err}");
-            }
+    fn notify(&mut self, state: &mut Vring, mem: &GuestMemoryMmap) {
+        if std::mem::take(&mut self.completed) {
+            state.notify(mem);
         }
     }
 
     /// Counts `done` and puts it on the used ring.
     fn done(
         &mut self,
-        queue: &mut Queue,
+        state: &mut Vring,
         mem: &GuestMemoryMmap,
         started: Option<Started>,
         done: &Completion,
@@ -564,9 +491,8 @@ impl Retire<'_> {
         if done.status != Some(0) {
             self.stats.errors.fetch_add(1, Ordering::Relaxed);
         }
-        match queue.add_used(mem, done.head, done.used_len) {
-            Ok(()) => self.completed = true,
-            Err(err) => tracing::debug!(head = done.head, "cannot complete request: {err}"),
+        if state.add_used(mem, done.head, done.used_len) {
+            self.completed = true;
         }
     }
 }
@@ -595,23 +521,25 @@ fn metric_of(done: &Completion) -> Done {
     }
 }
 
-impl VhostUserBackend for BlkBackend {
-    type Bitmap = ();
-    type Vring = VringRwLock<GuestMemory>;
-
-    fn num_queues(&self) -> usize {
+/// What the protocol handler asks of the device.
+impl BlkBackend {
+    /// How many virtqueues the device has.
+    pub fn num_queues(&self) -> usize {
         usize::from(self.config.num_queues)
     }
 
-    fn max_queue_size(&self) -> usize {
-        usize::from(self.config.queue_size)
+    /// The largest virtqueue the device takes.
+    pub fn max_queue_size(&self) -> u16 {
+        self.config.queue_size
     }
 
-    fn features(&self) -> u64 {
+    /// The virtio feature bits the device offers.
+    pub fn features(&self) -> u64 {
         self.config.features()
     }
 
-    fn acked_features(&self, features: u64) {
+    /// Applies the features the driver accepted.
+    pub fn acked_features(&self, features: u64) {
         // Without FLUSH the driver cannot make writes durable, so every
         // write must be; with FLUSH but without CONFIG_WCE it keeps the
         // device's initial mode.
@@ -625,29 +553,21 @@ impl VhostUserBackend for BlkBackend {
         self.set_writeback(writeback);
     }
 
-    fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-    }
-
-    fn reset_device(&self) {
+    /// Back to the state before the driver negotiated.
+    pub fn reset_device(&self) {
         self.set_writeback(!self.config.writethrough);
     }
 
-    fn set_event_idx(&self, enabled: bool) {
-        self.event_idx.store(enabled, Ordering::Relaxed);
-    }
-
-    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+    /// Reads `size` bytes of the config space at `offset`.
+    pub fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         // The vhost-user message bounds `size`; this bounds it again so a
         // broken frontend cannot make the backend allocate much.
         self.config
             .read_config(self.writeback(), offset, size.min(4096))
     }
 
-    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+    /// Writes the config space at `offset`.
+    pub fn set_config(&self, offset: u32, buf: &[u8]) {
         // Only the write-back byte is writable; writes elsewhere are ignored
         // as the spec asks of read-only fields.
         let wce = (WCE_OFFSET as u64)
@@ -656,58 +576,74 @@ impl VhostUserBackend for BlkBackend {
         if let Some(&wce) = wce {
             self.set_writeback(wce != 0);
         }
-        Ok(())
     }
 
-    fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
-        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = mem;
-        Ok(())
+    /// The eventfd that signals queue `index`'s io_uring completions, if it
+    /// has a ring: its worker thread waits on it beside the kick.
+    pub fn ring_fd(&self, index: usize) -> Option<RawFd> {
+        let queue = self.queues.get(index)?;
+        Some(
+            queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .event_fd(),
+        )
     }
 
-    fn queues_per_thread(&self) -> Vec<u64> {
-        // One worker thread per queue, so queues run in parallel.
-        (0..self.config.num_queues).map(|q| 1u64 << q).collect()
+    /// Runs what queue `index`'s driver made available and what its engine
+    /// finished, notifying the driver.
+    pub fn process(&self, index: usize, vring: &mut Vring) {
+        match (self.queues.get(index), &self.syncer) {
+            (Some(engine), Some(syncer)) => self.process_queue_async(index, vring, engine, syncer),
+            _ => self.process_queue(index, vring),
+        }
     }
 
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        // Each worker thread gets its own event, so that the daemon can stop
-        // them when the connection ends. Without one they would never exit.
-        match new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC) {
-            Ok(pair) => Some(pair),
-            Err(err) => {
-                tracing::error!("cannot create a worker exit event: {err}");
-                None
+    /// Finishes everything queue `index` has in flight, without taking new
+    /// requests, and puts it on the used ring: the frontend is about to
+    /// take the ring back (GET_VRING_BASE, a disconnect, a graceful stop),
+    /// and then it must find every request it made available either
+    /// answered or still available.
+    pub fn quiesce(&self, index: usize, vring: &mut Vring) {
+        let (Some(engine), Some(syncer)) = (self.queues.get(index), &self.syncer) else {
+            // The blocking engine finishes each drain before it returns.
+            return;
+        };
+        let atomic = self.memory();
+        let mut engine = engine.lock().unwrap_or_else(PoisonError::into_inner);
+        let ctx = Context {
+            helpers: None,
+            requests: RequestContext {
+                disk: &*self.disk,
+                serial: &self.config.serial,
+            },
+            writeback: self.writeback(),
+            syncer,
+        };
+        let mut retire = self.retire(index);
+        loop {
+            engine.reap(&ctx);
+            engine.submit();
+            retire_finished(&mut engine, vring, &atomic, &mut retire);
+            retire.notify(vring, &atomic.memory());
+            if engine.is_idle() {
+                return;
             }
+            wait_readable(engine.event_fd(), Duration::from_millis(100));
         }
     }
+}
 
-    fn handle_event(
-        &self,
-        device_event: u16,
-        evset: EventSet,
-        vrings: &[Self::Vring],
-        thread_id: usize,
-    ) -> io::Result<()> {
-        if evset != EventSet::IN {
-            return Ok(());
-        }
-        // Each thread owns one queue, so its event is always 0, or the ring
-        // event with the io_uring engine; anything else is ignored rather
-        // than treated as fatal. With one queue per thread, the thread
-        // index is the queue index.
-        if let (Some(engine), Some(syncer)) = (self.queues.get(thread_id), &self.syncer) {
-            if device_event == 0 || device_event == self.ring_event() {
-                if let Some(vring) = vrings.first() {
-                    self.process_queue_async(thread_id, vring, engine, syncer);
-                }
-            }
-            return Ok(());
-        }
-        if let Some(vring) = vrings.get(usize::from(device_event)) {
-            self.process_queue(thread_id, vring);
-        }
-        Ok(())
-    }
+/// Waits until `fd` is readable or `timeout` passed.
+fn wait_readable(fd: RawFd, timeout: Duration) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `pfd` is one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
 }
 
 #[cfg(test)]
@@ -733,14 +669,6 @@ mod tests {
     }
 
     #[test]
-    fn one_thread_per_queue() {
-        let b = backend(false, Arc::new(MemoryDisk::new(4096, 0)));
-        assert_eq!(b.queues_per_thread(), vec![1, 2]);
-        assert_eq!(b.num_queues(), 2);
-        assert!(b.exit_event(0).is_some());
-    }
-
-    #[test]
     fn writeback_follows_features_and_config() {
         let disk = Arc::new(MemoryDisk::new(4096, 0));
         let b = backend(false, Arc::clone(&disk));
@@ -754,15 +682,15 @@ mod tests {
         b.acked_features(FLUSH | WCE);
         assert_eq!(wb(&b), (true, true));
         // The guest switches through the config byte, alone or in a range.
-        b.set_config(WCE_OFFSET as u32, &[0]).unwrap();
+        b.set_config(WCE_OFFSET as u32, &[0]);
         assert_eq!(wb(&b), (false, false));
         assert_eq!(b.get_config(WCE_OFFSET as u32, 1), [0]);
-        b.set_config(30, &[9, 9, 1, 9]).unwrap();
+        b.set_config(30, &[9, 9, 1, 9]);
         assert_eq!(wb(&b), (true, true));
         // Writes to other fields are ignored.
-        b.set_config(0, &[0; 8]).unwrap();
-        b.set_config(40, &[0; 4]).unwrap();
-        b.set_config(u32::MAX, &[0]).unwrap();
+        b.set_config(0, &[0; 8]);
+        b.set_config(40, &[0; 4]);
+        b.set_config(u32::MAX, &[0]);
         assert_eq!(wb(&b), (true, true));
         assert_eq!(b.get_config(0, 8), (4096u64 / 512).to_le_bytes());
 
@@ -770,7 +698,7 @@ mod tests {
         assert_eq!(wb(&b), (false, false));
         b.acked_features(FLUSH);
         assert_eq!(wb(&b), (false, false));
-        b.set_config(WCE_OFFSET as u32, &[1]).unwrap();
+        b.set_config(WCE_OFFSET as u32, &[1]);
         assert_eq!(wb(&b), (true, true));
         b.reset_device();
         assert_eq!(wb(&b), (false, false));
@@ -782,17 +710,16 @@ mod tests {
         atomic: &GuestMemory,
         queue: &MockSplitQueue<'_, GuestMemoryMmap>,
         size: u16,
-    ) -> VringRwLock<GuestMemory> {
-        let vring = VringRwLock::new(atomic.clone(), size).unwrap();
-        vring.set_queue_size(size);
-        vring
-            .set_queue_info(
-                queue.desc_table_addr().0,
-                queue.avail_addr().0,
-                queue.used_addr().0,
-            )
-            .unwrap();
-        vring.set_queue_ready(true);
+    ) -> Vring {
+        let mut vring = Vring::new(0, size).unwrap();
+        vring.set_size(u32::from(size)).unwrap();
+        vring.set_addresses(
+            queue.desc_table_addr().0,
+            queue.avail_addr().0,
+            queue.used_addr().0,
+        );
+        vring.set_enabled(true);
+        vring.start(&atomic.memory(), None).unwrap();
         vring
     }
 
@@ -841,9 +768,8 @@ mod tests {
                 0,
             )
             .unwrap();
-        let vring = ready_vring(&atomic, &queue, 16);
-        b.handle_event(0, EventSet::IN, std::slice::from_ref(&vring), 0)
-            .unwrap();
+        let mut vring = ready_vring(&atomic, &queue, 16);
+        b.process(0, &mut vring);
 
         let status = |i: u64| mem.read_obj::<u8>(GuestAddress(0x3_0000 + i)).unwrap();
         assert_eq!([status(0), status(1), status(2)], [0, 1, 0]);
@@ -866,10 +792,6 @@ mod tests {
                 errors: 2
             }
         );
-        // Unknown events and event sets are ignored, not fatal.
-        b.handle_event(5, EventSet::IN, std::slice::from_ref(&vring), 0)
-            .unwrap();
-        b.handle_event(0, EventSet::HANG_UP, &[vring], 0).unwrap();
     }
 
     #[test]
@@ -903,15 +825,15 @@ mod tests {
         }
         let chains: Vec<RawDescriptor> = chains.into_iter().map(RawDescriptor::from).collect();
         queue.add_desc_chains(&chains, 0).unwrap();
-        let vring = ready_vring(&atomic, &queue, 32);
-        let (consumer, notifier) = new_event_consumer_and_notifier(EventFlag::NONBLOCK).unwrap();
-        // SAFETY: the descriptor is the notifier's own, handed over whole.
-        let call =
-            unsafe { std::fs::File::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(notifier)) };
-        vring.set_call(Some(call));
+        let mut vring = ready_vring(&atomic, &queue, 32);
+        // SAFETY: plain syscall; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: a fresh descriptor, owned by `consumer` alone.
+        let consumer = unsafe { std::fs::File::from_raw_fd(fd) };
+        vring.set_call(Some(consumer.try_clone().unwrap()));
 
-        b.handle_event(0, EventSet::IN, std::slice::from_ref(&vring), 0)
-            .unwrap();
+        b.process(0, &mut vring);
 
         assert_eq!(queue.used().idx().load(), READS as u16);
         for i in 0..READS {

@@ -8,7 +8,7 @@
 //! offset, and only here are offsets turned into descriptors and guest
 //! addresses.
 //!
-//! [`Chain::collect`] reads the descriptors (not the memory they point at)
+//! [`Chain::walk`] reads the descriptors (not the memory they point at)
 //! and keeps what is structurally wrong with them as a [`Defect`] instead of
 //! failing, because even a broken chain must be answered with a status.
 //! [`guest_iovecs`] maps a stream range to host buffers so that the disk can
@@ -22,8 +22,7 @@
 
 use smallvec::SmallVec;
 use std::io::IoSliceMut;
-use std::ops::Deref;
-use virtio_queue::DescriptorChain;
+use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Descriptors a chain may have. Linux sends at most `seg_max + 2`, and
@@ -70,6 +69,15 @@ pub(super) enum Defect {
     TooManyDescriptors,
     /// A descriptor's range wraps around the guest address space.
     AddressOverflow { addr: u64, len: u32 },
+    /// A descriptor index beyond its table.
+    BadIndex { index: u16 },
+    /// A descriptor outside guest memory.
+    Unreadable { index: u16 },
+    /// The chain visits more descriptors than its table holds.
+    Loop,
+    /// An indirect table that is empty, not whole descriptors, nested, or
+    /// followed by more descriptors.
+    BadIndirect,
 }
 
 /// Why a range of a stream cannot be used as guest memory.
@@ -82,11 +90,78 @@ pub(super) enum MemoryError {
 }
 
 impl Chain {
-    /// Sorts `chain`'s descriptors into the two streams. Reads no guest
-    /// memory but the descriptors themselves.
-    pub(super) fn collect<M>(chain: DescriptorChain<M>) -> Self
+    /// Walks the chain that starts at descriptor `head` of the descriptor
+    /// table at `table` (of `queue_size` entries), following an indirect
+    /// table if the chain refers to one, and sorts its descriptors into the
+    /// two streams. Reads no guest memory but the descriptors themselves.
+    ///
+    /// Lengths add up in 64 bits, so no combination of descriptor lengths
+    /// can end the walk early: a chain that has a status byte keeps it.
+    pub(super) fn walk(
+        mem: &GuestMemoryMmap,
+        table: GuestAddress,
+        queue_size: u16,
+        head: u16,
+    ) -> Self {
+        let mut c = Chain {
+            spans: SmallVec::new(),
+            readable: 0,
+            readable_len: 0,
+            writable_len: 0,
+            status_addr: None,
+            defect: None,
+        };
+        let mut table = table;
+        let mut entries = u32::from(queue_size);
+        let mut index = head;
+        let mut indirect = false;
+        // A chain visits each entry of its table at most once; one more
+        // descriptor than the table holds means it loops.
+        let mut budget = entries;
+        loop {
+            if u32::from(index) >= entries {
+                c.defect.get_or_insert(Defect::BadIndex { index });
+                break;
+            }
+            let Some(desc) = read_descriptor(mem, table, index) else {
+                c.defect.get_or_insert(Defect::Unreadable { index });
+                break;
+            };
+            if budget == 0 {
+                c.defect.get_or_insert(Defect::Loop);
+                break;
+            }
+            budget -= 1;
+            if desc.refers_to_indirect_table() {
+                // An indirect table may only be the whole chain's single
+                // entry of the queue's table (and never nest).
+                let len = desc.len();
+                if indirect || desc.has_next() || len == 0 || len % 16 != 0 {
+                    c.defect.get_or_insert(Defect::BadIndirect);
+                    break;
+                }
+                indirect = true;
+                table = desc.addr();
+                entries = len / 16;
+                budget = entries;
+                index = 0;
+                continue;
+            }
+            c.add(desc.addr().0, desc.len(), desc.is_write_only());
+            if !desc.has_next() {
+                break;
+            }
+            index = desc.next();
+        }
+        c
+    }
+
+    /// Sorts `chain`'s descriptors into the two streams, as virtio-queue's
+    /// iterator walks them (tests build chains with its mock queue).
+    #[cfg(test)]
+    pub(super) fn collect<M>(chain: virtio_queue::DescriptorChain<M>) -> Self
     where
-        M: Deref<Target = GuestMemoryMmap>,
+        M: std::ops::Deref<Target = GuestMemoryMmap>,
     {
         let mut c = Chain {
             spans: SmallVec::new(),
@@ -96,36 +171,39 @@ impl Chain {
             status_addr: None,
             defect: None,
         };
-        // The iterator ends at the last descriptor, at a loop (its length is
-        // bounded by the queue or table size), or at a descriptor it cannot
-        // read; a truncated chain is then simply too short.
         for desc in chain {
-            let (addr, len) = (desc.addr().0, desc.len());
-            if len == 0 {
-                continue;
-            }
-            let Some(last) = addr.checked_add(u64::from(len) - 1) else {
-                c.defect
-                    .get_or_insert(Defect::AddressOverflow { addr, len });
-                continue;
-            };
-            if desc.is_write_only() {
-                c.writable_len += u64::from(len);
-                c.status_addr = Some(GuestAddress(last));
-            } else if c.writable_len > 0 {
-                c.defect.get_or_insert(Defect::Misordered);
-                continue;
-            } else {
-                c.readable += 1;
-                c.readable_len += u64::from(len);
-            }
-            if c.spans.len() == MAX_DESCRIPTORS {
-                c.defect.get_or_insert(Defect::TooManyDescriptors);
-                continue;
-            }
-            c.spans.push(Span { addr, len });
+            c.add(desc.addr().0, desc.len(), desc.is_write_only());
         }
         c
+    }
+
+    /// Adds one descriptor to its stream.
+    fn add(&mut self, addr: u64, len: u32, writable: bool) {
+        if len == 0 {
+            return;
+        }
+        let Some(last) = addr.checked_add(u64::from(len) - 1) else {
+            self.defect
+                .get_or_insert(Defect::AddressOverflow { addr, len });
+            return;
+        };
+        if writable {
+            self.writable_len += u64::from(len);
+            self.status_addr = Some(GuestAddress(last));
+        } else if self.writable_len > 0 {
+            self.defect.get_or_insert(Defect::Misordered);
+            return;
+        } else {
+            self.readable_len += u64::from(len);
+        }
+        if self.spans.len() == MAX_DESCRIPTORS {
+            self.defect.get_or_insert(Defect::TooManyDescriptors);
+            return;
+        }
+        if !writable {
+            self.readable += 1;
+        }
+        self.spans.push(Span { addr, len });
     }
 
     /// The device-readable stream.
@@ -137,6 +215,12 @@ impl Chain {
     pub(super) fn writable(&self) -> &[Span] {
         &self.spans[self.readable..]
     }
+}
+
+/// Descriptor `index` of the table at `table`, if guest memory holds it.
+fn read_descriptor(mem: &GuestMemoryMmap, table: GuestAddress, index: u16) -> Option<Descriptor> {
+    let addr = GuestAddress(table.0.checked_add(u64::from(index) * 16)?);
+    mem.read_obj::<Descriptor>(addr).ok()
 }
 
 /// Walks `[skip, skip + len)` of a stream of spans as guest ranges.

@@ -10,7 +10,7 @@
 //! - [`engine`]: how a queue's requests reach the disk (io_uring, or
 //!   blocking calls);
 //! - [`parallel`]: helper threads that share large transfers;
-//! - [`backend`]: [`BlkBackend`], the `VhostUserBackend` that runs each
+//! - [`backend`]: [`BlkBackend`], the device that runs each
 //!   virtqueue on its own worker thread.
 
 pub mod backend;

@@ -37,14 +37,12 @@ use super::chain::{
 };
 use crate::device::config::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEG};
 use std::io;
-use std::ops::Deref;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
     VIRTIO_BLK_T_WRITE_ZEROES,
 };
-use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Bytes in a request header (`struct virtio_blk_outhdr`).
 const HEADER_LEN: usize = 16;
@@ -120,6 +118,18 @@ pub enum RequestError {
         /// The descriptor's length.
         len: u32,
     },
+    /// A descriptor index beyond its table.
+    #[error("descriptor index {0} lies beyond its table")]
+    BadIndex(u16),
+    /// A descriptor outside guest memory.
+    #[error("descriptor {0} lies outside guest memory")]
+    UnreadableDescriptor(u16),
+    /// The chain visits more descriptors than its table holds.
+    #[error("the chain loops")]
+    Loop,
+    /// A malformed indirect descriptor table.
+    #[error("an indirect table that is empty, not whole descriptors, nested or followed by more")]
+    BadIndirect,
     /// No device-writable byte to put the status in: the request is not
     /// carried out, since its outcome could not be reported.
     #[error("the chain has no device-writable byte for the status")]
@@ -207,6 +217,10 @@ impl From<Defect> for RequestError {
             Defect::Misordered => Self::Misordered,
             Defect::TooManyDescriptors => Self::TooManyDescriptors,
             Defect::AddressOverflow { addr, len } => Self::AddressOverflow { addr, len },
+            Defect::BadIndex { index } => Self::BadIndex(index),
+            Defect::Unreadable { index } => Self::UnreadableDescriptor(index),
+            Defect::Loop => Self::Loop,
+            Defect::BadIndirect => Self::BadIndirect,
         }
     }
 }
@@ -271,11 +285,22 @@ pub(super) struct Parsed {
 }
 
 impl Request {
-    /// Walks `chain`'s descriptors. Reads no guest memory but the
-    /// descriptors themselves; problems are kept for the answer.
-    pub fn new<M>(chain: DescriptorChain<M>) -> Self
+    /// Walks the chain at `head` of the descriptor table at `table` (of
+    /// `queue_size` entries). Reads no guest memory but the descriptors
+    /// themselves; problems are kept for the answer.
+    pub fn walk(mem: &GuestMemoryMmap, table: GuestAddress, queue_size: u16, head: u16) -> Self {
+        Self {
+            head,
+            chain: Chain::walk(mem, table, queue_size, head),
+        }
+    }
+
+    /// The request `chain` holds, walked by virtio-queue's iterator (tests
+    /// build chains with its mock queue).
+    #[cfg(test)]
+    pub fn new<M>(chain: virtio_queue::DescriptorChain<M>) -> Self
     where
-        M: Deref<Target = GuestMemoryMmap>,
+        M: std::ops::Deref<Target = GuestMemoryMmap>,
     {
         Self {
             head: chain.head_index(),

@@ -176,8 +176,8 @@ impl KindCounters {
 /// different threads never share a line.
 ///
 /// The recording methods are for the queue's worker thread: one thread at a
-/// time may record into a queue (as vhost-user-backend runs each queue on
-/// one thread). Recording from two threads at once loses counts; it is
+/// time may record into a queue (each queue runs on its own worker
+/// thread). Recording from two threads at once loses counts; it is
 /// never unsafe. Any thread may read.
 #[repr(align(128))]
 pub struct QueueMetrics {

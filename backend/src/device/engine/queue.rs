@@ -173,6 +173,11 @@ impl AsyncQueue {
         self.ring.event().as_raw_fd()
     }
 
+    /// Whether no request is in flight.
+    pub fn is_idle(&self) -> bool {
+        self.slots.len() == self.free.len()
+    }
+
     /// Whether another request may start: the ring's completion queue
     /// (twice its submission queue) has room for what is in flight.
     /// Otherwise requests wait in the virtqueue.

@@ -1,0 +1,131 @@
+//! The vhost-user protocol, owned by ocidisk: the frontend's messages, guest
+//! memory, the virtqueues' worker threads and the inflight region.
+//!
+//! ocidisk speaks the protocol itself rather than through rust-vmm's
+//! vhost-user-backend, because both surviving a restart and surviving a
+//! hostile frontend need what that crate keeps private: answering the
+//! inflight messages, checking memory regions before mapping them, refusing
+//! ring sizes and eventfds it would misuse, stopping a broken ring instead
+//! of spinning on it, and stopping queues before the socket closes. The
+//! `vhost` crate still frames the messages.
+//!
+//! - [`connection`]: what each message does to the device;
+//! - [`memory`]: guest memory regions, checked against their files;
+//! - [`vring`]: one virtqueue, its eventfds and its inflight part;
+//! - [`worker`]: the thread of a running queue;
+//! - [`inflight`]: the region that lets a new process resume the requests a
+//!   previous one left in flight.
+
+pub mod connection;
+pub mod inflight;
+pub mod memory;
+pub mod vring;
+pub mod worker;
+
+use crate::device::{BlkBackend, GuestMemory};
+use connection::Connection;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use vhost::vhost_user::{BackendReqHandler, Error as VhostError};
+
+/// How long a frontend may take to send the rest of a message it started,
+/// or to take a reply: longer means it is wedged, and the backend moves on.
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How a connection ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// The frontend closed the socket.
+    Disconnected,
+    /// The backend was told to stop.
+    Stopped,
+    /// The frontend broke the protocol or asked for what the device refuses.
+    Failed(VhostError),
+}
+
+/// One frontend's connection, from its first message to its end.
+pub struct Session {
+    handler: BackendReqHandler<Mutex<Connection>>,
+    connection: Arc<Mutex<Connection>>,
+    socket: UnixStream,
+}
+
+impl Session {
+    /// Serves the device `backend` (with guest memory `mem`) to the
+    /// frontend at the other end of `socket`.
+    pub fn new(socket: UnixStream, backend: Arc<BlkBackend>, mem: GuestMemory) -> io::Result<Self> {
+        socket.set_read_timeout(Some(MESSAGE_TIMEOUT))?;
+        socket.set_write_timeout(Some(MESSAGE_TIMEOUT))?;
+        let connection = Arc::new(Mutex::new(Connection::new(backend, mem)?));
+        let handler = BackendReqHandler::from_stream(socket.try_clone()?, Arc::clone(&connection));
+        Ok(Self {
+            handler,
+            connection,
+            socket,
+        })
+    }
+
+    /// Handles messages until the frontend disconnects, breaks the
+    /// protocol, or `stop` becomes readable.
+    pub fn run(&mut self, stop: RawFd) -> Ended {
+        loop {
+            match wait(self.socket.as_raw_fd(), stop) {
+                Ok(Ready::Stop) => return Ended::Stopped,
+                Ok(Ready::Message) => {}
+                Err(err) => return Ended::Failed(VhostError::SocketError(err)),
+            }
+            match self.handler.handle_request() {
+                Ok(()) => {}
+                Err(VhostError::Disconnected | VhostError::PartialMessage) => {
+                    return Ended::Disconnected
+                }
+                Err(err) => return Ended::Failed(err),
+            }
+        }
+    }
+
+    /// Stops every queue once it has finished what it has in flight, so
+    /// that the frontend finds each request it made available either
+    /// answered or still available.
+    pub fn stop_queues(&self) {
+        self.connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stop_all();
+    }
+}
+
+enum Ready {
+    Message,
+    Stop,
+}
+
+/// Waits until the socket has a message (or was closed) or `stop` is
+/// readable.
+fn wait(socket: RawFd, stop: RawFd) -> io::Result<Ready> {
+    let mut fds = [socket, stop].map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    loop {
+        // SAFETY: `fds` is a valid array of two pollfd for the whole call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        if fds[1].revents != 0 {
+            return Ok(Ready::Stop);
+        }
+        if fds[0].revents != 0 {
+            return Ok(Ready::Message);
+        }
+    }
+}
