@@ -8,11 +8,7 @@
 //! Run: `cargo bench -p ocidisk --bench metrics`. Prints the median and the
 //! minimum of 21 interleaved runs per case.
 
-#[allow(dead_code, unused_imports)]
-#[path = "../src/metrics/mod.rs"]
-mod metrics;
-
-use metrics::{DiskMetrics, Done, Labels, QueueMetrics, ReqKind, Status, TraceWriter};
+use ocidisk::metrics::{DiskMetrics, Done, Labels, QueueMetrics, ReqKind, Status, TraceWriter};
 use std::hint::black_box;
 use std::os::unix::fs::FileExt as _;
 use std::sync::Barrier;

@@ -1,16 +1,8 @@
 //! `ocidisk`: serves VM disks composed from OCI images over vhost-user-blk.
+//!
+//! The command line; everything it runs lives in the library.
 
-mod device;
-mod disk;
-mod export;
-mod image_args;
-mod inspect;
-mod metrics;
-mod overlay_cmd;
-mod serve;
-mod stats_cmd;
-mod trace_cmd;
-mod vhost_user;
+use ocidisk::{export, inspect, overlay_cmd, serve, stats_cmd, trace_cmd};
 
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal as _;

@@ -2,7 +2,7 @@
 //! memory and the virtqueues, and the worker threads of the running queues.
 //!
 //! The `vhost` crate reads and frames the messages
-//! ([`BackendReqHandler`]); what they mean for this device is decided here.
+//! ([`vhost::vhost_user::BackendReqHandler`]); what they mean for this device is decided here.
 //! Every value a frontend sends is checked before it is used: queue indexes
 //! and sizes, memory regions against their files, eventfds against being
 //! eventfds, inflight regions against their layout. A refused message is

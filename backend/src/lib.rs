@@ -1,0 +1,29 @@
+//! ocidisk, the library behind the `ocidisk` binary: a vhost-user-blk
+//! device whose disk is composed from an OCI image, with a copy-on-write
+//! overlay per VM.
+//!
+//! - [`vhost_user`]: the protocol — messages, guest memory, virtqueue
+//!   workers, the inflight region;
+//! - [`device`]: the virtio-blk device — chains, typed requests, their
+//!   execution and the I/O engines;
+//! - [`disk`]: what the device serves (the composed image, its overlay);
+//! - [`metrics`]: request counters, latency histograms and traces;
+//! - the commands: [`serve`], [`inspect`], [`export`], [`overlay_cmd`],
+//!   [`stats_cmd`], [`trace_cmd`] (with [`image_args`], how they name an
+//!   image).
+
+// Module docs walk through their private helpers too; those links resolve
+// under `cargo doc --document-private-items`, which is how to read them.
+#![allow(rustdoc::private_intra_doc_links)]
+
+pub mod device;
+pub mod disk;
+pub mod export;
+pub mod image_args;
+pub mod inspect;
+pub mod metrics;
+pub mod overlay_cmd;
+pub mod serve;
+pub mod stats_cmd;
+pub mod trace_cmd;
+pub mod vhost_user;
