@@ -307,8 +307,8 @@ impl OverlayDisk {
     }
 }
 
-/// A writable disk in memory, for the device's unit tests.
-#[cfg(test)]
+/// A writable disk in memory, for the device's unit tests and the fuzz
+/// targets ([`crate::fuzzing`]).
 pub mod memory {
     use super::*;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

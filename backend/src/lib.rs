@@ -8,6 +8,7 @@
 //!   execution and the I/O engines;
 //! - [`disk`]: what the device serves (the composed image, its overlay);
 //! - [`metrics`]: request counters, latency histograms and traces;
+//! - [`fuzzing`]: what the fuzz targets run;
 //! - the commands: [`serve`], [`inspect`], [`export`], [`overlay_cmd`],
 //!   [`stats_cmd`], [`trace_cmd`] (with [`image_args`], how they name an
 //!   image).
@@ -19,6 +20,7 @@
 pub mod device;
 pub mod disk;
 pub mod export;
+pub mod fuzzing;
 pub mod image_args;
 pub mod inspect;
 pub mod metrics;
