@@ -46,7 +46,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 read_only: true,
                 ..overlay::OpenOptions::default()
             };
-            let vm = args.image.open_overlay(path, false, &opts)?;
+            // A backend killed before its last flush left its block states
+            // in the shadow map: the export sees what its guest saw.
+            let shadow = Path::new(overlay::DEFAULT_SHADOW_DIR);
+            let vm = args.image.open_overlay(path, false, &opts, Some(shadow))?;
             (vm.disk, Some(vm.overlay))
         }
     };

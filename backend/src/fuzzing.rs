@@ -80,7 +80,10 @@ pub fn virtqueue(data: &[u8]) -> u16 {
     // However broken the requests, the device answered at most a ring's
     // worth of them (the driver's used index is where it starts).
     let answered = used().wrapping_sub(before);
-    assert!(answered <= size, "{answered} used entries in a ring of {size}");
+    assert!(
+        answered <= size,
+        "{answered} used entries in a ring of {size}"
+    );
     answered
 }
 

@@ -167,6 +167,7 @@ impl ImageArgs {
         path: &Path,
         create: bool,
         opts: &OverlayOpenOptions,
+        shadow_dir: Option<&Path>,
     ) -> anyhow::Result<VmDisk> {
         // Opened once: with --verify, opening hashes every payload.
         let (image, spec) = self.open()?;
@@ -181,7 +182,19 @@ impl ImageArgs {
             Err(err) => return Err(err.into()),
         };
         let disk = compose_for(&image, &spec, &header.disk_id.to_string(), &self.origin())?;
-        let overlay = Overlay::open(path, &disk.identity, disk.map.size(), opts)?;
+        let overlay =
+            Overlay::open_with_shadow(path, &disk.identity, disk.map.size(), opts, shadow_dir)?;
+        if let Some(overlay::ShadowStatus::Adopted {
+            path: shadow,
+            changed_pages,
+        }) = overlay.shadow_status()
+        {
+            tracing::info!(
+                shadow = %shadow.display(),
+                changed_pages,
+                "took over the block states of a process that ended without flushing"
+            );
+        }
         Ok(VmDisk { disk, overlay })
     }
 }

@@ -19,7 +19,7 @@ use crate::device::{BlkBackend, DeviceConfig, GuestMemory, Stats};
 use crate::disk::{BlockDevice, OverlayDisk, ReadOnlyDisk};
 use crate::image_args::ImageArgs;
 use crate::metrics::{self, DiskMetrics, Labels, TraceWriter};
-use crate::vhost_user::{Ended, Session};
+use crate::vhost_user::{Ended, Session, Watchdog};
 use anyhow::{bail, Context};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -27,7 +27,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
 /// Arguments of `ocidisk serve`.
@@ -55,6 +55,12 @@ pub struct Args {
     /// over the new base.
     #[arg(long, requires = "overlay")]
     pub rebase: bool,
+    /// Where the overlay's block states live between flushes (a tmpfs: they
+    /// survive this process, so a restarted backend finds every write the
+    /// guest saw complete, and vanish with a reboot, after which only
+    /// flushed writes count). See overlay/FORMAT.md, "the shadow map".
+    #[arg(long, value_name = "DIR", default_value = overlay::DEFAULT_SHADOW_DIR, requires = "overlay")]
+    pub shadow_dir: Option<PathBuf>,
     #[command(flatten)]
     pub serve: ServeOptions,
 }
@@ -192,7 +198,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 writethrough: args.serve.writethrough,
                 read_only: false,
             };
-            let vm = args.image.open_overlay(path, true, &opts)?;
+            let shadow = args.shadow_dir.as_deref();
+            let vm = args.image.open_overlay(path, true, &opts, shadow)?;
             tracing::info!(
                 overlay = %path.display(),
                 disk_id = %vm.overlay.header().disk_id,
@@ -226,6 +233,7 @@ pub fn serve_device(device: Arc<dyn BlockDevice>, opts: &ServeOptions) -> anyhow
     let shared = Arc::new(Shared {
         terminated: AtomicBool::new(false),
         wake: wake_tx,
+        watchdog: Mutex::new(None),
     });
     signals.spawn_waiter(Arc::clone(&shared))?;
     let helpers = opts.helpers()?;
@@ -351,7 +359,9 @@ fn serve_loop(
         let mut session = Session::new(stream, Arc::clone(&backend), mem)
             .context("cannot set up the connection")?;
         tracing::info!("frontend connected");
+        shared.set_watchdog(Some(session.watchdog()?));
         let ended = session.run(wake.as_raw_fd());
+        shared.set_watchdog(None);
         // Every request taken from the rings is answered before the socket
         // closes and before the disk is flushed: the frontend (or the next
         // backend) then finds each one either done or still available.
@@ -415,12 +425,34 @@ struct Shared {
     /// Wakes the serve loop, whether it waits for a frontend or serves one:
     /// once written it stays readable.
     wake: UnixStream,
+    /// The session being served, to cut it if a frontend holds it inside a
+    /// message when a stop comes.
+    watchdog: Mutex<Option<Watchdog>>,
 }
 
 impl Shared {
     fn terminate(&self) {
         self.terminated.store(true, Ordering::SeqCst);
         let _ = (&self.wake).write(&[1]);
+    }
+
+    fn set_watchdog(&self, watchdog: Option<Watchdog>) {
+        *self.watchdog.lock().unwrap_or_else(|e| e.into_inner()) = watchdog;
+    }
+
+    /// After a stop: cuts the session if it stays stuck inside one message
+    /// for a second (a frontend that stopped mid-message or stopped
+    /// reading replies); a session between messages stops by itself.
+    fn cut_stuck_sessions(&self) {
+        for _ in 0..50 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let slot = self.watchdog.lock().unwrap_or_else(|e| e.into_inner());
+            match slot.as_ref() {
+                None => return,
+                Some(w) if w.cut_if_stuck(std::time::Duration::from_secs(1)) => return,
+                Some(_) => {}
+            }
+        }
     }
 }
 
@@ -462,6 +494,7 @@ impl Signals {
                     // and must not stand between a signal and a clean exit.
                     shared.terminate();
                     tracing::info!(signal = sig, "received a termination signal");
+                    shared.cut_stuck_sessions();
                 }
             })
             .map(drop)

@@ -6,7 +6,9 @@
 //! the base, written, or zero) stored as checksummed pages in two copies,
 //! and a sparse data area where block `i` always lives at the same offset.
 //! `FORMAT.md` describes the bytes and why a crash at any instant leaves a
-//! consistent disk.
+//! consistent disk. With a shadow directory
+//! ([`Overlay::open_with_shadow`]), the map lives in a file on tmpfs, so a
+//! crash of the process (not of the host) loses no completed request.
 //!
 //! ```
 //! # use std::io::{IoSlice, IoSliceMut};
@@ -27,9 +29,11 @@ mod error;
 mod format;
 mod map;
 mod overlay;
+mod shadow;
 pub mod storage;
 mod stripes;
 
 pub use error::OverlayError;
 pub use format::{BLOCK_SIZE, VERSION};
 pub use overlay::{Change, CreateOptions, Header, OpenOptions, Overlay, ReadSources, Usage};
+pub use shadow::{ShadowStatus, DEFAULT_SHADOW_DIR};

@@ -4,17 +4,51 @@
 //! (a compare-and-swap per 32 blocks). Each map page has a dirty flag; a
 //! flush clears the flags *before* copying the pages, so a state changed
 //! after the copy leaves its page dirty for the next flush.
+//!
+//! The words live either in private memory or in a shared mapping of the
+//! shadow map file (see `shadow.rs`), where every update is already in the
+//! kernel's page cache and so survives the process.
 
 use crate::format::{BlockState, WORDS_PER_PAGE};
+use crate::shadow::Mapping;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
 
 /// Blocks per in-memory word.
 const PER_WORD: u64 = 32;
 
 /// Every block's state.
 pub struct Map {
-    words: Box<[AtomicU64]>,
+    words: Words,
     dirty: Box<[AtomicBool]>,
+}
+
+/// The words, wherever they live: a pointer and a length (so the hot path
+/// does not branch on where), and the owner that keeps them alive.
+struct Words {
+    ptr: *const AtomicU64,
+    len: usize,
+    _owner: Owner,
+}
+
+enum Owner {
+    Heap(#[allow(dead_code)] Box<[AtomicU64]>),
+    Shared(#[allow(dead_code)] Arc<Mapping>),
+}
+
+// SAFETY: `ptr` points into memory `_owner` keeps alive and never moves (a
+// boxed slice's heap buffer, or a mapping unmapped only on drop), and it is
+// only used to make shared references to atomics.
+unsafe impl Send for Words {}
+// SAFETY: as above; the atomics are `Sync`.
+unsafe impl Sync for Words {}
+
+impl std::ops::Deref for Words {
+    type Target = [AtomicU64];
+    fn deref(&self) -> &[AtomicU64] {
+        // SAFETY: see the `Send` impl; `len` atomics are there.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
 }
 
 /// A state repeated in all 32 fields of a word.
@@ -37,9 +71,31 @@ impl Map {
     /// every field).
     pub fn from_words(words: Vec<u64>) -> Map {
         let pages = words.len() / WORDS_PER_PAGE;
+        let heap: Box<[AtomicU64]> = words.into_iter().map(AtomicU64::new).collect();
         Map {
-            words: words.into_iter().map(AtomicU64::new).collect(),
+            words: Words {
+                ptr: heap.as_ptr(),
+                len: heap.len(),
+                _owner: Owner::Heap(heap),
+            },
             dirty: (0..pages).map(|_| AtomicBool::new(false)).collect(),
+        }
+    }
+
+    /// A map whose words are `mapping`'s words `[first, first + len)`
+    /// (whole pages; the caller has checked every field). Updates go
+    /// straight to the mapping.
+    pub fn from_mapping(mapping: Arc<Mapping>, first: usize, len: usize) -> Map {
+        let ptr = mapping.words(first, len).as_ptr();
+        Map {
+            words: Words {
+                ptr,
+                len,
+                _owner: Owner::Shared(mapping),
+            },
+            dirty: (0..len / WORDS_PER_PAGE)
+                .map(|_| AtomicBool::new(false))
+                .collect(),
         }
     }
 
@@ -109,6 +165,29 @@ impl Map {
     /// Marks page `page` dirty (a flush that failed to write it).
     pub fn mark_dirty(&self, page: usize) {
         self.dirty[page].store(true, SeqCst);
+    }
+
+    /// Marks dirty every page whose words differ from `file` (the map as the
+    /// file holds it), so the next flush writes them; returns how many.
+    pub fn mark_differing(&self, file: &[u64]) -> u64 {
+        let mut n = 0;
+        for (page, (mine, theirs)) in self
+            .words
+            .chunks(WORDS_PER_PAGE)
+            .zip(file.chunks(WORDS_PER_PAGE))
+            .enumerate()
+        {
+            if mine.iter().zip(theirs).any(|(a, b)| a.load(SeqCst) != *b) {
+                self.mark_dirty(page);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// True if some page is dirty (holds states the file's map lacks).
+    pub fn any_dirty(&self) -> bool {
+        self.dirty.iter().any(|d| d.load(SeqCst))
     }
 
     /// Clears every dirty flag and returns copies of the pages that had one.

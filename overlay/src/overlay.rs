@@ -6,7 +6,8 @@ use crate::format::{
     WORDS_PER_PAGE,
 };
 use crate::map::Map;
-use crate::storage::{FileStorage, Storage};
+use crate::shadow::{self, Binding, Found, Shadow, ShadowStatus};
+use crate::storage::{FileId, FileStorage, Storage};
 use crate::stripes::Stripes;
 use blockio::{BaseIdentity, IoCursor, IoCursorMut, PieceSink, ReadAt, ReadPiece};
 use std::fs::File;
@@ -150,6 +151,10 @@ pub struct Overlay {
     /// The file opened a second time with `O_DIRECT`, once
     /// [`open_direct`](Overlay::open_direct) asked.
     direct: OnceLock<File>,
+    /// A writer's shadow map, where `map`'s words live.
+    shadow: Option<Shadow>,
+    /// What the open found in the shadow directory, if it was given one.
+    shadow_status: Option<ShadowStatus>,
 }
 
 static ZEROS: [u8; BLOCK_SIZE as usize] = [0; BLOCK_SIZE as usize];
@@ -499,6 +504,16 @@ impl Overlay {
     /// only (the data area is sparse). The file appears complete or not at
     /// all; an existing file is never overwritten.
     pub fn create(path: &Path, opts: &CreateOptions) -> Result<Overlay, OverlayError> {
+        Self::create_with_shadow(path, opts, None)
+    }
+
+    /// [`create`](Self::create), then opened as
+    /// [`open_with_shadow`](Self::open_with_shadow) opens it.
+    pub fn create_with_shadow(
+        path: &Path,
+        opts: &CreateOptions,
+        shadow_dir: Option<&Path>,
+    ) -> Result<Overlay, OverlayError> {
         let exists = || OverlayError::AlreadyExists {
             path: path.to_owned(),
         };
@@ -517,7 +532,13 @@ impl Overlay {
         })?;
         drop(tmp);
         sync_dir(path)?;
-        Self::open(path, &opts.base, opts.disk_size, &OpenOptions::default())
+        Self::open_with_shadow(
+            path,
+            &opts.base,
+            opts.disk_size,
+            &OpenOptions::default(),
+            shadow_dir,
+        )
     }
 
     /// Writes a new overlay's header and map to `storage` and syncs it.
@@ -550,19 +571,51 @@ impl Overlay {
     /// Opens the overlay at `path` for a base with identity `expected` of
     /// `disk_size` bytes. Refuses a file made for another disk size, or for
     /// another base unless `opts.rebase`. Writes nothing unless rebasing.
+    ///
+    /// The map lives in private memory: states set since the last flush are
+    /// lost if the process dies. See
+    /// [`open_with_shadow`](Self::open_with_shadow).
     pub fn open(
         path: &Path,
         expected: &BaseIdentity,
         disk_size: u64,
         opts: &OpenOptions,
     ) -> Result<Overlay, OverlayError> {
+        Self::open_with_shadow(path, expected, disk_size, opts, None)
+    }
+
+    /// [`open`](Self::open), keeping the map in a *shadow map* file in
+    /// `shadow_dir` (a tmpfs directory such as [`DEFAULT_SHADOW_DIR`]) so
+    /// that every request completed before the process dies (kill -9, a
+    /// panic) is there when the overlay is opened again with the same
+    /// directory during the same boot, flushed or not; the next flush then
+    /// makes it durable. `FORMAT.md` ("Surviving a process crash") has the
+    /// details.
+    ///
+    /// A writer adopts a shadow map that matches the file exactly (same
+    /// file, header generation and boot, valid states, the file's map last
+    /// written by it), and otherwise makes a new one from the file's map;
+    /// [`shadow_status`](Self::shadow_status) says which. Dropping the
+    /// overlay when every state is flushed removes the shadow map. A
+    /// read-only open uses a matching shadow map's states without writing
+    /// it. `None` is [`open`](Self::open).
+    ///
+    /// [`DEFAULT_SHADOW_DIR`]: crate::DEFAULT_SHADOW_DIR
+    pub fn open_with_shadow(
+        path: &Path,
+        expected: &BaseIdentity,
+        disk_size: u64,
+        opts: &OpenOptions,
+        shadow_dir: Option<&Path>,
+    ) -> Result<Overlay, OverlayError> {
         let file = open_locked(path, !opts.read_only)?;
-        Self::open_on(
+        Self::open_on_with_shadow(
             Box::new(FileStorage::new(file)),
             path,
             expected,
             disk_size,
             opts,
+            shadow_dir,
         )
     }
 
@@ -573,6 +626,20 @@ impl Overlay {
         expected: &BaseIdentity,
         disk_size: u64,
         opts: &OpenOptions,
+    ) -> Result<Overlay, OverlayError> {
+        Self::open_on_with_shadow(storage, path, expected, disk_size, opts, None)
+    }
+
+    /// [`open_with_shadow`](Self::open_with_shadow) on any storage whose
+    /// [`file_id`](Storage::file_id) says which file it is (the caller holds
+    /// the lock a writer needs); `path` only names it in errors.
+    pub fn open_on_with_shadow(
+        storage: Box<dyn Storage>,
+        path: &Path,
+        expected: &BaseIdentity,
+        disk_size: u64,
+        opts: &OpenOptions,
+        shadow_dir: Option<&Path>,
     ) -> Result<Overlay, OverlayError> {
         let (mut raw, slot) = load_header(&*storage, path)?;
         if raw.disk_size != disk_size {
@@ -585,7 +652,8 @@ impl Overlay {
         let geo = Geometry::new(raw.disk_size);
         check_len(&*storage, path, &geo)?;
         let (words, slots) = load_map(&*storage, path, &geo)?;
-        if raw.base != *expected {
+        let rebase = raw.base != *expected;
+        if rebase {
             if !opts.rebase {
                 return Err(OverlayError::BaseMismatch {
                     path: path.to_owned(),
@@ -593,43 +661,80 @@ impl Overlay {
                     expected: Box::new(expected.clone()),
                 });
             }
-            if !opts.read_only {
-                // Rebasing only in memory would leave a header that refuses
-                // the next open: refuse now instead.
-                if expected.manifest_digest.len() > format::MAX_DIGEST_LEN {
-                    return Err(OverlayError::InvalidOptions {
-                        path: path.to_owned(),
-                        reason: format!(
-                            "cannot rebase: the manifest digest is longer than {} bytes",
-                            format::MAX_DIGEST_LEN
-                        ),
-                    });
-                }
-                raw.base = expected.clone();
-                raw.generation += 1;
-                let bytes = format::encode_header(&raw);
-                // The other copy: a torn write leaves the current one intact.
-                storage
-                    .write_at((1 - slot) as u64 * SLOT_SIZE, &mut [IoSlice::new(&bytes)])
-                    .and_then(|()| storage.sync_data())
-                    .map_err(io_err(path, "writing the rebased header"))?;
-            } else {
-                raw.base = expected.clone();
+            // Rebasing only in memory would leave a header that refuses
+            // the next open: refuse now instead.
+            if !opts.read_only && expected.manifest_digest.len() > format::MAX_DIGEST_LEN {
+                return Err(OverlayError::InvalidOptions {
+                    path: path.to_owned(),
+                    reason: format!(
+                        "cannot rebase: the manifest digest is longer than {} bytes",
+                        format::MAX_DIGEST_LEN
+                    ),
+                });
             }
         }
-        Ok(Overlay {
+        let (map, shadow, shadow_status) = match shadow_dir {
+            None => (Map::from_words(words), None, None),
+            Some(dir) => {
+                let seqs: Vec<u64> = slots.iter().map(|s| s.seq).collect();
+                let binding = bind(&*storage, path, &raw, &geo)?;
+                let (map, shadow, status) =
+                    map_from_shadow(dir, &binding, words, &seqs, opts.read_only, path)?;
+                (map, shadow, Some(status))
+            }
+        };
+        let mut overlay = Overlay {
             path: path.to_owned(),
             storage,
-            header: Header::from_raw(raw),
+            header: Header::from_raw(raw.clone()),
             geo,
-            map: Map::from_words(words),
+            map,
             stripes: Stripes::new(),
             slots: Mutex::new(slots),
             writethrough: AtomicBool::new(opts.writethrough),
             read_only: opts.read_only,
             poisoned: AtomicBool::new(false),
             direct: OnceLock::new(),
-        })
+            shadow,
+            shadow_status,
+        };
+        if rebase {
+            raw.base = expected.clone();
+            if !opts.read_only {
+                overlay.write_rebased_header(&mut raw, slot)?;
+            }
+            overlay.header = Header::from_raw(raw);
+        }
+        Ok(overlay)
+    }
+
+    /// Records the new base identity in `raw`'s header (read from `slot`),
+    /// with `generation + 1`, in the other slot.
+    fn write_rebased_header(&self, raw: &mut RawHeader, slot: usize) -> Result<(), OverlayError> {
+        // The shadow map is bound to the header's generation: first make the
+        // states it holds beyond the file's map durable in the file, so a
+        // crash before it learns the new generation (when it is refused)
+        // loses nothing.
+        if self.map.any_dirty() {
+            self.flush()?;
+        }
+        raw.generation += 1;
+        let bytes = format::encode_header(raw);
+        // The other copy: a torn write leaves the current one intact.
+        self.storage
+            .write_at((1 - slot) as u64 * SLOT_SIZE, &mut [IoSlice::new(&bytes)])
+            .and_then(|()| self.storage.sync_data())
+            .map_err(io_err(&self.path, "writing the rebased header"))?;
+        if let Some(shadow) = &self.shadow {
+            shadow.set_generation(raw.generation);
+        }
+        Ok(())
+    }
+
+    /// What the open found in the shadow directory; `None` if it was given
+    /// none.
+    pub fn shadow_status(&self) -> Option<&ShadowStatus> {
+        self.shadow_status.as_ref()
     }
 
     /// Reads an overlay's header without opening it for I/O and without
@@ -659,7 +764,19 @@ impl Overlay {
     /// old or the pristine disk: the pristine file is built and synced under
     /// a temporary name, then renamed over the old one (while holding the
     /// old file's lock, so no backend serves it meanwhile).
+    ///
+    /// Also removes the overlay's shadow map from [`DEFAULT_SHADOW_DIR`], if
+    /// there is one; see [`reset_with_shadow`](Self::reset_with_shadow).
+    ///
+    /// [`DEFAULT_SHADOW_DIR`]: crate::DEFAULT_SHADOW_DIR
     pub fn reset(path: &Path) -> Result<(), OverlayError> {
+        Self::reset_with_shadow(path, Some(Path::new(shadow::DEFAULT_SHADOW_DIR)))
+    }
+
+    /// [`reset`](Self::reset), removing the overlay's shadow map from
+    /// `shadow_dir` (a backend killed before flushing leaves one, which
+    /// must not bring old states back), or from nowhere if `None`.
+    pub fn reset_with_shadow(path: &Path, shadow_dir: Option<&Path>) -> Result<(), OverlayError> {
         // Held until the rename is done: the lock keeps backends away.
         let old = FileStorage::new(open_locked(path, true)?);
         let (tmp, file) = TempFile::new(path)?;
@@ -672,6 +789,16 @@ impl Overlay {
         std::fs::set_permissions(&tmp.path, mode)
             .map_err(io_err(path, "copying the permissions"))?;
         Self::reset_into(&old, &FileStorage::new(file), path)?;
+        if let Some(dir) = shadow_dir {
+            // Before the rename: once the pristine file is in place, no
+            // shadow map of the old one is left to adopt.
+            let (raw, _) = load_header(&old, path)?;
+            let id = FileId::of(old.file()).map_err(io_err(path, "reading the file's status"))?;
+            shadow::remove(dir, raw.disk_id, &id).map_err(io_err(
+                path,
+                format!("removing its shadow map from {}", dir.display()),
+            ))?;
+        }
         std::fs::rename(&tmp.path, path)
             .map_err(io_err(path, "renaming the pristine file into place"))?;
         tmp.forget();
@@ -1229,12 +1356,15 @@ impl Overlay {
             }
         };
         if let Err(e) = self.storage.sync_data() {
-            self.poisoned.store(true, Ordering::SeqCst);
+            self.poison();
             restore(&dirty);
             return Err(io_err(&self.path, "syncing data")(e));
         }
         if dirty.is_empty() {
             return Ok(());
+        }
+        if let Some(shadow) = &self.shadow {
+            shadow.begin_flush(dirty.iter().map(|(page, _)| (*page, slots[*page].seq + 1)));
         }
         let mut buf = vec![0u8; SLOT_SIZE as usize];
         for (page, words) in &dirty {
@@ -1247,7 +1377,7 @@ impl Overlay {
             }
         }
         if let Err(e) = self.storage.sync_data() {
-            self.poisoned.store(true, Ordering::SeqCst);
+            self.poison();
             restore(&dirty);
             return Err(io_err(&self.path, "syncing the map")(e));
         }
@@ -1256,6 +1386,145 @@ impl Overlay {
             s.seq += 1;
             s.next = 1 - s.next;
         }
+        if let Some(shadow) = &self.shadow {
+            shadow.end_flush();
+        }
         Ok(())
     }
+}
+
+impl Overlay {
+    /// A sync failed: the kernel may have dropped data whose states are set,
+    /// so only the file's last flushed map can be trusted. Refuses further
+    /// flushes, and tells the shadow map so that no later open adopts it.
+    fn poison(&self) {
+        self.poisoned.store(true, Ordering::SeqCst);
+        if let Some(shadow) = &self.shadow {
+            shadow.poison();
+        }
+    }
+}
+
+impl Drop for Overlay {
+    /// A clean close removes the shadow map: once every state is in the
+    /// file's map (no page dirty, no flush left half done), it holds nothing
+    /// the file lacks. Otherwise it stays for the next open to adopt.
+    fn drop(&mut self) {
+        let Some(shadow) = &self.shadow else {
+            return;
+        };
+        if !self.poisoned.load(Ordering::SeqCst) && !self.map.any_dirty() && shadow.flush_ended() {
+            if let Err(e) = shadow.remove() {
+                tracing::warn!(
+                    shadow = %shadow.path().display(),
+                    "cannot remove the shadow map: {e}"
+                );
+            }
+        }
+    }
+}
+
+/// What a shadow map of the overlay in `storage` must match.
+fn bind(
+    storage: &dyn Storage,
+    path: &Path,
+    raw: &RawHeader,
+    geo: &Geometry,
+) -> Result<Binding, OverlayError> {
+    let file = storage
+        .file_id()
+        .map_err(io_err(path, "reading the file's status"))?
+        .ok_or_else(|| OverlayError::InvalidOptions {
+            path: path.to_owned(),
+            reason: "a shadow map needs the overlay in a host file".into(),
+        })?;
+    let boot_id = shadow::boot_id().map_err(|why| OverlayError::Io {
+        path: path.to_owned(),
+        what: "binding the shadow map to this boot".into(),
+        source: io::Error::other(why),
+    })?;
+    Ok(Binding {
+        disk_id: raw.disk_id,
+        file,
+        generation: raw.generation,
+        pages: geo.map_pages,
+        blocks: geo.blocks,
+        boot_id,
+    })
+}
+
+/// The map, from the shadow map in `dir` if it matches, else from the
+/// file's `words` (and, for a writer, a new shadow map holding them).
+fn map_from_shadow(
+    dir: &Path,
+    binding: &Binding,
+    words: Vec<u64>,
+    seqs: &[u64],
+    read_only: bool,
+    path: &Path,
+) -> Result<(Map, Option<Shadow>, ShadowStatus), OverlayError> {
+    let changed = |a: &[u64], b: &[u64]| {
+        a.chunks(WORDS_PER_PAGE)
+            .zip(b.chunks(WORDS_PER_PAGE))
+            .filter(|(x, y)| x != y)
+            .count() as u64
+    };
+    let (map, shadow, status) = if read_only {
+        let (found, spath, why) = shadow::read(dir, binding, seqs);
+        let status = match (&found, why) {
+            (_, Some(reason)) => ShadowStatus::Rejected {
+                path: spath,
+                reason,
+            },
+            (Some(adopted), None) => ShadowStatus::Adopted {
+                path: spath,
+                changed_pages: changed(adopted, &words),
+            },
+            (None, None) => ShadowStatus::Fresh { path: spath },
+        };
+        (Map::from_words(found.unwrap_or(words)), None, status)
+    } else {
+        let (shadow, found) =
+            Shadow::open(dir, binding, &words, seqs).map_err(|(what, source)| {
+                OverlayError::Io {
+                    path: path.to_owned(),
+                    what,
+                    source,
+                }
+            })?;
+        let (mapping, first, len) = shadow.map_words();
+        let map = Map::from_mapping(mapping, first, len);
+        let spath = shadow.path().to_owned();
+        let status = match found {
+            Found::Nothing => ShadowStatus::Fresh { path: spath },
+            Found::Adopted => ShadowStatus::Adopted {
+                path: spath,
+                // Pages the file's map lacks states of: the next flush
+                // writes them. The others are in the file's page cache
+                // already, and its first sync makes them durable.
+                changed_pages: map.mark_differing(&words),
+            },
+            Found::Rejected(reason) => ShadowStatus::Rejected {
+                path: spath,
+                reason,
+            },
+        };
+        (map, Some(shadow), status)
+    };
+    match &status {
+        ShadowStatus::Rejected { reason, .. } => {
+            tracing::warn!(overlay = %path.display(), "{reason}; not used")
+        }
+        ShadowStatus::Adopted {
+            path: spath,
+            changed_pages,
+        } if *changed_pages > 0 => tracing::info!(
+            overlay = %path.display(),
+            shadow = %spath.display(),
+            changed_pages,
+            "took the unflushed states of a process that died from its shadow map"
+        ),
+        _ => {}
+    }
+    Ok((map, shadow, status))
 }

@@ -35,6 +35,60 @@ pub trait Storage: Send + Sync {
     fn file(&self) -> Option<&File> {
         None
     }
+
+    /// Which host file the storage is, to bind a shadow map to it (see
+    /// `FORMAT.md`). `None` if it is no host file: then it cannot have a
+    /// shadow map. The default asks [`file`](Self::file).
+    fn file_id(&self) -> io::Result<Option<FileId>> {
+        self.file().map(FileId::of).transpose()
+    }
+}
+
+/// What identifies a host file while it exists: its device and inode, and
+/// its birth time where the file system records one (an inode number is
+/// reused once its file is gone; the birth time then differs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileId {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+    /// Birth time in nanoseconds since the epoch, 0 if unknown.
+    pub born: u64,
+}
+
+impl FileId {
+    /// The identity of an open file.
+    pub fn of(file: &File) -> io::Result<FileId> {
+        let meta = file.metadata()?;
+        Ok(FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            born: birth_time(file).unwrap_or(0),
+        })
+    }
+}
+
+/// The file's birth time (`statx`), if the kernel and file system know it.
+fn birth_time(file: &File) -> Option<u64> {
+    // SAFETY: an all-zero `statx` is a valid value of the plain C struct.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `statx` on a descriptor we own (empty path with
+    // AT_EMPTY_PATH), writing into `stx`, which outlives the call.
+    let r = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_BTIME,
+            &mut stx,
+        )
+    };
+    if r != 0 || stx.stx_mask & libc::STATX_BTIME == 0 {
+        return None;
+    }
+    let t = &stx.stx_btime;
+    Some((t.tv_sec as u64).wrapping_mul(1_000_000_000) + u64::from(t.tv_nsec))
 }
 
 impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
@@ -58,6 +112,9 @@ impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
     }
     fn file(&self) -> Option<&File> {
         (**self).file()
+    }
+    fn file_id(&self) -> io::Result<Option<FileId>> {
+        (**self).file_id()
     }
     fn allocated(&self) -> io::Result<u64> {
         (**self).allocated()

@@ -6,8 +6,10 @@
 //! Every value a frontend sends is checked before it is used: queue indexes
 //! and sizes, memory regions against their files, eventfds against being
 //! eventfds, inflight regions against their layout. A refused message is
-//! logged with its reason and ends the connection (the frontend hears it
-//! first if it asked for a reply); the backend then waits for the next one.
+//! logged with its reason and answered with a failure if the frontend asked
+//! for replies (REPLY_ACK); the connection goes on. A message that breaks
+//! the protocol's framing ends the connection, and the backend waits for
+//! the next frontend.
 
 use super::inflight::{InflightQueue, InflightRegion};
 use super::memory::{Memory, RegionInfo, MAX_MEM_SLOTS};
@@ -50,6 +52,10 @@ pub struct Connection {
     inflight: Option<Arc<InflightRegion>>,
     acked_features: u64,
     acked_protocol_features: u64,
+    /// Set when a refused message expected a reply with a payload: the
+    /// vhost crate then sends nothing, so the frontend would wait for ever;
+    /// the connection must end instead.
+    unanswered: bool,
 }
 
 /// Logs why a message is refused and turns it into the protocol's error.
@@ -78,7 +84,20 @@ impl Connection {
             inflight: None,
             acked_features: 0,
             acked_protocol_features: 0,
+            unanswered: false,
         })
+    }
+
+    /// Whether the last refusal left the frontend without the reply it
+    /// waits for (and so must end the connection).
+    pub fn take_unanswered(&mut self) -> bool {
+        std::mem::take(&mut self.unanswered)
+    }
+
+    /// Refuses a message that expects a reply with a payload.
+    fn refuse_unanswered(&mut self, what: impl std::fmt::Display) -> VhostError {
+        self.unanswered = true;
+        refuse(what)
     }
 
     fn vring(&self, index: u32) -> VhostResult<&Arc<Mutex<Vring>>> {
@@ -288,7 +307,9 @@ impl VhostUserBackendReqHandlerMut for Connection {
     }
 
     fn get_vring_base(&mut self, index: u32) -> VhostResult<VhostUserVringState> {
-        self.vring(index)?;
+        if index as usize >= self.vrings.len() {
+            return Err(self.refuse_unanswered(format_args!("there is no queue {index}")));
+        }
         // The frontend takes the ring back: answer only once every request
         // taken from it is on the used ring.
         self.stop_queue(index as usize);
@@ -388,13 +409,13 @@ impl VhostUserBackendReqHandlerMut for Connection {
     ) -> VhostResult<(VhostUserInflight, File)> {
         let queues = usize::from(request.num_queues);
         if queues == 0 || queues > self.vrings.len() {
-            return Err(refuse(format_args!(
+            return Err(self.refuse_unanswered(format_args!(
                 "GET_INFLIGHT_FD for {queues} queues; the device has {}",
                 self.vrings.len()
             )));
         }
         if request.queue_size == 0 || request.queue_size > self.backend.max_queue_size() {
-            return Err(refuse(format_args!(
+            return Err(self.refuse_unanswered(format_args!(
                 "GET_INFLIGHT_FD for queues of {}; at most {}",
                 request.queue_size,
                 self.backend.max_queue_size()

@@ -27,8 +27,9 @@ use connection::Connection;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 use vhost::vhost_user::{BackendReqHandler, Error as VhostError};
 
 /// How long a frontend may take to send the rest of a message it started,
@@ -51,6 +52,49 @@ pub struct Session {
     handler: BackendReqHandler<Mutex<Connection>>,
     connection: Arc<Mutex<Connection>>,
     socket: UnixStream,
+    busy: Arc<Busy>,
+}
+
+/// Whether the session is inside a message, and since when.
+#[derive(Default)]
+struct Busy {
+    /// Milliseconds since `epoch` when the current message started; 0
+    /// between messages.
+    since: AtomicU64,
+    epoch: OnceLock<Instant>,
+}
+
+impl Busy {
+    fn now(&self) -> u64 {
+        let epoch = self.epoch.get_or_init(Instant::now);
+        // +1: a message that starts at once is not "idle".
+        epoch.elapsed().as_millis() as u64 + 1
+    }
+}
+
+/// Cuts a session that is stuck inside one message: the vhost crate
+/// retries a socket that would block for ever, so a frontend that stops
+/// mid-message or stops reading replies would hold the backend — and its
+/// SIGTERM — hostage. Only a stop uses this; a session between messages
+/// sees the stop itself and finishes gracefully.
+#[derive(Clone)]
+pub struct Watchdog {
+    socket: Arc<UnixStream>,
+    busy: Arc<Busy>,
+}
+
+impl Watchdog {
+    /// Shuts the socket down if the session has been inside one message
+    /// for `patience` or longer; true if it did.
+    pub fn cut_if_stuck(&self, patience: Duration) -> bool {
+        let since = self.busy.since.load(Ordering::SeqCst);
+        if since == 0 || self.busy.now().saturating_sub(since) < patience.as_millis() as u64 {
+            return false;
+        }
+        tracing::warn!("the frontend is stuck in the middle of a message; cutting the connection");
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        true
+    }
 }
 
 impl Session {
@@ -65,6 +109,16 @@ impl Session {
             handler,
             connection,
             socket,
+            busy: Arc::new(Busy::default()),
+        })
+    }
+
+    /// What a stop uses to cut this session if a frontend holds it inside
+    /// a message.
+    pub fn watchdog(&self) -> io::Result<Watchdog> {
+        Ok(Watchdog {
+            socket: Arc::new(self.socket.try_clone()?),
+            busy: Arc::clone(&self.busy),
         })
     }
 
@@ -77,8 +131,25 @@ impl Session {
                 Ok(Ready::Message) => {}
                 Err(err) => return Ended::Failed(VhostError::SocketError(err)),
             }
-            match self.handler.handle_request() {
+            self.busy.since.store(self.busy.now(), Ordering::SeqCst);
+            let handled = self.handler.handle_request();
+            self.busy.since.store(0, Ordering::SeqCst);
+            match handled {
                 Ok(()) => {}
+                // A request the device refused: the frontend heard so if it
+                // asked for replies, and the connection goes on — unless it
+                // waits for a reply with a payload, which a refusal leaves
+                // unsent.
+                Err(VhostError::ReqHandlerError(err)) => {
+                    let unanswered = self
+                        .connection
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .take_unanswered();
+                    if unanswered {
+                        return Ended::Failed(VhostError::ReqHandlerError(err));
+                    }
+                }
                 Err(VhostError::Disconnected | VhostError::PartialMessage) => {
                     return Ended::Disconnected
                 }

@@ -4,9 +4,9 @@
 //! synced, a small deterministic random source, and test fixtures.
 #![allow(dead_code)]
 
-use overlay::storage::Storage;
+use overlay::storage::{FileId, Storage};
 use std::io::{self, IoSlice, IoSliceMut};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// SplitMix64: enough randomness for test data, reproducible from a seed.
@@ -80,6 +80,7 @@ pub fn read_all(ov: &overlay::Overlay, base: &Vec<u8>, rng: &mut Rng) -> Vec<u8>
     out
 }
 
+#[derive(Clone)]
 enum Op {
     Write(u64, Vec<u8>),
     Punch(u64, u64),
@@ -96,10 +97,21 @@ struct Inner {
 /// a random subset of later writes, some of them torn at sector boundaries.
 /// After `die_after` mutating calls (writes, punches, syncs) every call
 /// fails: the crash happens at that instant.
+///
+/// It says it is the file with inode `id` (for shadow maps); the storages a
+/// crash returns are the same file.
 pub struct MemStorage {
     inner: Mutex<Inner>,
     die_after: AtomicI64,
+    id: u64,
+    on_death: Mutex<Option<DeathHook>>,
 }
+
+/// Runs at the instant the storage dies (see [`MemStorage::on_death`]).
+pub type DeathHook = Box<dyn FnOnce() + Send>;
+
+/// Inode numbers of new `MemStorage`s.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 fn apply(buf: &mut Vec<u8>, op: &Op) {
     match op {
@@ -126,10 +138,10 @@ fn dead() -> io::Error {
 
 impl MemStorage {
     pub fn new() -> Arc<MemStorage> {
-        Self::from_bytes(Vec::new())
+        Self::from_bytes(Vec::new(), NEXT_ID.fetch_add(1, Ordering::SeqCst))
     }
 
-    fn from_bytes(bytes: Vec<u8>) -> Arc<MemStorage> {
+    fn from_bytes(bytes: Vec<u8>, id: u64) -> Arc<MemStorage> {
         Arc::new(MemStorage {
             inner: Mutex::new(Inner {
                 durable: bytes.clone(),
@@ -137,7 +149,39 @@ impl MemStorage {
                 pending: Vec::new(),
             }),
             die_after: AtomicI64::new(i64::MAX),
+            id,
+            on_death: Mutex::new(None),
         })
+    }
+
+    /// The file after the process using it died now, the host running on:
+    /// every completed operation is there (in the page cache), synced or
+    /// not, and stays unsynced.
+    pub fn process_crash(&self) -> Arc<MemStorage> {
+        let inner = self.inner.lock().unwrap();
+        let mut durable = inner.durable.clone();
+        for op in &inner.pending {
+            apply(&mut durable, op);
+        }
+        let pending = inner.pending.iter().map(Op::clone).collect();
+        Arc::new(MemStorage {
+            inner: Mutex::new(Inner {
+                durable: inner.durable.clone(),
+                current: durable,
+                pending,
+            }),
+            die_after: AtomicI64::new(i64::MAX),
+            id: self.id,
+            on_death: Mutex::new(None),
+        })
+    }
+
+    /// The same bytes, as another file (another inode).
+    pub fn copy_as_another_file(&self) -> Arc<MemStorage> {
+        let bytes = self.snapshot();
+        let copy = Self::new();
+        copy.replace(bytes);
+        copy
     }
 
     /// Crash after `n` more mutating calls.
@@ -145,9 +189,20 @@ impl MemStorage {
         self.die_after.store(n, Ordering::SeqCst);
     }
 
+    /// Runs `hook` when the storage dies, before the failing call returns:
+    /// a process crash simulated by a dying storage can save there what the
+    /// process left (its shadow map), since the overlay carries on after
+    /// the failure where a killed process would not.
+    pub fn on_death(&self, hook: DeathHook) {
+        *self.on_death.lock().unwrap() = Some(hook);
+    }
+
     fn tick(&self) -> io::Result<()> {
         if self.die_after.fetch_sub(1, Ordering::SeqCst) <= 0 {
             self.die_after.store(0, Ordering::SeqCst);
+            if let Some(hook) = self.on_death.lock().unwrap().take() {
+                hook();
+            }
             return Err(dead());
         }
         Ok(())
@@ -186,13 +241,13 @@ impl MemStorage {
                 (op, _) => apply(&mut bytes, op),
             }
         }
-        Self::from_bytes(bytes)
+        Self::from_bytes(bytes, self.id)
     }
 
     /// The file after the harshest crash now: exactly what was synced,
     /// every later write, punch and resize lost.
     pub fn crash_losing_unsynced(&self) -> Arc<MemStorage> {
-        Self::from_bytes(self.inner.lock().unwrap().durable.clone())
+        Self::from_bytes(self.inner.lock().unwrap().durable.clone(), self.id)
     }
 
     /// A crash in one of two modes: `harsh` drops every unsynced operation
@@ -268,6 +323,13 @@ impl Storage for MemStorage {
     }
     fn allocated(&self) -> io::Result<u64> {
         Ok(0)
+    }
+    fn file_id(&self) -> io::Result<Option<FileId>> {
+        Ok(Some(FileId {
+            dev: 0,
+            ino: self.id,
+            born: 0,
+        }))
     }
 }
 
