@@ -20,6 +20,7 @@ mod error;
 mod initramfs;
 mod qemu;
 pub mod rawdisk;
+pub mod restart;
 mod server;
 mod tool;
 

@@ -6,3 +6,4 @@ pub mod hostfs;
 pub mod oci_writer;
 pub mod sample;
 pub mod uki;
+pub mod vhost_frontend;

@@ -114,6 +114,9 @@ pub struct VmConfig {
     pub accel: Accel,
     /// Extra QEMU arguments.
     pub extra_args: Vec<String>,
+    /// QEMU reconnects to the socket this often (milliseconds) after the
+    /// server goes away (`reconnect-ms` on the chardev); `None`: it does not.
+    pub reconnect_ms: Option<u32>,
 }
 
 impl VmConfig {
@@ -144,6 +147,7 @@ impl VmConfig {
             timeout: Duration::from_secs(60),
             accel: Accel::detect(),
             extra_args: Vec::new(),
+            reconnect_ms: None,
         }
     }
 
@@ -154,79 +158,7 @@ impl VmConfig {
     /// passes, a kernel module did not load, or the guest's init did not
     /// report `done` with status 0.
     pub fn run(&self, workdir: &Path) -> Result<GuestRun> {
-        let n = next_run_number();
-        let console = workdir.join(format!("console-{n}.log"));
-        let qemu_log = workdir.join(format!("qemu-{n}.log"));
-        let mut cmd = Command::new("qemu-system-x86_64");
-        let mem = format!("{}M", self.memory_mib);
-        cmd.args(["-machine", "q35,memory-backend=mem"])
-            .args(["-accel", self.accel.as_str()])
-            .args(["-m", &mem])
-            .args([
-                "-object",
-                &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
-            ])
-            .args(["-smp", &self.cpus.to_string()])
-            .args([
-                "-nodefaults",
-                "-no-user-config",
-                "-display",
-                "none",
-                "-no-reboot",
-            ])
-            .args(["-serial", &format!("file:{}", console.display())])
-            .args([
-                "-chardev",
-                &format!("socket,id=c0,path={}", self.socket.display()),
-            ])
-            .args([
-                "-device",
-                &format!(
-                    "vhost-user-blk-pci,chardev=c0,num-queues={},disable-legacy=on,bootindex=1",
-                    self.num_queues
-                ),
-            ]);
-        if self.accel == Accel::Kvm {
-            cmd.args(["-cpu", "host"]);
-        } else {
-            cmd.args(["-cpu", "max"]);
-        }
-        match &self.boot {
-            Boot::Direct {
-                kernel,
-                initrd,
-                cmdline,
-            } => {
-                cmd.arg("-kernel")
-                    .arg(kernel)
-                    .arg("-initrd")
-                    .arg(initrd)
-                    .args(["-append", cmdline]);
-            }
-            Boot::Uefi => {
-                let vars = workdir.join(format!("OVMF_VARS-{n}.fd"));
-                for f in [OVMF_CODE, OVMF_VARS] {
-                    if !Path::new(f).is_file() {
-                        return Err(Error::AssetsMissing {
-                            dir: PathBuf::from("/usr/share/OVMF"),
-                            missing: format!("{f} (package ovmf)"),
-                        });
-                    }
-                }
-                std::fs::copy(OVMF_VARS, &vars)
-                    .map_err(io_err(format!("copying {OVMF_VARS} to {}", vars.display())))?;
-                cmd.args([
-                    "-drive",
-                    &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
-                ])
-                .args([
-                    "-drive",
-                    &format!("if=pflash,format=raw,unit=1,file={}", opt_value(&vars)),
-                ]);
-            }
-        }
-        cmd.args(&self.extra_args);
-
+        let (mut cmd, console, qemu_log) = self.command(workdir)?;
         let log_file = std::fs::File::create(&qemu_log)
             .map_err(io_err(format!("creating {}", qemu_log.display())))?;
         let log_err = log_file
@@ -298,6 +230,121 @@ impl VmConfig {
             }),
         }
     }
+
+    /// Starts the VM and returns at once: the caller reads the console as it
+    /// grows ([`RunningVm::read_console`]) and must enforce the time limit
+    /// itself ([`RunningVm::over_time`]); dropping the handle kills QEMU.
+    pub fn spawn(&self, workdir: &Path) -> Result<RunningVm> {
+        let (mut cmd, console, qemu_log) = self.command(workdir)?;
+        let log_file = std::fs::File::create(&qemu_log)
+            .map_err(io_err(format!("creating {}", qemu_log.display())))?;
+        let log_err = log_file
+            .try_clone()
+            .map_err(io_err(format!("duplicating {}", qemu_log.display())))?;
+        let command_line = tool::describe(&cmd);
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|source| Error::ToolMissing {
+                tool: "qemu-system-x86_64".to_string(),
+                source,
+            })?;
+        Ok(RunningVm {
+            child: Some(child),
+            console,
+            qemu_log,
+            command_line,
+            started: Instant::now(),
+            timeout: self.timeout,
+            read_at: 0,
+            partial: String::new(),
+        })
+    }
+
+    /// The QEMU command line, the console file and QEMU's own log file.
+    fn command(&self, workdir: &Path) -> Result<(Command, PathBuf, PathBuf)> {
+        let n = next_run_number();
+        let console = workdir.join(format!("console-{n}.log"));
+        let qemu_log = workdir.join(format!("qemu-{n}.log"));
+        let mut cmd = Command::new("qemu-system-x86_64");
+        let mem = format!("{}M", self.memory_mib);
+        cmd.args(["-machine", "q35,memory-backend=mem"])
+            .args(["-accel", self.accel.as_str()])
+            .args(["-m", &mem])
+            .args([
+                "-object",
+                &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+            ])
+            .args(["-smp", &self.cpus.to_string()])
+            .args([
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-no-reboot",
+            ])
+            .args(["-serial", &format!("file:{}", console.display())])
+            .args([
+                "-chardev",
+                &format!(
+                    "socket,id=c0,path={}{}",
+                    self.socket.display(),
+                    self.reconnect_ms
+                        .map(|ms| format!(",reconnect-ms={ms}"))
+                        .unwrap_or_default()
+                ),
+            ])
+            .args([
+                "-device",
+                &format!(
+                    "vhost-user-blk-pci,chardev=c0,num-queues={},disable-legacy=on,bootindex=1",
+                    self.num_queues
+                ),
+            ]);
+        if self.accel == Accel::Kvm {
+            cmd.args(["-cpu", "host"]);
+        } else {
+            cmd.args(["-cpu", "max"]);
+        }
+        match &self.boot {
+            Boot::Direct {
+                kernel,
+                initrd,
+                cmdline,
+            } => {
+                cmd.arg("-kernel")
+                    .arg(kernel)
+                    .arg("-initrd")
+                    .arg(initrd)
+                    .args(["-append", cmdline]);
+            }
+            Boot::Uefi => {
+                let vars = workdir.join(format!("OVMF_VARS-{n}.fd"));
+                for f in [OVMF_CODE, OVMF_VARS] {
+                    if !Path::new(f).is_file() {
+                        return Err(Error::AssetsMissing {
+                            dir: PathBuf::from("/usr/share/OVMF"),
+                            missing: format!("{f} (package ovmf)"),
+                        });
+                    }
+                }
+                std::fs::copy(OVMF_VARS, &vars)
+                    .map_err(io_err(format!("copying {OVMF_VARS} to {}", vars.display())))?;
+                cmd.args([
+                    "-drive",
+                    &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+                ])
+                .args([
+                    "-drive",
+                    &format!("if=pflash,format=raw,unit=1,file={}", opt_value(&vars)),
+                ]);
+            }
+        }
+        cmd.args(&self.extra_args);
+        Ok((cmd, console, qemu_log))
+    }
 }
 
 /// A finished boot.
@@ -321,6 +368,94 @@ impl GuestRun {
                 what: format!("the guest did not report {key}"),
                 log: self.console.clone(),
             })
+    }
+}
+
+/// A VM started with [`VmConfig::spawn`], whose console is read as it
+/// grows. Dropping it kills QEMU.
+#[derive(Debug)]
+pub struct RunningVm {
+    child: Option<std::process::Child>,
+    console: PathBuf,
+    qemu_log: PathBuf,
+    command_line: String,
+    started: Instant,
+    timeout: Duration,
+    read_at: u64,
+    partial: String,
+}
+
+impl RunningVm {
+    /// The complete lines the guest printed since the last call (without
+    /// line ends); a line still being written waits for the next call.
+    pub fn read_console(&mut self) -> Vec<String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut bytes = Vec::new();
+        if let Ok(mut f) = std::fs::File::open(&self.console) {
+            if f.seek(SeekFrom::Start(self.read_at)).is_ok() {
+                let _ = f.read_to_end(&mut bytes);
+            }
+        }
+        self.read_at += bytes.len() as u64;
+        self.partial.push_str(&String::from_utf8_lossy(&bytes));
+        let mut lines = Vec::new();
+        while let Some(at) = self.partial.find('\n') {
+            let line: String = self.partial.drain(..=at).collect();
+            lines.push(line.trim_end_matches(['\r', '\n']).to_string());
+        }
+        lines
+    }
+
+    /// QEMU's exit status once it exited.
+    pub fn try_wait(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().map_err(io_err("waiting for QEMU")),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the VM's time limit passed.
+    pub fn over_time(&self) -> bool {
+        self.started.elapsed() >= self.timeout
+    }
+
+    /// Since QEMU started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Kills QEMU (if it still runs) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The command line, QEMU's log and the whole console, for error messages.
+    pub fn logs(&self) -> String {
+        format!(
+            "{}\n--- qemu ---\n{}\n--- console ---\n{}",
+            self.command_line,
+            read_lossy(&self.qemu_log),
+            read_lossy(&self.console)
+        )
+    }
+
+    /// The console file.
+    pub fn console_path(&self) -> &Path {
+        &self.console
+    }
+
+    /// QEMU's own log (stdout and stderr).
+    pub fn qemu_log(&self) -> String {
+        read_lossy(&self.qemu_log)
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 

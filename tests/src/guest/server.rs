@@ -182,6 +182,26 @@ impl VhostUserServer {
         }
     }
 
+    /// Kills the server with SIGKILL, as a crash would, and reaps it; its
+    /// socket file stays behind. Returns its exit status.
+    pub fn kill(mut self) -> Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            return Err(Error::Failed {
+                what: format!("{} was already stopped", self.name),
+                log: self.log(),
+            });
+        };
+        child
+            .kill()
+            .and_then(|()| child.wait())
+            .map_err(io_err(format!("killing {}", self.name)))
+    }
+
+    /// The file the server's stdout and stderr go to.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     fn wait_ready(
         &mut self,
         ready: Readiness,
