@@ -278,7 +278,9 @@ fn blob_that_is_not_a_file() {
     assert!(matches!(e, ImageError::NotRegular { .. }), "{e}");
     fs::remove_dir(&p).unwrap();
     let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    // SAFETY: `c` is a valid NUL-terminated path for the call's duration.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o644) };
+    assert_eq!(rc, 0);
     let e = f.open_err();
     assert!(matches!(e, ImageError::NotRegular { .. }), "{e}");
     has(&e, &[&p.display().to_string()]);

@@ -32,6 +32,8 @@ pub struct Region {
 // SAFETY: the mapping lives as long as the region; accesses go through
 // volatile/atomic operations or copies, and the shadow is locked.
 unsafe impl Send for Region {}
+// SAFETY: as for Send: shared access is volatile, atomic or a copy, and the
+// shadow is behind its mutex.
 unsafe impl Sync for Region {}
 
 /// Creates a memfd of `len` bytes.
