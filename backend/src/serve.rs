@@ -19,7 +19,7 @@ use crate::device::{BlkBackend, DeviceConfig, GuestMemory, Stats};
 use crate::disk::{BlockDevice, OverlayDisk, ReadOnlyDisk};
 use crate::image_args::ImageArgs;
 use crate::metrics::{self, DiskMetrics, Labels, TraceWriter};
-use crate::vhost_user::{Ended, Session, Watchdog};
+use crate::vhost_user::{wait_for, Ended, Session, Watchdog};
 use anyhow::{bail, Context};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -332,7 +332,8 @@ fn serve_loop(
     wake: &UnixStream,
 ) -> anyhow::Result<()> {
     loop {
-        if !wait_for_frontend(listener.as_raw_fd(), wake.as_raw_fd())?
+        // A frontend connecting (true) or a signal arriving (false).
+        if !wait_for(listener.as_raw_fd(), wake.as_raw_fd())?
             || shared.terminated.load(Ordering::SeqCst)
         {
             tracing::info!("terminating on signal");
@@ -382,39 +383,6 @@ fn serve_loop(
         if shared.terminated.load(Ordering::SeqCst) {
             tracing::info!("terminating on signal");
             return Ok(());
-        }
-    }
-}
-
-/// Waits until a frontend connects (true) or a signal arrives (false).
-fn wait_for_frontend(listener: RawFd, wake: RawFd) -> io::Result<bool> {
-    let mut fds = [
-        libc::pollfd {
-            fd: listener,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: wake,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: `fds` is a valid array of two pollfd for the whole call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if fds[1].revents != 0 {
-            return Ok(false);
-        }
-        if fds[0].revents != 0 {
-            return Ok(true);
         }
     }
 }

@@ -247,21 +247,13 @@ impl BlkBackend {
         let atomic = self.memory();
         let mut engine = engine.lock().unwrap_or_else(PoisonError::into_inner);
         let draining = Draining::enter(&self.draining);
-        let ctx = Context {
-            // When other queues are draining too, their threads already
-            // keep the cores busy, and handing work around would only add
-            // wake-ups.
-            helpers: self
-                .helpers
-                .as_deref()
-                .filter(|h| draining.queues() < h.threads()),
-            requests: RequestContext {
-                disk: &*self.disk,
-                serial: &self.config.serial,
-            },
-            writeback: self.writeback(),
-            syncer,
-        };
+        // When other queues are draining too, their threads already keep
+        // the cores busy, and handing work around would only add wake-ups.
+        let helpers = self
+            .helpers
+            .as_deref()
+            .filter(|h| draining.queues() < h.threads());
+        let ctx = self.engine_context(syncer, helpers);
         let event_idx = state.event_idx();
         let mut retire = self.retire(queue_index);
         let poll = self.engine.poll;
@@ -303,6 +295,23 @@ impl BlkBackend {
             if !found {
                 break;
             }
+        }
+    }
+
+    /// What a queue's engine needs to run requests now.
+    fn engine_context<'a>(
+        &'a self,
+        syncer: &'a Syncer,
+        helpers: Option<&'a Helpers>,
+    ) -> Context<'a> {
+        Context {
+            helpers,
+            requests: RequestContext {
+                disk: &*self.disk,
+                serial: &self.config.serial,
+            },
+            writeback: self.writeback(),
+            syncer,
         }
     }
 
@@ -611,15 +620,7 @@ impl BlkBackend {
         };
         let atomic = self.memory();
         let mut engine = engine.lock().unwrap_or_else(PoisonError::into_inner);
-        let ctx = Context {
-            helpers: None,
-            requests: RequestContext {
-                disk: &*self.disk,
-                serial: &self.config.serial,
-            },
-            writeback: self.writeback(),
-            syncer,
-        };
+        let ctx = self.engine_context(syncer, None);
         let mut retire = self.retire(index);
         loop {
             engine.reap(&ctx);

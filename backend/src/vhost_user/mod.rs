@@ -28,7 +28,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use vhost::vhost_user::{BackendReqHandler, Error as VhostError};
 
@@ -56,19 +56,24 @@ pub struct Session {
 }
 
 /// Whether the session is inside a message, and since when.
-#[derive(Default)]
 struct Busy {
-    /// Milliseconds since `epoch` when the current message started; 0
-    /// between messages.
+    epoch: Instant,
+    /// Milliseconds since `epoch` when the current message started, plus
+    /// one (so that a message at the epoch is not "idle"); 0 between
+    /// messages.
     since: AtomicU64,
-    epoch: OnceLock<Instant>,
 }
 
 impl Busy {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            since: AtomicU64::new(0),
+        }
+    }
+
     fn now(&self) -> u64 {
-        let epoch = self.epoch.get_or_init(Instant::now);
-        // +1: a message that starts at once is not "idle".
-        epoch.elapsed().as_millis() as u64 + 1
+        self.epoch.elapsed().as_millis() as u64 + 1
     }
 }
 
@@ -109,7 +114,7 @@ impl Session {
             handler,
             connection,
             socket,
-            busy: Arc::new(Busy::default()),
+            busy: Arc::new(Busy::new()),
         })
     }
 
@@ -126,9 +131,9 @@ impl Session {
     /// protocol, or `stop` becomes readable.
     pub fn run(&mut self, stop: RawFd) -> Ended {
         loop {
-            match wait(self.socket.as_raw_fd(), stop) {
-                Ok(Ready::Stop) => return Ended::Stopped,
-                Ok(Ready::Message) => {}
+            match wait_for(self.socket.as_raw_fd(), stop) {
+                Ok(false) => return Ended::Stopped,
+                Ok(true) => {}
                 Err(err) => return Ended::Failed(VhostError::SocketError(err)),
             }
             self.busy.since.store(self.busy.now(), Ordering::SeqCst);
@@ -169,15 +174,10 @@ impl Session {
     }
 }
 
-enum Ready {
-    Message,
-    Stop,
-}
-
-/// Waits until the socket has a message (or was closed) or `stop` is
-/// readable.
-fn wait(socket: RawFd, stop: RawFd) -> io::Result<Ready> {
-    let mut fds = [socket, stop].map(|fd| libc::pollfd {
+/// Waits until `fd` is readable (true) or `stop` is (false; checked
+/// first, so a stop wins over more work).
+pub fn wait_for(fd: RawFd, stop: RawFd) -> io::Result<bool> {
+    let mut fds = [fd, stop].map(|fd| libc::pollfd {
         fd,
         events: libc::POLLIN,
         revents: 0,
@@ -193,10 +193,10 @@ fn wait(socket: RawFd, stop: RawFd) -> io::Result<Ready> {
             return Err(err);
         }
         if fds[1].revents != 0 {
-            return Ok(Ready::Stop);
+            return Ok(false);
         }
         if fds[0].revents != 0 {
-            return Ok(Ready::Message);
+            return Ok(true);
         }
     }
 }

@@ -237,14 +237,11 @@ impl Vring {
         let ring = GuestAddress(self.queue.avail_ring());
         let size = self.queue.size();
         let next = self.queue.next_avail();
-        let past_memory = || "its available ring lies past the address space".to_owned();
-        let avail: u16 = mem
-            .load(
-                ring.checked_add(2).ok_or_else(past_memory)?,
-                Ordering::Acquire,
-            )
-            .map(u16::from_le)
-            .map_err(|e| format!("cannot read its available index: {e}"))?;
+        let avail = self
+            .queue
+            .avail_idx(mem, Ordering::Acquire)
+            .map_err(|e| format!("cannot read its available index: {e}"))?
+            .0;
         let pending = avail.wrapping_sub(next);
         if pending == 0 {
             return Ok(None);
@@ -257,7 +254,7 @@ impl Vring {
         }
         let slot = ring
             .checked_add(4 + 2 * u64::from(next % size))
-            .ok_or_else(past_memory)?;
+            .ok_or("its available ring lies past the address space")?;
         let head: u16 = mem
             .load(slot, Ordering::Acquire)
             .map(u16::from_le)
