@@ -11,61 +11,11 @@
 
 mod common;
 
-use common::{identity, read_all, split, MemStorage, Model, Rng, BS};
+use common::{identity, new_storage, read_all, split, Expect, MemStorage, Model, Rng, BS};
 use overlay::storage::Storage;
 use overlay::{CreateOptions, OpenOptions, Overlay};
 use std::path::Path;
 use std::sync::Arc;
-
-/// What the disk may read as after a crash.
-struct Expect {
-    /// The disk at the last completed flush.
-    flushed: Vec<u8>,
-    /// Ranges given new values since (including by the request in flight).
-    since: Vec<(u64, Vec<u8>)>,
-}
-
-impl Expect {
-    fn check(&self, actual: &[u8], round: usize) {
-        let mut bad = Vec::new();
-        for (c, chunk) in actual.chunks(4096).enumerate() {
-            let at = c * 4096;
-            // Most of a big disk is unchanged: skip equal chunks quickly.
-            if chunk == &self.flushed[at..at + chunk.len()] {
-                continue;
-            }
-            for (j, &a) in chunk.iter().enumerate() {
-                let i = (at + j) as u64;
-                if a == self.flushed[i as usize] {
-                    continue;
-                }
-                let ok = self.since.iter().any(|(off, data)| {
-                    i >= *off && i < off + data.len() as u64 && data[(i - off) as usize] == a
-                });
-                if !ok {
-                    bad.push(i);
-                }
-            }
-        }
-        assert!(
-            bad.is_empty(),
-            "round {round}: {} bytes hold values never written, first at {:?}",
-            bad.len(),
-            &bad[..bad.len().min(8)]
-        );
-    }
-}
-
-/// Storage holding a new overlay of `size` bytes (synced).
-fn new_storage(size: u64) -> Arc<MemStorage> {
-    let storage = MemStorage::new();
-    let create = CreateOptions {
-        disk_size: size,
-        base: identity("crash"),
-    };
-    Overlay::write_new(&*storage, Path::new("mem.overlay"), &create).unwrap();
-    storage
-}
 
 fn open(storage: &Arc<MemStorage>, size: u64) -> Overlay {
     Overlay::open_on(
@@ -126,7 +76,7 @@ fn run_until_death(
             _ => {
                 let r = ov.flush();
                 if r.is_ok() {
-                    expect.flushed.copy_from_slice(&model.disk);
+                    expect.disk.copy_from_slice(&model.disk);
                     expect.since.clear();
                 }
                 r
@@ -144,7 +94,7 @@ fn crash_rounds(seed: u64, blocks: u64) {
     let mut rng = Rng(seed);
     let size = blocks * BS - rng.below(8) * 512;
     let base = rng.bytes(size as usize);
-    let mut storage = new_storage(size);
+    let mut storage = new_storage(size, "crash");
     let mut model = Model { disk: base.clone() };
     for round in 0..6 {
         let ov = open(&storage, size);
@@ -154,7 +104,7 @@ fn crash_rounds(seed: u64, blocks: u64) {
             "round {round}: reopen"
         );
         let mut expect = Expect {
-            flushed: model.disk.clone(),
+            disk: model.disk.clone(),
             since: Vec::new(),
         };
         storage.die_after(rng.below(120) as i64);
@@ -166,7 +116,7 @@ fn crash_rounds(seed: u64, blocks: u64) {
         storage = storage.crash_with(round % 2 == 1, &mut rng);
         let ov = open(&storage, size);
         let actual = read_all(&ov, &base, &mut rng);
-        expect.check(&actual, round);
+        expect.check(&actual, &format!("round {round}"));
         // The header survived untouched and the disk is usable again.
         assert_eq!(ov.header().disk_size, size);
         model.disk = actual;
@@ -194,7 +144,7 @@ fn crash_at_every_step_of_a_flush() {
         let mut rng = Rng(die);
         let size = 40 * BS;
         let base = rng.bytes(size as usize);
-        let storage = new_storage(size);
+        let storage = new_storage(size, "crash");
         let ov = open(&storage, size);
         let mut model = Model { disk: base.clone() };
         for i in 0..10u64 {
@@ -206,7 +156,7 @@ fn crash_at_every_step_of_a_flush() {
         ov.flush().unwrap();
         let flushed = model.disk.clone();
         let mut expect = Expect {
-            flushed,
+            disk: flushed,
             since: Vec::new(),
         };
         for i in 0..10u64 {
@@ -222,14 +172,14 @@ fn crash_at_every_step_of_a_flush() {
         storage.die_after(die as i64);
         if ov.flush().is_ok() {
             // The flush finished before the crash point: it all counts.
-            expect.flushed = model.disk.clone();
+            expect.disk = model.disk.clone();
             expect.since.clear();
         }
         drop(ov);
         for trial in 0..4 {
             let crashed = storage.crash_with(trial == 0, &mut rng);
             let ov = open(&crashed, size);
-            expect.check(&read_all(&ov, &base, &mut rng), trial);
+            expect.check(&read_all(&ov, &base, &mut rng), &format!("trial {trial}"));
         }
         let _ = storage.sync_data();
     }
@@ -251,7 +201,7 @@ fn written_overlay(seed: u64) -> (Arc<MemStorage>, Vec<u8>, Vec<u8>) {
     let mut rng = Rng(seed);
     let size = PAGES_BLOCKS * BS;
     let base = pattern(size);
-    let storage = new_storage(size);
+    let storage = new_storage(size, "crash");
     let ov = open(&storage, size);
     let mut model = Model { disk: base.clone() };
     for block in [3, 16127, 16128, PAGES_BLOCKS - 2] {
@@ -474,7 +424,7 @@ fn writethrough_writes_survive_a_crash_without_flush() {
         let mut rng = Rng(seed);
         let size = (3 + seed % 5) * BS - 512 * (seed % 3);
         let base = rng.bytes(size as usize);
-        let storage = new_storage(size);
+        let storage = new_storage(size, "crash");
         let ov = Overlay::open_on(
             Box::new(storage.clone()),
             Path::new("mem.overlay"),

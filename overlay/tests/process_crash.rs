@@ -13,58 +13,10 @@
 
 mod common;
 
-use common::{identity, read_all, split, MemStorage, Model, Rng, BS};
-use overlay::{CreateOptions, OpenOptions, Overlay, ShadowStatus};
+use common::{identity, new_storage, read_all, split, Expect, MemStorage, Model, Rng, BS};
+use overlay::{OpenOptions, Overlay, ShadowStatus};
 use std::path::Path;
 use std::sync::Arc;
-
-/// Values the disk may hold after a crash: `disk`, except that bytes of
-/// `since` may hold the values it gives them instead.
-struct Expect {
-    disk: Vec<u8>,
-    since: Vec<(u64, Vec<u8>)>,
-}
-
-impl Expect {
-    fn check(&self, actual: &[u8], what: &str) {
-        let mut bad = Vec::new();
-        for (c, chunk) in actual.chunks(4096).enumerate() {
-            let at = c * 4096;
-            // Most of a big disk is unchanged: skip equal chunks quickly.
-            if chunk == &self.disk[at..at + chunk.len()] {
-                continue;
-            }
-            for (j, &a) in chunk.iter().enumerate() {
-                let i = (at + j) as u64;
-                if a == self.disk[i as usize] {
-                    continue;
-                }
-                let ok = self.since.iter().any(|(off, data)| {
-                    i >= *off && i < off + data.len() as u64 && data[(i - off) as usize] == a
-                });
-                if !ok {
-                    bad.push(i);
-                }
-            }
-        }
-        assert!(
-            bad.is_empty(),
-            "{what}: {} bytes differ, first at {:?}",
-            bad.len(),
-            &bad[..bad.len().min(8)]
-        );
-    }
-}
-
-fn new_storage(size: u64) -> Arc<MemStorage> {
-    let storage = MemStorage::new();
-    let create = CreateOptions {
-        disk_size: size,
-        base: identity("shadow"),
-    };
-    Overlay::write_new(&*storage, Path::new("mem.overlay"), &create).unwrap();
-    storage
-}
 
 fn open(storage: &Arc<MemStorage>, size: u64, shadow: Option<&Path>) -> Overlay {
     Overlay::open_on_with_shadow(
@@ -190,7 +142,7 @@ fn process_crash_rounds(seed: u64, blocks: u64) {
     let mut rng = Rng(seed);
     let size = blocks * BS - rng.below(8) * 512;
     let base = rng.bytes(size as usize);
-    let mut storage = new_storage(size);
+    let mut storage = new_storage(size, "shadow");
     let shm = tempfile::tempdir().unwrap();
     let mut model = Model { disk: base.clone() };
     for round in 0..5 {
@@ -299,7 +251,7 @@ fn process_crash_at_every_step_of_a_flush() {
     for die in 0..8 {
         let mut rng = Rng(die);
         let shm = tempfile::tempdir().unwrap();
-        let storage = new_storage(size);
+        let storage = new_storage(size, "shadow");
         let ov = open(&storage, size, Some(shm.path()));
         let mut model = Model { disk: base.clone() };
         for block in [3, 16127, 16128, blocks - 2] {
@@ -349,7 +301,7 @@ fn a_shadow_map_of_another_boot_is_refused() {
         let mut rng = Rng(seed);
         let size = (1 + seed % 9) * BS;
         let base = rng.bytes(size as usize);
-        let storage = new_storage(size);
+        let storage = new_storage(size, "shadow");
         let shm = tempfile::tempdir().unwrap();
         let ov = open(&storage, size, Some(shm.path()));
         let mut model = Model { disk: base.clone() };
@@ -396,7 +348,7 @@ fn a_copy_of_the_file_does_not_find_the_shadow_map() {
     let mut rng = Rng(5);
     let size = 8 * BS;
     let base = rng.bytes(size as usize);
-    let storage = new_storage(size);
+    let storage = new_storage(size, "shadow");
     let shm = tempfile::tempdir().unwrap();
     let ov = open(&storage, size, Some(shm.path()));
     ov.write(BS, &[std::io::IoSlice::new(&[9; 4096])], &base)
@@ -419,7 +371,7 @@ fn a_failed_sync_makes_the_shadow_map_unusable() {
     let mut rng = Rng(8);
     let size = 8 * BS;
     let base = rng.bytes(size as usize);
-    let storage = new_storage(size);
+    let storage = new_storage(size, "shadow");
     let shm = tempfile::tempdir().unwrap();
     let ov = open(&storage, size, Some(shm.path()));
     ov.write(BS, &[std::io::IoSlice::new(&[9; 4096])], &base)

@@ -362,3 +362,57 @@ impl Model {
         (a, b)
     }
 }
+
+/// What the disk may read as after a crash: `disk`, except that bytes in a
+/// range of `since` may hold the value that range gives them instead.
+pub struct Expect {
+    /// The disk as the crash must keep it (at the last flush, for a host
+    /// crash; after every completed request, for a process crash).
+    pub disk: Vec<u8>,
+    /// Ranges given new values since (including by the request in flight).
+    pub since: Vec<(u64, Vec<u8>)>,
+}
+
+impl Expect {
+    /// Checks `actual`, naming the case as `what` if a byte is wrong.
+    pub fn check(&self, actual: &[u8], what: &str) {
+        let mut bad = Vec::new();
+        for (c, chunk) in actual.chunks(4096).enumerate() {
+            let at = c * 4096;
+            // Most of a big disk is unchanged: skip equal chunks quickly.
+            if chunk == &self.disk[at..at + chunk.len()] {
+                continue;
+            }
+            for (j, &a) in chunk.iter().enumerate() {
+                let i = (at + j) as u64;
+                if a == self.disk[i as usize] {
+                    continue;
+                }
+                let ok = self.since.iter().any(|(off, data)| {
+                    i >= *off && i < off + data.len() as u64 && data[(i - off) as usize] == a
+                });
+                if !ok {
+                    bad.push(i);
+                }
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "{what}: {} bytes hold values the disk may not hold, first at {:?}",
+            bad.len(),
+            &bad[..bad.len().min(8)]
+        );
+    }
+}
+
+/// Storage holding a new overlay of `size` bytes for the base identity
+/// `name` (synced).
+pub fn new_storage(size: u64, name: &str) -> Arc<MemStorage> {
+    let storage = MemStorage::new();
+    let create = overlay::CreateOptions {
+        disk_size: size,
+        base: identity(name),
+    };
+    overlay::Overlay::write_new(&*storage, std::path::Path::new("mem.overlay"), &create).unwrap();
+    storage
+}
