@@ -136,6 +136,36 @@ fn io_round(s: &mut Session, fx: &mut Fixture, q: usize, at: u64, seed: u8) {
     s.mem.check().unwrap();
 }
 
+/// cloud-hypervisor's `reinitialize_vhost_user` after a reconnect: a new
+/// connection, SET_OWNER, GET_FEATURES, SET_PROTOCOL_FEATURES without a
+/// GET first, then the same setup on the same rings.
+fn ch_reconnect(
+    s: &mut Session,
+    socket: &std::path::Path,
+    be: &Backend,
+    inflight: &mut Option<(Inflight, OwnedFd)>,
+) {
+    s.conn = Conn::connect(socket).unwrap();
+    ok(
+        s.conn.call(req::SET_OWNER, &[], &[]),
+        "SET_OWNER (reconnect)",
+        be,
+    );
+    ok(
+        s.conn.call(req::GET_FEATURES, &[], &[]),
+        "GET_FEATURES (reconnect)",
+        be,
+    );
+    ok(
+        s.conn
+            .call(req::SET_PROTOCOL_FEATURES, &conn::u64_body(s.protocol), &[]),
+        "SET_PROTOCOL_FEATURES without GET (reconnect)",
+        be,
+    );
+    s.conn.reply_ack = s.protocol & proto::REPLY_ACK != 0;
+    ch_setup(s, be, inflight);
+}
+
 /// The setup part of cloud-hypervisor's `setup_vhost_user`, from
 /// SET_FEATURES on. `inflight` is the region to pass (GET_INFLIGHT_FD is
 /// sent when it is None and the feature is acked).
@@ -365,25 +395,7 @@ fn cloud_hypervisor_sequence() {
 
     // Reconnect (the backend went away and came back, or the socket was
     // cut): a new connection, reinitialize_vhost_user on the same rings.
-    s.conn = Conn::connect(&fx.socket).unwrap();
-    ok(
-        s.conn.call(req::SET_OWNER, &[], &[]),
-        "SET_OWNER (reconnect)",
-        &be,
-    );
-    ok(
-        s.conn.call(req::GET_FEATURES, &[], &[]),
-        "GET_FEATURES (reconnect)",
-        &be,
-    );
-    ok(
-        s.conn
-            .call(req::SET_PROTOCOL_FEATURES, &conn::u64_body(s.protocol), &[]),
-        "SET_PROTOCOL_FEATURES without GET (reconnect)",
-        &be,
-    );
-    s.conn.reply_ack = s.protocol & proto::REPLY_ACK != 0;
-    ch_setup(&mut s, &be, &mut inflight);
+    ch_reconnect(&mut s, &fx.socket, &be, &mut inflight);
     for q in 0..usize::from(CH_QUEUES) {
         io_round(
             &mut s,
@@ -469,25 +481,7 @@ fn cloud_hypervisor_inflight_region_across_reconnects() {
             );
         }
         // Reconnect with the old region, without GET_INFLIGHT_FD.
-        s.conn = Conn::connect(&fx.socket).unwrap();
-        ok(
-            s.conn.call(req::SET_OWNER, &[], &[]),
-            "SET_OWNER (reconnect)",
-            &be,
-        );
-        ok(
-            s.conn.call(req::GET_FEATURES, &[], &[]),
-            "GET_FEATURES (reconnect)",
-            &be,
-        );
-        ok(
-            s.conn
-                .call(req::SET_PROTOCOL_FEATURES, &conn::u64_body(s.protocol), &[]),
-            "SET_PROTOCOL_FEATURES (reconnect)",
-            &be,
-        );
-        s.conn.reply_ack = s.protocol & proto::REPLY_ACK != 0;
-        ch_setup(&mut s, &be, &mut inflight);
+        ch_reconnect(&mut s, &fx.socket, &be, &mut inflight);
     }
     for q in 0..usize::from(CH_QUEUES) {
         io_round(
