@@ -147,12 +147,17 @@ impl BlockMap {
         blockio::check_range(offset, len, self.size)?;
         for (extent, at, n) in self.segments(offset, len) {
             let piece = match &extent.source {
-                Source::File { file, offset } => ReadPiece::File {
-                    file: file.file(),
-                    direct: file.direct(),
-                    offset: offset + at,
-                    len: n,
-                },
+                Source::File { file, offset } => {
+                    // A gated blob (lazy verification, a registry blob)
+                    // makes the range good before anyone reads it.
+                    file.ensure(offset + at, n)?;
+                    ReadPiece::File {
+                        file: file.file(),
+                        direct: file.direct(),
+                        offset: offset + at,
+                        len: n,
+                    }
+                }
                 Source::Bytes { data, offset, .. } => {
                     let bytes = usize::try_from(at)
                         .ok()

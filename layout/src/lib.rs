@@ -27,5 +27,5 @@ pub mod spec;
 
 pub use blockmap::{BlockMap, BlockMapBuilder, Extent, MapSummary};
 pub use compose::{compose, ComposeError, ComposeOptions, Disk, PartitionInfo};
-pub use source::{BlobFile, Content, Source};
+pub use source::{BlobFile, ChunkGate, Content, Source};
 pub use spec::{LayoutSpec, MonogonPreset};

@@ -19,6 +19,23 @@ pub struct BlobFile {
     direct: OnceLock<File>,
     path: PathBuf,
     len: u64,
+    /// What must happen before a range is read, if anything (see [`ChunkGate`]).
+    gate: Option<Arc<dyn ChunkGate>>,
+}
+
+/// Makes ranges of a blob safe to read before the first read of them: a
+/// local payload's chunks are checked against their hashes (lazy
+/// verification); a registry blob's chunks are fetched into the shared
+/// cache file and checked. Every reader of a [`BlobFile`] that has a gate
+/// calls [`BlobFile::ensure`] before it reads a range, so no byte of a
+/// chunk that is missing or failed its check is ever served.
+pub trait ChunkGate: Send + Sync + std::fmt::Debug {
+    /// Returns once every chunk that bytes `[offset, offset + len)` of the
+    /// file touch is present in the file and verified, or fails with an
+    /// error naming the blob (or payload) and the offset. Called on the
+    /// data path: when the chunks are already good it must cost no more
+    /// than an atomic load per chunk.
+    fn ensure(&self, offset: u64, len: u64) -> io::Result<()>;
 }
 
 impl BlobFile {
@@ -56,7 +73,28 @@ impl BlobFile {
             direct: OnceLock::new(),
             path: path.to_owned(),
             len: meta.len(),
+            gate: None,
         })
+    }
+
+    /// The same file, read only through `gate` from now on.
+    pub fn with_gate(mut self, gate: Arc<dyn ChunkGate>) -> BlobFile {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// Whether reads must pass a [`ChunkGate`] first.
+    pub fn is_gated(&self) -> bool {
+        self.gate.is_some()
+    }
+
+    /// Makes bytes `[offset, offset + len)` safe to read (see [`ChunkGate`]);
+    /// a no-op for a file without a gate.
+    pub fn ensure(&self, offset: u64, len: u64) -> io::Result<()> {
+        match &self.gate {
+            Some(gate) => gate.ensure(offset, len),
+            None => Ok(()),
+        }
     }
 
     /// Opens the file a second time with `O_DIRECT` (read-only, through
@@ -162,6 +200,7 @@ impl Source {
     pub fn read_into(&self, at: u64, window: &mut IoWindow<'_, '_>) -> io::Result<()> {
         match self {
             Source::File { file, offset } => {
+                file.ensure(offset + at, window.len() as u64)?;
                 window.pread_exact(file.file(), offset + at).map_err(|e| {
                     io::Error::new(e.kind(), format!("reading {}: {e}", file.path().display()))
                 })
