@@ -348,7 +348,28 @@ impl Server {
     /// Runs `ocidisk serve --socket SOCKET ARGS...` and waits for its
     /// `ready socket=SOCKET` line.
     pub fn start<S: AsRef<std::ffi::OsStr>>(socket: &Path, args: &[S]) -> anyhow::Result<Self> {
-        let mut child = Command::new(ocidisk_binary()?)
+        Self::start_with(Command::new(ocidisk_binary()?), socket, args)
+    }
+
+    /// [`start`](Self::start) under `wrapper`, a program that sets
+    /// something up and then runs the rest of its command line (e.g.
+    /// `deny-io-uring`).
+    pub fn start_under<S: AsRef<std::ffi::OsStr>>(
+        wrapper: &Path,
+        socket: &Path,
+        args: &[S],
+    ) -> anyhow::Result<Self> {
+        let mut command = Command::new(wrapper);
+        command.arg(ocidisk_binary()?);
+        Self::start_with(command, socket, args)
+    }
+
+    fn start_with<S: AsRef<std::ffi::OsStr>>(
+        mut command: Command,
+        socket: &Path,
+        args: &[S],
+    ) -> anyhow::Result<Self> {
+        let mut child = command
             .arg("serve")
             .arg("--socket")
             .arg(socket)

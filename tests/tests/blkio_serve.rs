@@ -1098,3 +1098,53 @@ fn kill_9_during_a_stream_of_engine_writes_keeps_every_flushed_write() {
         );
     }
 }
+
+/// Where a seccomp filter denies io_uring (as container runtimes' default
+/// profiles do), `--io-engine auto` serves with blocking calls and says so
+/// in one log line, and `--io-engine uring` refuses to start, naming why.
+#[test]
+fn where_seccomp_denies_io_uring_auto_falls_back_to_blocking_calls() {
+    let f = Fixture::new();
+    let wrapper = std::path::Path::new(env!("CARGO_BIN_EXE_deny-io-uring"));
+
+    let refused = std::process::Command::new(wrapper)
+        .arg(ocidisk_tests::blkio_client::ocidisk_binary().unwrap())
+        .args(["serve", "--socket"])
+        .arg(&f.socket)
+        .args(f.serve_args(&["--io-engine", "uring"]))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "uring started: {stderr}");
+    assert!(
+        stderr.contains("cannot use io_uring (--io-engine uring)")
+            && stderr.contains("Operation not permitted"),
+        "{stderr}"
+    );
+    assert!(!f.socket.exists(), "a refused start left its socket");
+
+    let server =
+        Server::start_under(wrapper, &f.socket, &f.serve_args(&["--io-engine", "auto"])).unwrap();
+    let mut client = f.connect(1);
+    let data = pattern(7 << 20, 64 << 10);
+    let q = client.queue();
+    q.write(3 << 20, &data).unwrap();
+    q.flush().unwrap();
+    assert_eq!(q.read(3 << 20, data.len()).unwrap(), data);
+    assert_eq!(
+        q.read(1 << 20, 4096).unwrap(),
+        pattern(0, 4096),
+        "the payload reads through the blocking engine"
+    );
+    drop(client);
+    let log = server.log();
+    assert_eq!(
+        log.matches("io_uring is not available").count(),
+        1,
+        "one line says why: {log}"
+    );
+    assert!(log.contains("Operation not permitted"), "{log}");
+    assert!(log.contains("engine=\"blocking\""), "{log}");
+    assert!(server.terminate().unwrap().success());
+}
