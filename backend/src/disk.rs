@@ -300,10 +300,11 @@ impl BlockDevice for OverlayDisk {
 impl OverlayDisk {
     /// Opens the overlay and every blob a second time with `O_DIRECT`, so
     /// that an engine's reads and writes bypass the page cache where they
-    /// are aligned for it.
-    pub fn open_direct(&self) -> io::Result<()> {
-        self.base.open_direct()?;
-        self.overlay.open_direct().map_err(overlay_error)
+    /// are aligned for it; says what alignment that takes.
+    pub fn open_direct(&self) -> io::Result<blockio::DirectAlign> {
+        let base = self.base.open_direct()?;
+        let overlay = self.overlay.open_direct().map_err(overlay_error)?;
+        Ok(base.max(overlay))
     }
 }
 

@@ -135,10 +135,11 @@ impl ServeOptions {
             .map(Arc::new))
     }
 
-    /// The engine the queues run on.
-    fn engine(&self) -> anyhow::Result<EngineConfig> {
+    /// The engine the queues run on; `direct` is what the disk's
+    /// `O_DIRECT` files need, when `--direct` opened them.
+    fn engine(&self, direct: Option<blockio::DirectAlign>) -> anyhow::Result<EngineConfig> {
         let poll = std::time::Duration::from_micros(self.poll_us);
-        let engine = EngineConfig::resolve(self.io_engine, poll, self.direct)
+        let engine = EngineConfig::resolve(self.io_engine, poll, direct)
             .context("cannot use io_uring (--io-engine uring)")?;
         if self.direct && !engine.uring {
             bail!("--direct needs the io_uring engine");
@@ -147,6 +148,8 @@ impl ServeOptions {
             engine = if engine.uring { "io_uring" } else { "blocking" },
             poll_us = self.poll_us,
             direct = self.direct,
+            direct_mem_align = direct.map(|a| a.mem),
+            direct_offset_align = direct.map(|a| a.offset),
             "I/O engine"
         );
         Ok(engine)
@@ -184,11 +187,12 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 
 /// Runs `ocidisk serve`.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    let mut direct = None;
     let disk: Arc<dyn BlockDevice> = match &args.overlay {
         None => {
             let disk = args.image.compose(&args.disk_id)?;
             if args.serve.direct {
-                disk.map.open_direct()?;
+                direct = Some(disk.map.open_direct()?);
             }
             Arc::new(ReadOnlyDisk::new(disk.map)?)
         }
@@ -207,16 +211,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             );
             let disk = OverlayDisk::new(vm.disk.map, vm.overlay)?;
             if args.serve.direct {
-                disk.open_direct()?;
+                direct = Some(disk.open_direct()?);
             }
             Arc::new(disk)
         }
     };
-    serve_device(disk, &args.serve)
+    serve_device(disk, &args.serve, direct)
 }
 
-/// Serves `device` on `opts.socket` until SIGTERM or SIGINT.
-pub fn serve_device(device: Arc<dyn BlockDevice>, opts: &ServeOptions) -> anyhow::Result<()> {
+/// Serves `device` on `opts.socket` until SIGTERM or SIGINT; `direct` is
+/// the alignment its `O_DIRECT` files need, if `--direct` opened them.
+pub fn serve_device(
+    device: Arc<dyn BlockDevice>,
+    opts: &ServeOptions,
+    direct: Option<blockio::DirectAlign>,
+) -> anyhow::Result<()> {
     let config = DeviceConfig::new(
         device.size(),
         device.read_only(),
@@ -228,7 +237,7 @@ pub fn serve_device(device: Arc<dyn BlockDevice>, opts: &ServeOptions) -> anyhow
     // Before any thread exists, so that every thread inherits the mask and
     // only the signal thread ever sees these signals.
     let signals = Signals::block()?;
-    let engine = opts.engine()?;
+    let engine = opts.engine(direct)?;
     let (wake_rx, wake_tx) = UnixStream::pair().context("cannot create a wake-up channel")?;
     let shared = Arc::new(Shared {
         terminated: AtomicBool::new(false),

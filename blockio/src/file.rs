@@ -7,6 +7,76 @@ use std::os::fd::AsRawFd;
 /// The most buffers one `preadv`/`pwritev` call takes (`IOV_MAX` on Linux).
 pub(crate) const IOV_MAX: usize = 1024;
 
+/// What `O_DIRECT` asks of the transfers on a file: buffer addresses
+/// aligned to `mem` bytes, file offsets and lengths to `offset` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectAlign {
+    /// Alignment of each buffer's address in memory.
+    pub mem: u64,
+    /// Alignment of the file offset and of each buffer's length.
+    pub offset: u64,
+}
+
+impl DirectAlign {
+    /// No requirement: the identity of [`max`](Self::max).
+    pub const NONE: DirectAlign = DirectAlign { mem: 1, offset: 1 };
+
+    /// What to assume when the file system does not say (kernels before
+    /// 6.1, file systems that do not report it): 4 KiB covers every logical
+    /// block size disks use today, 512 bytes every DMA alignment.
+    pub const FALLBACK: DirectAlign = DirectAlign {
+        mem: 512,
+        offset: 4096,
+    };
+
+    /// What `file`'s file system asks, from `statx(STATX_DIOALIGN)`; the
+    /// [`FALLBACK`](Self::FALLBACK) when it does not say.
+    pub fn of(file: &File) -> DirectAlign {
+        // SAFETY: statx only writes into `stx`, a plain-data struct for
+        // which all zeros is a valid value.
+        let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+        // SAFETY: an empty path with AT_EMPTY_PATH names the open
+        // descriptor; `stx` is valid for writes.
+        let rc = unsafe {
+            libc::statx(
+                file.as_raw_fd(),
+                c"".as_ptr(),
+                libc::AT_EMPTY_PATH,
+                libc::STATX_DIOALIGN,
+                &mut stx,
+            )
+        };
+        let reported = rc == 0
+            && stx.stx_mask & libc::STATX_DIOALIGN != 0
+            && stx.stx_dio_mem_align != 0
+            && stx.stx_dio_offset_align != 0;
+        if !reported {
+            return DirectAlign::FALLBACK;
+        }
+        DirectAlign {
+            mem: u64::from(stx.stx_dio_mem_align),
+            offset: u64::from(stx.stx_dio_offset_align),
+        }
+    }
+
+    /// The stricter of both, for transfers that may go to either file.
+    pub fn max(self, other: DirectAlign) -> DirectAlign {
+        DirectAlign {
+            mem: self.mem.max(other.mem),
+            offset: self.offset.max(other.offset),
+        }
+    }
+
+    /// Whether a transfer at file `offset` into or from `bufs` (address and
+    /// length of each) meets these alignments.
+    pub fn allows(&self, offset: u64, mut bufs: impl Iterator<Item = (usize, usize)>) -> bool {
+        offset.is_multiple_of(self.offset)
+            && bufs.all(|(addr, len)| {
+                (addr as u64).is_multiple_of(self.mem) && (len as u64).is_multiple_of(self.offset)
+            })
+    }
+}
+
 /// Reads exactly `total_len_mut(bufs)` bytes from `file` at `offset` into
 /// `bufs`, retrying short reads and `EINTR`. Reaching the end of the file
 /// first is an [`io::ErrorKind::UnexpectedEof`] error naming the offset.
@@ -130,5 +200,38 @@ mod tests {
         pwrite_all_vectored(&file, 0, &mut []).unwrap();
         let mut empty = [0u8; 0];
         pread_exact_vectored(&file, 5, &mut [IoSliceMut::new(&mut empty)]).unwrap();
+    }
+
+    #[test]
+    fn the_file_system_reports_powers_of_two() {
+        // On the file system the sources (and benchmarks) live on, not /tmp.
+        let file = tempfile::tempfile_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let align = DirectAlign::of(&file);
+        for value in [align.mem, align.offset] {
+            assert!(value.is_power_of_two() && value <= 1 << 16, "{align:?}");
+        }
+    }
+
+    #[test]
+    fn allows_checks_offset_addresses_and_lengths() {
+        let a = DirectAlign {
+            mem: 512,
+            offset: 4096,
+        };
+        assert!(a.allows(8192, [(1024, 4096), (512, 8192)].into_iter()));
+        assert!(!a.allows(512, [(1024, 4096)].into_iter()), "offset");
+        assert!(!a.allows(4096, [(1000, 4096)].into_iter()), "address");
+        assert!(!a.allows(4096, [(1024, 512)].into_iter()), "length");
+        assert!(DirectAlign::NONE.allows(3, [(7, 5)].into_iter()));
+        assert_eq!(
+            DirectAlign::NONE.max(a).max(DirectAlign {
+                mem: 4096,
+                offset: 512
+            }),
+            DirectAlign {
+                mem: 4096,
+                offset: 4096
+            }
+        );
     }
 }

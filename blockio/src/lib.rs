@@ -23,7 +23,7 @@ mod plan;
 mod window;
 
 pub use cursor::{total_len, total_len_mut, IoCursor, IoCursorMut, IoVecs, IoVecsMut};
-pub use file::{pread_exact_vectored, pwrite_all_vectored, zero_fill};
+pub use file::{pread_exact_vectored, pwrite_all_vectored, zero_fill, DirectAlign};
 pub use identity::BaseIdentity;
 pub use plan::{plan_or_sync, PieceSink, ReadPiece};
 pub use window::{IoSplitter, IoWindow};

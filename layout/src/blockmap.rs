@@ -184,14 +184,20 @@ impl BlockMap {
     }
 
     /// Opens every file the map reads a second time with `O_DIRECT` (see
-    /// [`BlobFile::open_direct`](crate::source::BlobFile::open_direct)).
-    pub fn open_direct(&self) -> io::Result<()> {
+    /// [`BlobFile::open_direct`](crate::source::BlobFile::open_direct)), and
+    /// says what alignment transfers through them need (the strictest of
+    /// the files').
+    pub fn open_direct(&self) -> io::Result<blockio::DirectAlign> {
+        let mut align = blockio::DirectAlign::NONE;
         for extent in &self.extents {
             if let Source::File { file, .. } = &extent.source {
                 file.open_direct()?;
+                if let Some(direct) = file.direct() {
+                    align = align.max(blockio::DirectAlign::of(direct));
+                }
             }
         }
-        Ok(())
+        Ok(align)
     }
 }
 

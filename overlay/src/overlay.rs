@@ -1313,14 +1313,14 @@ impl Overlay {
     /// Opens the overlay file a second time with `O_DIRECT` (through
     /// `/proc/self/fd`, so it is the same file), which
     /// [`plan_read`](Self::plan_read) and [`write_target`](Self::write_target)
-    /// then offer. The error names the file: some file systems refuse
-    /// `O_DIRECT`.
-    pub fn open_direct(&self) -> Result<(), OverlayError> {
+    /// then offer, and says what alignment its transfers need. The error
+    /// names the file: some file systems refuse `O_DIRECT`.
+    pub fn open_direct(&self) -> Result<blockio::DirectAlign, OverlayError> {
         let Some(file) = self.storage.file() else {
-            return Ok(());
+            return Ok(blockio::DirectAlign::NONE);
         };
-        if self.direct.get().is_some() {
-            return Ok(());
+        if let Some(direct) = self.direct.get() {
+            return Ok(blockio::DirectAlign::of(direct));
         }
         let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
         let direct = std::fs::OpenOptions::new()
@@ -1329,8 +1329,9 @@ impl Overlay {
             .custom_flags(libc::O_CLOEXEC | libc::O_DIRECT)
             .open(proc_path)
             .map_err(io_err(&self.path, "opening the file with O_DIRECT"))?;
+        let align = blockio::DirectAlign::of(&direct);
         let _ = self.direct.set(direct);
-        Ok(())
+        Ok(align)
     }
 
     /// Makes every write completed before the call durable.

@@ -36,8 +36,9 @@ pub struct EngineConfig {
     /// How long a queue thread keeps polling its ring and virtqueue after
     /// the last thing it did, before it sleeps.
     pub poll: Duration,
-    /// Whether to use the disk's `O_DIRECT` files where aligned.
-    pub direct: bool,
+    /// With `--direct`, the alignment the disk's `O_DIRECT` files need;
+    /// transfers that meet it use them.
+    pub direct: Option<blockio::DirectAlign>,
 }
 
 impl EngineConfig {
@@ -46,7 +47,7 @@ impl EngineConfig {
         EngineConfig {
             uring: false,
             poll: Duration::ZERO,
-            direct: false,
+            direct: None,
         }
     }
 
@@ -55,7 +56,7 @@ impl EngineConfig {
     pub fn resolve(
         choice: EngineChoice,
         poll: Duration,
-        direct: bool,
+        direct: Option<blockio::DirectAlign>,
     ) -> std::io::Result<EngineConfig> {
         let uring = match choice {
             EngineChoice::Sync => false,

@@ -31,7 +31,7 @@ use crate::device::request::{
 };
 use crate::disk::ReadSources;
 use crate::metrics::Started;
-use blockio::{IoCursorMut, IoWindow, ReadPiece};
+use blockio::{DirectAlign, IoCursorMut, IoWindow, ReadPiece};
 use smallvec::SmallVec;
 use std::fs::File;
 use std::io::{self, IoSliceMut};
@@ -44,12 +44,6 @@ pub type MemoryGuard = <GuestMemoryAtomic<GuestMemoryMmap> as GuestAddressSpace>
 
 /// The most buffers one `preadv`/`pwritev` takes.
 const IOV_MAX: usize = 1024;
-/// `O_DIRECT` needs file offsets and lengths in multiples of the device's
-/// logical block size and buffers aligned in memory; 4 KiB and 512 bytes
-/// cover the disks this runs on. Anything less aligned goes through the
-/// page cache instead (a bounce in the kernel, not here).
-const DIRECT_LEN_ALIGN: u64 = 4096;
-const DIRECT_MEM_ALIGN: usize = 512;
 
 /// A request that has completed, to be put on the used ring.
 pub struct Finished {
@@ -136,7 +130,10 @@ pub struct AsyncQueue {
     free: Vec<u32>,
     finished: Vec<Finished>,
     synced: Vec<(u32, Result<(), String>)>,
-    direct: bool,
+    /// With `--direct`, what a transfer must meet to use the `O_DIRECT`
+    /// files (`statx`'s DIOALIGN); anything less aligned goes through the
+    /// page cache instead (a bounce in the kernel, not here).
+    direct: Option<DirectAlign>,
     /// How long this queue polls before it sleeps now (adaptive, up to the
     /// configured window); `None` until the first poll.
     poll_now: Option<std::time::Duration>,
@@ -146,7 +143,7 @@ impl AsyncQueue {
     /// The engine of queue `index`, with a ring of `entries` slots. With
     /// `direct`, file pieces the disk offers an `O_DIRECT` twin for are
     /// read and written through it.
-    pub fn new(index: usize, entries: u32, direct: bool) -> io::Result<AsyncQueue> {
+    pub fn new(index: usize, entries: u32, direct: Option<DirectAlign>) -> io::Result<AsyncQueue> {
         let ring = Ring::new(entries)?;
         let inbox = Arc::new(Inbox::new(ring.event().try_clone()?));
         Ok(AsyncQueue {
@@ -369,7 +366,7 @@ impl AsyncQueue {
         };
         let bufs = request.data_out(mem, len)?;
         let file = match target.direct {
-            Some(direct) if self.direct && direct_aligned(target.offset, &bufs) => direct,
+            Some(direct) if direct_aligned(self.direct, target.offset, &bufs) => direct,
             _ => target.file,
         };
         push_iovecs(ops, file.as_raw_fd(), target.offset, &bufs, true);
@@ -542,7 +539,7 @@ impl Drop for AsyncQueue {
 /// operations.
 fn plan_read(
     ctx: &Context<'_>,
-    direct: bool,
+    direct: Option<DirectAlign>,
     mem: &GuestMemoryMmap,
     request: &Request,
     offset: u64,
@@ -566,7 +563,10 @@ fn plan_read(
                     direct: twin,
                     offset,
                     ..
-                } => read_file(file, twin.filter(|_| direct), offset, &mut sub, ops),
+                } => {
+                    let twin = twin.filter(|_| direct_aligned(direct, offset, &sub));
+                    read_file(file, twin, offset, &mut sub, ops)
+                }
                 ReadPiece::Bytes(bytes) => {
                     IoWindow::new(&mut sub).copy_from(bytes);
                     Ok(())
@@ -587,18 +587,16 @@ fn plan_read(
     }
 }
 
-/// Whether a transfer at file `offset` into `bufs` suits `O_DIRECT`.
-fn direct_aligned(offset: u64, bufs: &[IoSliceMut<'_>]) -> bool {
-    offset.is_multiple_of(DIRECT_LEN_ALIGN)
-        && bufs.iter().all(|b| {
-            (b.as_ptr() as usize).is_multiple_of(DIRECT_MEM_ALIGN)
-                && (b.len() as u64).is_multiple_of(DIRECT_LEN_ALIGN)
-        })
+/// Whether a transfer at file `offset` into `bufs` may use `O_DIRECT`.
+fn direct_aligned(align: Option<DirectAlign>, offset: u64, bufs: &[IoSliceMut<'_>]) -> bool {
+    align.is_some_and(|align| {
+        align.allows(offset, bufs.iter().map(|b| (b.as_ptr() as usize, b.len())))
+    })
 }
 
-/// Reads a file piece: through `O_DIRECT` on the ring when asked and
-/// aligned; otherwise from the page cache at once as far as it holds the
-/// bytes, and the rest on the ring.
+/// Reads a file piece: through `direct` (its `O_DIRECT` twin, offered only
+/// when the transfer is aligned for it) on the ring; otherwise from the page
+/// cache at once as far as it holds the bytes, and the rest on the ring.
 fn read_file(
     file: &File,
     direct: Option<&File>,
@@ -606,7 +604,7 @@ fn read_file(
     bufs: &mut [IoSliceMut<'_>],
     ops: &mut SmallVec<[Op; 1]>,
 ) -> io::Result<()> {
-    if let Some(direct) = direct.filter(|_| direct_aligned(offset, bufs)) {
+    if let Some(direct) = direct {
         push_iovecs(ops, direct.as_raw_fd(), offset, bufs, false);
         return Ok(());
     }
