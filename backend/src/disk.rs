@@ -9,8 +9,8 @@
 //!   and refuses writes;
 //! - the overlay (crate `overlay`) is the writable implementation.
 
+pub use blockio::ReadSources;
 use blockio::{check_range, total_len, total_len_mut, PieceSink, ReadAt};
-pub use overlay::ReadSources;
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut};
 

@@ -25,7 +25,7 @@ mod window;
 pub use cursor::{total_len, total_len_mut, IoCursor, IoCursorMut, IoVecs, IoVecsMut};
 pub use file::{pread_exact_vectored, pwrite_all_vectored, zero_fill, DirectAlign};
 pub use identity::BaseIdentity;
-pub use plan::{plan_or_sync, PieceSink, ReadPiece};
+pub use plan::{plan_or_sync, PieceSink, ReadPiece, ReadSources};
 pub use window::{IoSplitter, IoWindow};
 
 use std::io::{self, IoSliceMut};

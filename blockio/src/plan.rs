@@ -76,3 +76,13 @@ pub fn plan_or_sync(
         }),
     }
 }
+
+/// Where the bytes of a read came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadSources {
+    /// Bytes read from the base.
+    pub base: u64,
+    /// Bytes the overlay answered: written data, or zeros the guest asked
+    /// for.
+    pub overlay: u64,
+}

@@ -2,7 +2,7 @@
 
 use blockio::BaseIdentity;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// An error from an overlay operation; every variant names the file.
 ///
@@ -148,5 +148,26 @@ impl OverlayError {
             self,
             OverlayError::OutOfRange { .. } | OverlayError::ReadOnly { .. }
         )
+    }
+}
+
+/// Wraps an I/O error with the overlay's path and what was being done.
+pub(crate) fn io_err(
+    path: &Path,
+    what: impl Into<String>,
+) -> impl FnOnce(io::Error) -> OverlayError + '_ {
+    let what = what.into();
+    move |source| OverlayError::Io {
+        path: path.to_owned(),
+        what,
+        source,
+    }
+}
+
+/// A file whose bytes say something impossible.
+pub(crate) fn corrupt(path: &Path, what: String) -> OverlayError {
+    OverlayError::Corrupt {
+        path: path.to_owned(),
+        what,
     }
 }

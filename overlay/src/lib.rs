@@ -26,8 +26,11 @@
 //! ```
 
 mod error;
+mod files;
 mod format;
+mod header;
 mod map;
+mod options;
 mod overlay;
 mod shadow;
 pub mod storage;
@@ -35,5 +38,7 @@ mod stripes;
 
 pub use error::OverlayError;
 pub use format::{BLOCK_SIZE, VERSION};
-pub use overlay::{Change, CreateOptions, Header, OpenOptions, Overlay, ReadSources, Usage};
+pub use header::{Change, Header, Usage};
+pub use options::{CreateOptions, OpenOptions};
+pub use overlay::Overlay;
 pub use shadow::{ShadowStatus, DEFAULT_SHADOW_DIR};

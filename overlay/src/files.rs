@@ -1,0 +1,149 @@
+//! The overlay file's neighbours on the host: advisory locks, durable
+//! renames, and the temporary files a create or reset builds before it
+//! renames them into place.
+
+use crate::error::{io_err, OverlayError};
+use std::fs::File;
+use std::io::{self};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Takes an advisory lock on the file so two processes never write one
+/// overlay (the lock dies with the process, so a killed backend leaves none).
+pub(crate) fn lock_file(file: &File, path: &Path, exclusive: bool) -> Result<(), OverlayError> {
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    } | libc::LOCK_NB;
+    loop {
+        // SAFETY: plain system call on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => {
+                return Err(OverlayError::Busy {
+                    path: path.to_owned(),
+                })
+            }
+            _ => return Err(io_err(path, "locking the file")(err)),
+        }
+    }
+}
+
+/// Opens `path` for reading (and writing if `write`) and locks it
+/// (exclusively if `write`). A reset may rename a new file over the path
+/// between our open and our lock: then the locked file is not the one the
+/// path names, so open again.
+pub(crate) fn open_locked(path: &Path, write: bool) -> Result<File, OverlayError> {
+    for _ in 0..8 {
+        let file = File::options()
+            .read(true)
+            .write(write)
+            .open(path)
+            .map_err(io_err(path, "opening"))?;
+        lock_file(&file, path, write)?;
+        let ours = file
+            .metadata()
+            .map_err(io_err(path, "reading the file's status"))?;
+        match path.metadata() {
+            Ok(now) if now.dev() == ours.dev() && now.ino() == ours.ino() => return Ok(file),
+            _ => continue,
+        }
+    }
+    Err(OverlayError::Busy {
+        path: path.to_owned(),
+    })
+}
+
+pub(crate) fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Makes a rename or link in `path`'s directory durable.
+pub(crate) fn sync_dir(path: &Path) -> Result<(), OverlayError> {
+    let dir = parent_dir(path);
+    File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(path, format!("syncing directory {}", dir.display())))
+}
+
+/// A file built next to its final path under the name
+/// `.NAME.tmp-PID-NANOS`, removed on drop unless it was renamed into place.
+pub(crate) struct TempFile {
+    pub(crate) path: PathBuf,
+}
+
+impl TempFile {
+    /// Creates the file and returns it open, after removing temporary files
+    /// of `path` left by processes that died while creating or resetting it
+    /// (a host crash or kill -9 would otherwise leave a full-size sparse file
+    /// forever).
+    pub(crate) fn new(path: &Path) -> Result<(TempFile, File), OverlayError> {
+        let dir = parent_dir(path);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let prefix = format!(".{name}.tmp-");
+        remove_stale_temps(&dir, &prefix);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let tmp = dir.join(format!("{prefix}{}-{nanos}", std::process::id()));
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io_err(path, format!("creating {}", tmp.display())))?;
+        Ok((TempFile { path: tmp }, file))
+    }
+
+    /// The file was renamed into place: nothing to remove.
+    pub(crate) fn forget(mut self) {
+        self.path = PathBuf::new();
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Removes the files in `dir` named `PREFIX PID-…` whose process is gone.
+/// A live process's file may be a create or reset in progress: kept.
+pub(crate) fn remove_stale_temps(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
+            continue;
+        };
+        let Some(Ok(pid)) = rest.split('-').next().map(str::parse::<libc::pid_t>) else {
+            continue;
+        };
+        if pid <= 0 {
+            continue;
+        }
+        // SAFETY: signal 0 only asks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
