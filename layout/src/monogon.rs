@@ -7,6 +7,8 @@
 //! manifest. oci-spec has no type for this config, so it is parsed with serde
 //! and validated by [`Config::parse`].
 
+pub mod preset;
+
 use base64::Engine as _;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
