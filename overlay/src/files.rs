@@ -4,10 +4,19 @@
 
 use crate::error::{io_err, OverlayError};
 use std::fs::File;
-use std::io::{self};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long a lock held by someone else may take to go away before the file
+/// counts as in use. A backend killed with writes in flight on its io_uring
+/// keeps its files referenced, and so locked, until the kernel's teardown
+/// of the ring finishes, which happens after the process has been reaped
+/// (tens of milliseconds on a busy host): a restart right after a kill -9
+/// must wait for that rather than fail.
+const BUSY_GRACE: Duration = Duration::from_secs(2);
 
 /// Takes an advisory lock on the file so two processes never write one
 /// overlay (the lock dies with the process, so a killed backend leaves none).
@@ -17,6 +26,7 @@ pub(crate) fn lock_file(file: &File, path: &Path, exclusive: bool) -> Result<(),
     } else {
         libc::LOCK_SH
     } | libc::LOCK_NB;
+    let deadline = Instant::now() + BUSY_GRACE;
     loop {
         // SAFETY: plain system call on a descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
@@ -25,6 +35,9 @@ pub(crate) fn lock_file(file: &File, path: &Path, exclusive: bool) -> Result<(),
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
             Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             Some(libc::EWOULDBLOCK) => {
                 return Err(OverlayError::Busy {
                     path: path.to_owned(),

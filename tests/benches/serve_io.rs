@@ -961,20 +961,6 @@ fn punch_hole(path: &Path, region: Region) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// xorshift64*: fast, and good enough to spread offsets.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
 // ---------------------------------------------------------------- a cell
 
 /// What one cell measured.
@@ -1102,7 +1088,7 @@ struct Target {
     pattern: Pattern,
     block: u64,
     next: u64,
-    rng: Rng,
+    rng: fastrand::Rng,
     /// Block numbers in the order to read them, for a region covered once.
     order: Option<Vec<u32>>,
 }
@@ -1128,12 +1114,12 @@ impl Target {
                 len: share,
             }
         };
-        let mut rng = Rng(seed | 1);
+        let mut rng = fastrand::Rng::with_seed(seed);
         let order = (once && w.pattern == Pattern::Random).then(|| {
             // Fisher–Yates: random order, no block twice.
             let mut order: Vec<u32> = (0..(region.len / block) as u32).collect();
             for i in (1..order.len()).rev() {
-                order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+                order.swap(i, rng.usize(..=i));
             }
             order
         });
@@ -1155,7 +1141,7 @@ impl Target {
                 self.next += 1;
                 u64::from(i)
             }
-            (None, Pattern::Random) => self.rng.next() % blocks,
+            (None, Pattern::Random) => self.rng.u64(..blocks),
             (None, Pattern::Sequential) => {
                 let i = self.next;
                 self.next = (self.next + 1) % blocks;
@@ -1426,10 +1412,10 @@ fn read_until(
 ) -> anyhow::Result<Vec<TimedRead>> {
     let block = READ_DURING_FLUSH.block;
     let blocks = region.len / block as u64;
-    let mut rng = Rng(seed | 1);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut reads = Vec::with_capacity(1 << 20);
     while !stop.load(Ordering::Relaxed) {
-        let offset = region.start + rng.next() % blocks * block as u64;
+        let offset = region.start + rng.u64(..blocks) * block as u64;
         let at = Instant::now();
         q.run(Op::Read {
             offset,

@@ -828,19 +828,11 @@ pub fn snapshot(root: &Path) -> Result<Vec<Entry>> {
     Ok(out)
 }
 
-/// Deterministic, incompressible bytes (splitmix64): payloads that cost as
-/// much to copy and hash as real ones, the same for every run of a seed.
+/// Deterministic, incompressible bytes: payloads that cost as much to copy
+/// and hash as real ones, the same for every run of a seed.
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(len);
+    let mut out = vec![0; len];
+    fastrand::Rng::with_seed(seed).fill(&mut out);
     out
 }
 

@@ -777,14 +777,6 @@ fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     out
 }
 
-/// A deterministic stream of numbers for request offsets.
-fn lcg(seed: &mut u64) -> u64 {
-    *seed = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    *seed >> 33
-}
-
 /// Every engine, with the page cache emptied under it: a full queue of
 /// reads of all sizes and alignments in flight at once reads the right
 /// bytes, writes in flight together read back, and a bad request among
@@ -833,11 +825,11 @@ fn cold_reads_and_writes_at_full_depth_on_every_engine() {
 
         for round in 0..3 {
             drop_cache_under(f._dir.path());
-            let mut seed = round;
+            let mut seed = fastrand::Rng::with_seed(round);
             let mut reqs = Vec::new();
             for i in 0..DEPTH {
-                let len = 512 * (1 + lcg(&mut seed) as usize % (SLOT / 512));
-                let offset = 512 * (lcg(&mut seed) % ((DISK_SIZE - len as u64) / 512));
+                let len = 512 * (1 + seed.usize(..SLOT / 512));
+                let offset = 512 * seed.u64(..(DISK_SIZE - len as u64) / 512);
                 reqs.push((offset, len));
                 q.submit(
                     Op::Read {
@@ -1019,17 +1011,17 @@ fn kill_9_during_a_stream_of_engine_writes_keeps_every_flushed_write() {
     let mut since: Vec<Vec<u64>> = vec![Vec::new(); BLOCKS as usize];
     let mut completed: Vec<(u64, u64)> = Vec::new();
     let mut flushing: Option<Vec<(u64, u64)>> = None;
-    let mut seed = 7u64;
+    let mut seed = fastrand::Rng::with_seed(7);
     let mut generation = 1u64;
     let mut slots: Vec<Option<(u64, u64)>> = vec![None; DEPTH];
     let mut out = Vec::new();
-    let stop_after = 2000 + lcg(&mut seed) % 2000;
+    let stop_after = seed.u64(2000..4000);
     // Writes a new generation of a random block from buffer `slot`.
     let mut issue = |q: &mut ocidisk_tests::blkio_client::ClientQueue,
                      slot: usize,
                      since: &mut Vec<Vec<u64>>,
                      slots: &mut Vec<Option<(u64, u64)>>| {
-        let b = lcg(&mut seed) % BLOCKS;
+        let b = seed.u64(..BLOCKS);
         q.buf()[slot * 4096..][..4096].copy_from_slice(&block(generation, b));
         q.submit(
             Op::Write {

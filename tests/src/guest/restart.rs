@@ -471,19 +471,9 @@ pub fn fmt_opt(d: Option<Duration>) -> String {
     d.map_or("-".to_string(), |d| format!("{:.3} s", d.as_secs_f64()))
 }
 
-/// splitmix64 for the host's random times.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn ms(&mut self, (lo, hi): (u64, u64)) -> Duration {
-        Duration::from_millis(lo + self.next() % (hi.saturating_sub(lo) + 1))
-    }
+/// A random time in `[lo, hi]` ms.
+fn random_ms(rng: &mut fastrand::Rng, (lo, hi): (u64, u64)) -> Duration {
+    Duration::from_millis(rng.u64(lo..=hi.max(lo)))
 }
 
 /// The guest's console, read as it grows.
@@ -592,7 +582,7 @@ pub fn run(sc: &Scenario) -> Outcome {
 
 fn run_inner(sc: &Scenario, out: &mut Outcome, started: Instant) -> Result<()> {
     let plan = &sc.plan;
-    let mut rng = Rng(plan.seed);
+    let mut rng = fastrand::Rng::with_seed(plan.seed);
     let socket = sc.workdir.join("disk.sock");
     let control = sc.workdir.join("control.sock");
     let initrd = sc.workdir.join("restart.cpio");
@@ -692,7 +682,7 @@ report io_dev "$dev"
             break;
         }
         // Let the guest's I/O run, and check that it does.
-        let run_for = rng.ms(plan.run_ms);
+        let run_for = random_ms(&mut rng, plan.run_ms);
         let new_fails = con.pump_for(run_for, Console::over);
         if con.vm_exited() {
             out.failures.push(format!(
@@ -748,7 +738,7 @@ report io_dev "$dev"
                 }
             }
         }
-        let down = rng.ms(plan.down_ms);
+        let down = random_ms(&mut rng, plan.down_ms);
         new_fails += con.pump_for(down, |_| false);
         // Whatever completed before the stop has been printed by now (the
         // guest prints progress every 20 ms).
