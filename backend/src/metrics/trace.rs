@@ -704,7 +704,10 @@ impl<R: Read> Iterator for TraceReader<R> {
             Ok(n) => n,
             Err(e) => {
                 self.done = true;
-                return Some(Err(invalid(&self.path, format!("at byte {}: {e}", self.pos))));
+                return Some(Err(invalid(
+                    &self.path,
+                    format!("at byte {}: {e}", self.pos),
+                )));
             }
         };
         if got < RECORD_SIZE {
@@ -722,7 +725,10 @@ impl<R: Read> Iterator for TraceReader<R> {
                 }
                 Err(e) => {
                     self.done = true;
-                    return Some(Err(invalid(&self.path, format!("at byte {}: {e}", self.pos))));
+                    return Some(Err(invalid(
+                        &self.path,
+                        format!("at byte {}: {e}", self.pos),
+                    )));
                 }
             }
         }
@@ -856,7 +862,11 @@ mod tests {
             num_queues: 1,
             start_unix_ns: 0,
             disk_size: 0,
-            label: if version >= 2 { "node-1".into() } else { String::new() },
+            label: if version >= 2 {
+                "node-1".into()
+            } else {
+                String::new()
+            },
             partitions,
             header_size: 0,
         }
@@ -953,14 +963,20 @@ mod tests {
                 },
                 "at byte 64: the disk label".into(),
             ),
-            (good[..good.len() - 3].to_vec(), "header truncated at byte".into()),
+            (
+                good[..good.len() - 3].to_vec(),
+                "header truncated at byte".into(),
+            ),
         ];
         for (bytes, want) in cases {
             let err = TraceReader::new(&bytes[..], Path::new("p.trace"))
                 .err()
                 .unwrap_or_else(|| panic!("no error for {want}"));
             let msg = err.to_string();
-            assert!(msg.contains(&want) && msg.contains("p.trace"), "{want}: {msg}");
+            assert!(
+                msg.contains(&want) && msg.contains("p.trace"),
+                "{want}: {msg}"
+            );
         }
     }
 
