@@ -298,17 +298,17 @@ fn prometheus_scrapes_a_served_disk_and_the_dashboard_queries_it() {
     }
 
     // Prometheus has the final counters once it scrapes after the load.
-    let reads = format!(r#"sum(ocidisk_requests_total{{serial="node-3",type="read"}})"#);
+    let reads = r#"sum(ocidisk_requests_total{serial="node-3",type="read"})"#;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if prom.scalar(&reads) == Some(sent.reads as f64) {
+        if prom.scalar(reads) == Some(sent.reads as f64) {
             break;
         }
         assert!(
             Instant::now() < deadline,
             "prometheus never saw {} reads (has {:?}); its log:\n{}",
             sent.reads,
-            prom.scalar(&reads),
+            prom.scalar(reads),
             prom.log()
         );
         std::thread::sleep(Duration::from_millis(300));
@@ -374,16 +374,23 @@ fn prometheus_scrapes_a_served_disk_and_the_dashboard_queries_it() {
     let ns = |k: &str| read["latency"][k].as_f64().expect("latency") / 1e9;
     // The exported buckets around the trace's median bound Prometheus's
     // interpolation.
-    let les: Vec<f64> = scrape
+    let mut les: Vec<f64> = scrape
         .lines()
         .filter(|l| {
             l.starts_with("ocidisk_request_duration_seconds_bucket{") && l.contains("type=\"read\"")
         })
-        .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next()?.parse().ok())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .filter_map(|x: OrdF64| Some(x.0))
-        .collect();
+        .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next())
+        .map(|le| {
+            if le == "+Inf" {
+                Ok(f64::INFINITY)
+            } else {
+                le.parse()
+            }
+        })
+        .collect::<Result<_, _>>()
+        .expect("bucket bounds");
+    les.sort_by(f64::total_cmp);
+    les.dedup();
     let p50 = ns("p50_ns");
     let i = les
         .iter()
@@ -396,24 +403,4 @@ fn prometheus_scrapes_a_served_disk_and_the_dashboard_queries_it() {
         "prometheus p50 {p50_prom} s, trace p50 {p50} s (buckets {lo}..{hi}), max {}",
         ns("max_ns")
     );
-}
-
-/// An f64 that sorts (bucket bounds are finite or +Inf, never NaN).
-#[derive(PartialEq, PartialOrd, Clone, Copy)]
-struct OrdF64(f64);
-impl Eq for OrdF64 {}
-impl Ord for OrdF64 {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        self.0.total_cmp(&o.0)
-    }
-}
-impl std::str::FromStr for OrdF64 {
-    type Err = std::num::ParseFloatError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s == "+Inf" {
-            Ok(OrdF64(f64::INFINITY))
-        } else {
-            s.parse().map(OrdF64)
-        }
-    }
 }
