@@ -534,3 +534,29 @@ fn bad_traces_are_errors_naming_the_file_and_offset() {
             && stderr(&out).contains("plot.jpeg: the output's extension must be .svg or .png")
     );
 }
+
+#[test]
+fn an_empty_trace_plots_its_frame_and_bands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("empty.trace");
+    synthetic(&file, 0, ReqKind::Read, 0, 0, 0);
+    let svg = dir.path().join("empty.svg");
+    ocidisk_ok(&["trace", "plot", path(&file), "-o", path(&svg)]);
+    let parsed = parse_svg(&svg);
+    assert!(parsed.ids.contains_key("panel-latency") && parsed.ids.contains_key("depth"));
+    assert!(!parsed.ids.keys().any(|k| k.starts_with("scatter-")));
+    assert_eq!(parsed.partitions.len(), 1);
+    let png = dir.path().join("empty.png");
+    ocidisk_ok(&[
+        "trace",
+        "plot",
+        path(&file),
+        "-o",
+        path(&png),
+        "--width",
+        "640",
+        "--height",
+        "900",
+    ]);
+    assert_eq!(png_size(&std::fs::read(&png).expect("png")), (640, 900));
+}

@@ -5,9 +5,7 @@
 //! the picture can be checked by parsing it.
 
 use super::super::SIZE_BOUNDS;
-use super::aggregate::{
-    lat_bucket_low, lat_quantile, Aggregate, KINDS, LAT_BUCKETS, LAT_MIN_LOG2, LAT_PER_OCTAVE,
-};
+use super::aggregate::{lat_bucket_low, lat_quantile, Aggregate, KINDS, LAT_BUCKETS, LAT_MIN_LOG2};
 use super::svg::{byte_ticks, esc, latency_label, n, nice_ticks, num_label, text, time_label};
 use crate::metrics::{units, ReqKind};
 use std::fmt::Write as _;
@@ -380,7 +378,6 @@ fn runs_path(
     r: Rect,
     cw: f64,
     ch: f64,
-    rows: usize,
 ) -> String {
     let mut d = String::new();
     for (row, c0, len) in cells {
@@ -395,7 +392,6 @@ fn runs_path(
             n(ch),
             n(len as f64 * cw)
         );
-        let _ = rows;
     }
     d
 }
@@ -494,7 +490,7 @@ fn offset_panel(o: &mut String, r: Rect, a: &Aggregate, run: usize, nruns: usize
             kind.name(),
             suffix(run),
             COLOURS[k],
-            runs_path(runs.into_iter(), r, cw, ch, rows)
+            runs_path(runs.into_iter(), r, cw, ch)
         );
     }
     let flush = KINDS.iter().position(|k| *k == ReqKind::Flush).unwrap_or(2);
@@ -817,17 +813,15 @@ fn heatmap_panel(o: &mut String, r: Rect, a: &Aggregate, run: usize, nruns: usiz
                 n(r.y - 18.0)
             );
         }
-        let hi = (max as f64).powf(1.0);
         text(
             o,
             kx + 54.0 + 8.0 * 22.0 + 4.0,
             r.y - 8.0,
             "start",
             r#" font-size="10""#,
-            &format!("1 … {}", num_label(hi)),
+            &format!("1 … {}", num_label(f64::from(max))),
         );
     }
-    let _ = LAT_PER_OCTAVE;
     let _ = writeln!(o, "</g>");
 }
 
