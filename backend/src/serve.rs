@@ -18,6 +18,7 @@ use crate::device::parallel::Helpers;
 use crate::device::{BlkBackend, DeviceConfig, GuestMemory, Stats};
 use crate::disk::{BlockDevice, OverlayDisk, ReadOnlyDisk};
 use crate::image_args::ImageArgs;
+use crate::metrics::trace::{TraceDisk, TracePartition};
 use crate::metrics::{self, DiskMetrics, Labels, TraceWriter};
 use crate::vhost_user::{wait_for, Ended, Session, Watchdog};
 use anyhow::{bail, Context};
@@ -155,8 +156,9 @@ impl ServeOptions {
         Ok(engine)
     }
 
-    /// The metrics the device records into, if anything asked for them.
-    fn disk_metrics(&self, disk_size: u64) -> anyhow::Result<Option<Arc<DiskMetrics>>> {
+    /// The metrics the device records into, if anything asked for them;
+    /// a trace's header describes `disk` (its partition table included).
+    fn disk_metrics(&self, disk: &TraceDisk) -> anyhow::Result<Option<Arc<DiskMetrics>>> {
         if self.metrics.is_none() && self.stats_json.is_none() && self.trace.is_none() {
             return Ok(None);
         }
@@ -168,7 +170,7 @@ impl ServeOptions {
         Ok(Some(match &self.trace {
             None => DiskMetrics::new(queues, labels),
             Some(path) => {
-                let trace = TraceWriter::create(path, queues, disk_size)
+                let trace = TraceWriter::create_for(path, queues, disk)
                     .with_context(|| format!("cannot create the trace {}", path.display()))?;
                 DiskMetrics::with_trace(queues, labels, trace)
             }
@@ -188,9 +190,11 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 /// Runs `ocidisk serve`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut direct = None;
+    let partitions;
     let disk: Arc<dyn BlockDevice> = match &args.overlay {
         None => {
             let disk = args.image.compose(&args.disk_id)?;
+            partitions = trace_partitions(&disk.partitions);
             if args.serve.direct {
                 direct = Some(disk.map.open_direct()?);
             }
@@ -204,6 +208,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             };
             let shadow = args.shadow_dir.as_deref();
             let vm = args.image.open_overlay(path, true, &opts, shadow)?;
+            partitions = trace_partitions(&vm.disk.partitions);
             tracing::info!(
                 overlay = %path.display(),
                 disk_id = %vm.overlay.header().disk_id,
@@ -216,13 +221,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Arc::new(disk)
         }
     };
-    serve_device(disk, &args.serve, direct)
+    serve_device(disk, &partitions, &args.serve, direct)
 }
 
-/// Serves `device` on `opts.socket` until SIGTERM or SIGINT; `direct` is
-/// the alignment its `O_DIRECT` files need, if `--direct` opened them.
+/// The partition table as a trace header records it.
+fn trace_partitions(parts: &[layout::PartitionInfo]) -> Vec<TracePartition> {
+    parts
+        .iter()
+        .map(|p| TracePartition {
+            index: p.index as u32,
+            name: p.name.clone(),
+            start: p.first_lba.saturating_mul(layout::gpt::SECTOR_SIZE),
+            end: p
+                .last_lba
+                .saturating_add(1)
+                .saturating_mul(layout::gpt::SECTOR_SIZE),
+        })
+        .collect()
+}
+
+/// Serves `device` on `opts.socket` until SIGTERM or SIGINT; `partitions`
+/// (the device's partition table) goes into the header of a `--trace`;
+/// `direct` is the alignment its `O_DIRECT` files need, if `--direct`
+/// opened them.
 pub fn serve_device(
     device: Arc<dyn BlockDevice>,
+    partitions: &[TracePartition],
     opts: &ServeOptions,
     direct: Option<blockio::DirectAlign>,
 ) -> anyhow::Result<()> {
@@ -247,7 +271,11 @@ pub fn serve_device(
     signals.spawn_waiter(Arc::clone(&shared))?;
     let helpers = opts.helpers()?;
 
-    let metrics = opts.disk_metrics(config.size)?;
+    let metrics = opts.disk_metrics(&TraceDisk {
+        size: config.size,
+        label: opts.serial.clone(),
+        partitions: partitions.to_vec(),
+    })?;
     let _metrics_server = match (&opts.metrics, &metrics) {
         (Some(addr), Some(m)) => {
             let server = metrics::serve_http(addr, Arc::clone(m))

@@ -22,10 +22,19 @@ use serde::{Deserialize, Serialize};
 
 /// The first 8 bytes of a trace file.
 pub const MAGIC: [u8; 8] = *b"OCIDTRC\0";
-/// The format version this code writes and reads.
-pub const VERSION: u32 = 1;
-/// Size of the file header.
+/// The format version this code writes (it also reads version 1, which has
+/// no disk description after the fixed header).
+pub const VERSION: u32 = 2;
+/// Size of the fixed part of the file header (version 2 appends the disk
+/// description after it; `header_size` covers both).
 pub const HEADER_SIZE: usize = 64;
+/// The longest partition name or disk label the writer stores, in bytes
+/// (GPT names are at most 36 UTF-16 code units, so real ones fit).
+pub const MAX_NAME_BYTES: usize = 255;
+/// The most partitions the writer stores (GPT tables hold 128).
+pub const MAX_PARTITIONS: usize = 1024;
+/// Bytes of a partition entry before its name.
+const PARTITION_FIXED: usize = 22;
 /// Size of a record as written.
 pub const RECORD_SIZE: usize = 32;
 /// The `kind` of a marker record standing for dropped records.
@@ -92,6 +101,31 @@ impl Record {
     }
 }
 
+/// A partition of the traced disk, as the trace header records it, so that
+/// readers can name the regions requests touch without the image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TracePartition {
+    /// The 1-based partition number.
+    pub index: u32,
+    /// The GPT name.
+    pub name: String,
+    /// First byte.
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+}
+
+/// What the trace writer records about the disk besides its size.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TraceDisk {
+    /// Size of the disk in bytes (0 if unknown).
+    pub size: u64,
+    /// What the disk is called (its serial), for titles; may be empty.
+    pub label: String,
+    /// The partition table.
+    pub partitions: Vec<TracePartition>,
+}
+
 /// What the file header says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
@@ -106,20 +140,119 @@ pub struct Header {
     pub start_unix_ns: u64,
     /// Size of the traced disk in bytes (0 if unknown).
     pub disk_size: u64,
+    /// The disk's label (its serial); empty in version 1 traces.
+    pub label: String,
+    /// The disk's partitions, in table order; empty in version 1 traces.
+    pub partitions: Vec<TracePartition>,
+    /// Bytes before the first record (where record offsets start).
+    pub header_size: u64,
+}
+
+/// `s` cut to at most [`MAX_NAME_BYTES`] bytes on a character boundary.
+fn clip(s: &str) -> &str {
+    let mut end = s.len().min(MAX_NAME_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 impl Header {
-    fn encode(&self) -> [u8; HEADER_SIZE] {
-        let mut b = [0u8; HEADER_SIZE];
+    /// The header's bytes: the fixed part, then (version 2) the label and
+    /// the partition table, padded to a multiple of 8 bytes.
+    fn encode(&self) -> Vec<u8> {
+        let label = clip(&self.label);
+        let parts = &self.partitions[..self.partitions.len().min(MAX_PARTITIONS)];
+        let mut b = vec![0u8; HEADER_SIZE];
         b[0..8].copy_from_slice(&MAGIC);
         b[8..12].copy_from_slice(&self.version.to_le_bytes());
-        b[12..16].copy_from_slice(&(HEADER_SIZE as u32).to_le_bytes());
         b[16..20].copy_from_slice(&self.record_size.to_le_bytes());
         b[20..22].copy_from_slice(&self.num_queues.to_le_bytes());
         b[24..32].copy_from_slice(&self.start_unix_ns.to_le_bytes());
         b[32..40].copy_from_slice(&self.disk_size.to_le_bytes());
+        if self.version >= 2 {
+            b[40..42].copy_from_slice(&(parts.len() as u16).to_le_bytes());
+            b[42..44].copy_from_slice(&(label.len() as u16).to_le_bytes());
+            b.extend_from_slice(label.as_bytes());
+            for p in parts {
+                let name = clip(&p.name);
+                b.extend_from_slice(&p.start.to_le_bytes());
+                b.extend_from_slice(&p.end.to_le_bytes());
+                b.extend_from_slice(&p.index.to_le_bytes());
+                b.extend_from_slice(&(name.len() as u16).to_le_bytes());
+                b.extend_from_slice(name.as_bytes());
+            }
+            b.resize(b.len().next_multiple_of(8), 0);
+        }
+        let size = b.len() as u32;
+        b[12..16].copy_from_slice(&size.to_le_bytes());
         b
     }
+}
+
+/// Parses the version 2 disk description (label, partitions) from the
+/// header bytes after the fixed part; `base` is their offset in the file.
+fn parse_disk_description(
+    path: &Path,
+    rest: &[u8],
+    base: usize,
+    num_partitions: usize,
+    label_len: usize,
+) -> io::Result<(String, Vec<TracePartition>)> {
+    let at = |pos: usize, what: String| invalid(path, format!("at byte {}: {what}", base + pos));
+    let text = |pos: usize, len: usize, what: &str| -> io::Result<String> {
+        let bytes = rest.get(pos..pos + len).ok_or_else(|| {
+            at(
+                pos,
+                format!(
+                    "{what} of {len} bytes runs past the header's end (byte {})",
+                    base + rest.len()
+                ),
+            )
+        })?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| at(pos, format!("{what} is not UTF-8")))
+    };
+    let label = text(0, label_len, "the disk label")?;
+    let mut pos = label_len;
+    let mut parts = Vec::with_capacity(num_partitions.min(MAX_PARTITIONS));
+    for i in 0..num_partitions {
+        let Some(fixed) = rest.get(pos..pos + PARTITION_FIXED) else {
+            return Err(at(
+                pos,
+                format!(
+                    "partition entry {i} of {num_partitions} runs past the header's end (byte {})",
+                    base + rest.len()
+                ),
+            ));
+        };
+        let u64_at = |o: usize| {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(&fixed[o..o + 8]);
+            u64::from_le_bytes(x)
+        };
+        let (start, end) = (u64_at(0), u64_at(8));
+        let index = u32::from_le_bytes([fixed[16], fixed[17], fixed[18], fixed[19]]);
+        let name_len = usize::from(u16::from_le_bytes([fixed[20], fixed[21]]));
+        if start >= end {
+            return Err(at(
+                pos,
+                format!("partition {index}: start {start} is not below end {end}"),
+            ));
+        }
+        let name = text(
+            pos + PARTITION_FIXED,
+            name_len,
+            &format!("partition {index}'s name"),
+        )?;
+        parts.push(TracePartition {
+            index,
+            name,
+            start,
+            end,
+        });
+        pos += PARTITION_FIXED + name_len;
+    }
+    Ok((label, parts))
 }
 
 /// Counters of a trace: records written to the file and records dropped.
@@ -236,8 +369,18 @@ pub struct TraceWriter {
 
 impl TraceWriter {
     /// Creates (or truncates) `path`, writes the header and starts the trace
-    /// thread.
+    /// thread; the header knows only the disk's size.
     pub fn create(path: &Path, num_queues: usize, disk_size: u64) -> io::Result<TraceWriter> {
+        let disk = TraceDisk {
+            size: disk_size,
+            ..TraceDisk::default()
+        };
+        TraceWriter::create_for(path, num_queues, &disk)
+    }
+
+    /// Creates (or truncates) `path`, writes the header describing `disk`
+    /// (size, label, partition table) and starts the trace thread.
+    pub fn create_for(path: &Path, num_queues: usize, disk: &TraceDisk) -> io::Result<TraceWriter> {
         let named =
             |e: io::Error| io::Error::new(e.kind(), format!("trace {}: {e}", path.display()));
         let mut file = File::create(path).map_err(named)?;
@@ -251,7 +394,10 @@ impl TraceWriter {
             record_size: RECORD_SIZE as u32,
             num_queues: num_queues as u16,
             start_unix_ns,
-            disk_size,
+            disk_size: disk.size,
+            label: disk.label.clone(),
+            partitions: disk.partitions.clone(),
+            header_size: 0,
         };
         file.write_all(&header.encode()).map_err(named)?;
         let (tx, rx) = mpsc::sync_channel(BACKLOG_BATCHES);
@@ -405,6 +551,8 @@ pub struct TraceReader<R> {
     path: PathBuf,
     /// Bytes of a partial last record (a writer that crashed mid-write).
     truncated: usize,
+    /// File offset of the next record.
+    pos: u64,
     done: bool,
     skip: Vec<u8>,
 }
@@ -450,7 +598,7 @@ impl<R: Read> TraceReader<R> {
         if got < HEADER_SIZE {
             return Err(invalid(
                 path,
-                format!("header truncated at {got} of {HEADER_SIZE} bytes"),
+                format!("header truncated at byte {got} of {HEADER_SIZE}"),
             ));
         }
         let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
@@ -460,37 +608,55 @@ impl<R: Read> TraceReader<R> {
             u64::from_le_bytes(x)
         };
         let version = u32_at(8);
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(invalid(
                 path,
-                format!("format version {version}, this ocidisk reads {VERSION}"),
+                format!("at byte 8: format version {version}, this ocidisk reads 1 to {VERSION}"),
             ));
         }
         let header_size = u32_at(12) as usize;
         if !(HEADER_SIZE..=1 << 20).contains(&header_size) {
             return Err(invalid(
                 path,
-                format!("header size {header_size} out of range"),
+                format!("at byte 12: header size {header_size} out of range"),
             ));
         }
         let record_size = u32_at(16);
         if (record_size as usize) < RECORD_SIZE || record_size > 4096 {
             return Err(invalid(
                 path,
-                format!("record size {record_size} out of range"),
+                format!("at byte 16: record size {record_size} out of range"),
             ));
         }
-        // A longer header (a later minor revision) is skipped.
+        // Version 2 describes the disk after the fixed part; bytes past
+        // what a version describes (a later minor revision) are skipped.
         let mut rest = vec![0u8; header_size - HEADER_SIZE];
-        if read_full(&mut input, &mut rest).map_err(|e| invalid(path, e))? < rest.len() {
-            return Err(invalid(path, "header truncated"));
+        let got = read_full(&mut input, &mut rest).map_err(|e| invalid(path, e))?;
+        if got < rest.len() {
+            return Err(invalid(
+                path,
+                format!(
+                    "header truncated at byte {} of {header_size}",
+                    HEADER_SIZE + got
+                ),
+            ));
         }
+        let (label, partitions) = if version >= 2 {
+            let num = usize::from(u16::from_le_bytes([h[40], h[41]]));
+            let label_len = usize::from(u16::from_le_bytes([h[42], h[43]]));
+            parse_disk_description(path, &rest, HEADER_SIZE, num, label_len)?
+        } else {
+            (String::new(), Vec::new())
+        };
         let header = Header {
             version,
             record_size,
             num_queues: u16::from_le_bytes([h[20], h[21]]),
             start_unix_ns: u64_at(24),
             disk_size: u64_at(32),
+            label,
+            partitions,
+            header_size: header_size as u64,
         };
         Ok(TraceReader {
             input,
@@ -498,6 +664,7 @@ impl<R: Read> TraceReader<R> {
             header,
             path: path.to_owned(),
             truncated: 0,
+            pos: header_size as u64,
             done: false,
         })
     }
@@ -511,6 +678,17 @@ impl<R: Read> TraceReader<R> {
     /// known once iteration has ended.
     pub fn truncated_tail(&self) -> usize {
         self.truncated
+    }
+
+    /// File offset of the incomplete last record, if the file ends with one
+    /// (known once iteration has ended).
+    pub fn truncated_at(&self) -> Option<u64> {
+        (self.truncated > 0).then_some(self.pos)
+    }
+
+    /// The file this reader reads, as named in errors.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -526,7 +704,10 @@ impl<R: Read> Iterator for TraceReader<R> {
             Ok(n) => n,
             Err(e) => {
                 self.done = true;
-                return Some(Err(invalid(&self.path, e)));
+                return Some(Err(invalid(
+                    &self.path,
+                    format!("at byte {}: {e}", self.pos),
+                )));
             }
         };
         if got < RECORD_SIZE {
@@ -544,10 +725,14 @@ impl<R: Read> Iterator for TraceReader<R> {
                 }
                 Err(e) => {
                     self.done = true;
-                    return Some(Err(invalid(&self.path, e)));
+                    return Some(Err(invalid(
+                        &self.path,
+                        format!("at byte {}: {e}", self.pos),
+                    )));
                 }
             }
         }
+        self.pos += u64::from(self.header.record_size);
         let r = Record::decode(&b);
         Some(Ok(if r.kind == KIND_DROPPED {
             Entry::Dropped {
@@ -670,16 +855,129 @@ mod tests {
         assert_eq!(marker.len, BATCH_RECORDS as u64 - 1);
     }
 
-    fn header_bytes() -> Vec<u8> {
+    fn header(version: u32, partitions: Vec<TracePartition>) -> Header {
         Header {
-            version: VERSION,
+            version,
             record_size: 32,
             num_queues: 1,
             start_unix_ns: 0,
             disk_size: 0,
+            label: if version >= 2 {
+                "node-1".into()
+            } else {
+                String::new()
+            },
+            partitions,
+            header_size: 0,
         }
-        .encode()
-        .to_vec()
+    }
+
+    fn header_bytes() -> Vec<u8> {
+        header(VERSION, Vec::new()).encode()
+    }
+
+    fn part(index: u32, name: &str, start: u64, end: u64) -> TracePartition {
+        TracePartition {
+            index,
+            name: name.into(),
+            start,
+            end,
+        }
+    }
+
+    #[test]
+    fn the_partition_table_round_trips_and_version_1_still_reads() {
+        let parts = vec![
+            part(1, "ESP", 1 << 20, 129 << 20),
+            part(2, "METROPOLIS-SYSTEM-A", 129 << 20, 1153 << 20),
+            part(3, &"é".repeat(200), 2 << 30, 3 << 30),
+        ];
+        let mut bytes = header(VERSION, parts.clone()).encode();
+        assert_eq!(bytes.len() % 8, 0);
+        bytes.extend_from_slice(&rec(1, 0).encode());
+        bytes.extend_from_slice(&[9; 5]);
+        let mut r = TraceReader::new(&bytes[..], Path::new("t")).unwrap();
+        let h = r.header().clone();
+        assert_eq!(h.label, "node-1");
+        assert_eq!(h.partitions[..2], parts[..2]);
+        // Names are cut at MAX_NAME_BYTES, on a character boundary.
+        assert_eq!(h.partitions[2].name, "é".repeat(127));
+        assert_eq!(h.header_size, bytes.len() as u64 - 37);
+        assert_eq!(r.next().unwrap().unwrap(), Entry::Request(rec(1, 0)));
+        assert!(r.next().is_none());
+        assert_eq!(r.truncated_at(), Some(h.header_size + 32));
+
+        // A version 1 file: a 64-byte header and no disk description.
+        let mut v1 = header(1, Vec::new()).encode();
+        assert_eq!(v1.len(), HEADER_SIZE);
+        v1.extend_from_slice(&rec(2, 0).encode());
+        let mut r = TraceReader::new(&v1[..], Path::new("old")).unwrap();
+        assert_eq!((r.header().version, r.header().partitions.len()), (1, 0));
+        assert_eq!(r.next().unwrap().unwrap(), Entry::Request(rec(2, 0)));
+        assert_eq!(r.truncated_at(), None);
+    }
+
+    #[test]
+    fn a_bad_partition_table_is_an_error_naming_the_byte() {
+        let good = header(VERSION, vec![part(1, "ESP", 4096, 8192)]).encode();
+        // The entry starts after the fixed header and the 6-byte label.
+        let entry = HEADER_SIZE + 6;
+        let cases: Vec<(Vec<u8>, String)> = vec![
+            (
+                {
+                    let mut b = good.clone();
+                    b[40] = 3; // three entries announced, one present
+                    b
+                },
+                "partition entry 1 of 3".into(),
+            ),
+            (
+                {
+                    let mut b = good.clone();
+                    b[entry..entry + 8].copy_from_slice(&9000u64.to_le_bytes());
+                    b
+                },
+                format!("at byte {entry}: partition 1: start 9000"),
+            ),
+            (
+                {
+                    let mut b = good.clone();
+                    b[entry + 20] = 200; // name longer than the header
+                    b
+                },
+                format!("at byte {}: partition 1's name", entry + 22),
+            ),
+            (
+                {
+                    let mut b = good.clone();
+                    b[entry + 22] = 0xff;
+                    b
+                },
+                "partition 1's name is not UTF-8".into(),
+            ),
+            (
+                {
+                    let mut b = good.clone();
+                    b[42] = 250;
+                    b
+                },
+                "at byte 64: the disk label".into(),
+            ),
+            (
+                good[..good.len() - 3].to_vec(),
+                "header truncated at byte".into(),
+            ),
+        ];
+        for (bytes, want) in cases {
+            let err = TraceReader::new(&bytes[..], Path::new("p.trace"))
+                .err()
+                .unwrap_or_else(|| panic!("no error for {want}"));
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&want) && msg.contains("p.trace"),
+                "{want}: {msg}"
+            );
+        }
     }
 
     #[test]
@@ -692,10 +990,10 @@ mod tests {
             (
                 {
                     let mut h = header_bytes();
-                    h[8] = 2;
+                    h[8] = 3;
                     h
                 },
-                "format version 2",
+                "at byte 8: format version 3",
             ),
             (
                 {

@@ -1,23 +1,18 @@
 //! `ocidisk trace summarize FILE`: the access pattern recorded by
 //! `ocidisk serve --trace FILE` — what kinds of requests, how large, how
-//! sequential, and which parts of the disk are hot (named by partition when
-//! given the partition table as `ocidisk inspect --json` prints it).
+//! sequential, and which parts of the disk are hot (named by partition: from
+//! the trace's header, or from `ocidisk inspect --json` for traces written
+//! before the header recorded the partition table).
 
+use super::partitions::Partitions;
+use super::{ranged, size_bucket, SIZE_BOUNDS};
 use crate::metrics::report::Latency;
 use crate::metrics::trace::{Entry, TraceReader};
 use crate::metrics::{units, AtomicHistogram, ReqKind};
-use anyhow::{bail, Context as _};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read, Write as _};
 use std::path::{Path, PathBuf};
-
-/// `ocidisk trace` subcommands.
-#[derive(clap::Subcommand)]
-pub enum Command {
-    /// Print the access pattern of a request trace.
-    Summarize(SummarizeArgs),
-}
 
 /// Arguments of `ocidisk trace summarize`.
 #[derive(clap::Args)]
@@ -25,7 +20,8 @@ pub struct SummarizeArgs {
     /// The trace file.
     file: PathBuf,
     /// The disk's partition table, as printed by `ocidisk inspect --json`,
-    /// to name hot regions by partition.
+    /// to name hot regions by partition (instead of the table the trace's
+    /// header records).
     #[arg(long, value_name = "FILE")]
     layout_json: Option<PathBuf>,
     /// How many hot regions to list.
@@ -36,18 +32,13 @@ pub struct SummarizeArgs {
     json: bool,
 }
 
-pub fn run(cmd: Command) -> anyhow::Result<()> {
-    match cmd {
-        Command::Summarize(args) => summarize_cmd(args),
-    }
-}
-
-fn summarize_cmd(args: SummarizeArgs) -> anyhow::Result<()> {
+/// Runs `ocidisk trace summarize`.
+pub fn run(args: SummarizeArgs) -> anyhow::Result<()> {
+    let reader = TraceReader::open(&args.file)?;
     let partitions = match &args.layout_json {
         Some(p) => Partitions::load(p)?,
-        None => Partitions::default(),
+        None => header_partitions(&reader)?,
     };
-    let reader = TraceReader::open(&args.file)?;
     let summary = summarize(reader, &partitions, args.top)?;
     let mut out = io::stdout().lock();
     if args.json {
@@ -59,117 +50,20 @@ fn summarize_cmd(args: SummarizeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sector size of the LBAs in the partition table.
-const SECTOR: u64 = 512;
 /// Size of a hot region.
 const REGION: u64 = 1 << 20;
 /// A request spanning more regions than this is counted in the first this
 /// many (only a corrupt trace has one: guests split I/O far smaller).
 const MAX_REGIONS_PER_REQUEST: u64 = 4096;
 
-/// A partition as `ocidisk inspect --json` lists it (other fields ignored).
-#[derive(Deserialize, Clone, Debug)]
-struct PartitionJson {
-    index: u32,
-    name: String,
-    first_lba: u64,
-    last_lba: u64,
-}
-
-#[derive(Deserialize)]
-struct LayoutJson {
-    partitions: Vec<PartitionJson>,
-}
-
-/// A partition's byte range.
-#[derive(Clone, Debug)]
-struct Partition {
-    index: u32,
-    name: String,
-    start: u64,
-    end: u64,
-}
-
-/// Non-overlapping partitions sorted by start.
-#[derive(Default, Debug)]
-pub struct Partitions(Vec<Partition>);
-
-impl Partitions {
-    /// Reads the partitions from `ocidisk inspect --json` output.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text =
-            std::fs::read(path).with_context(|| format!("reading layout {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("layout {}", path.display()))
-    }
-
-    fn parse(text: &[u8]) -> anyhow::Result<Self> {
-        let layout: LayoutJson =
-            serde_json::from_slice(text).context("not the JSON of `ocidisk inspect --json`")?;
-        let mut parts = Vec::with_capacity(layout.partitions.len());
-        for p in layout.partitions {
-            let range = p.first_lba.checked_mul(SECTOR).zip(
-                p.last_lba
-                    .checked_add(1)
-                    .and_then(|l| l.checked_mul(SECTOR)),
-            );
-            let Some((start, end)) = range.filter(|_| p.first_lba <= p.last_lba) else {
-                bail!(
-                    "partition {} ({}): LBAs {}..={} are not a range of 512-byte sectors",
-                    p.index,
-                    p.name,
-                    p.first_lba,
-                    p.last_lba
-                );
-            };
-            parts.push(Partition {
-                index: p.index,
-                name: p.name,
-                start,
-                end,
-            });
-        }
-        parts.sort_by_key(|p| p.start);
-        if let Some(w) = parts.windows(2).find(|w| w[0].end > w[1].start) {
-            bail!(
-                "partitions {} ({}) and {} ({}) overlap",
-                w[0].index,
-                w[0].name,
-                w[1].index,
-                w[1].name
-            );
-        }
-        Ok(Partitions(parts))
-    }
-
-    /// The partition holding byte `offset`.
-    fn find(&self, offset: u64) -> Option<&Partition> {
-        let i = self.0.partition_point(|p| p.start <= offset);
-        self.0[..i].last().filter(|p| offset < p.end)
-    }
-}
-
-/// Request-size buckets: a request is counted in the first bound ≥ its size.
-const SIZE_BOUNDS: [u64; 12] = [
-    512,
-    1 << 10,
-    2 << 10,
-    4 << 10,
-    8 << 10,
-    16 << 10,
-    32 << 10,
-    64 << 10,
-    128 << 10,
-    256 << 10,
-    512 << 10,
-    1 << 20,
-];
-
-/// Kinds whose requests have a disk range.
-fn ranged(kind: ReqKind) -> bool {
-    matches!(
-        kind,
-        ReqKind::Read | ReqKind::Write | ReqKind::Discard | ReqKind::WriteZeroes
-    )
+/// The partition table a trace's header records (none in version 1).
+pub fn header_partitions<R: Read>(reader: &TraceReader<R>) -> anyhow::Result<Partitions> {
+    Partitions::new(reader.header().partitions.clone()).map_err(|e| {
+        anyhow::anyhow!(
+            "trace {}: partition table in the header: {e}",
+            reader.path().display()
+        )
+    })
 }
 
 /// One request type in the trace.
@@ -249,6 +143,8 @@ pub struct Summary {
     pub unknown_records: u64,
     /// Bytes of an incomplete last record (a writer that did not close).
     pub truncated_tail_bytes: usize,
+    /// File offset of that incomplete record.
+    pub truncated_at: Option<u64>,
     /// Per request type name.
     pub kinds: BTreeMap<String, KindSummary>,
     /// Request sizes of reads, writes, discards and write-zeroes.
@@ -312,10 +208,7 @@ pub fn summarize<R: Read>(
             k.sequential_bytes = k.sequential_bytes.saturating_add(r.len);
         }
         if r.len > 0 {
-            let bucket = SIZE_BOUNDS
-                .iter()
-                .position(|&b| r.len <= b)
-                .unwrap_or(SIZE_BOUNDS.len());
+            let bucket = size_bucket(r.len);
             *sizes[bucket].entry(kind.name().to_string()).or_default() += 1;
         }
         let (read, write) = match kind {
@@ -323,10 +216,8 @@ pub fn summarize<R: Read>(
             ReqKind::Write => (0, r.len),
             _ => (0, 0),
         };
-        if !partitions.0.is_empty() {
-            let idx = partitions
-                .find(r.offset)
-                .and_then(|p| partitions.0.iter().position(|q| q.index == p.index));
+        if !partitions.is_empty() {
+            let idx = partitions.position(r.offset);
             let p = per_part.entry(idx).or_default();
             p.requests += 1;
             p.read_bytes = p.read_bytes.saturating_add(read);
@@ -371,7 +262,7 @@ pub fn summarize<R: Read>(
     let partitions_out = per_part
         .into_iter()
         .map(|(idx, mut s)| {
-            match idx.and_then(|i| partitions.0.get(i)) {
+            match idx.and_then(|i| partitions.list().get(i)) {
                 Some(p) => {
                     s.index = Some(p.index);
                     s.name = p.name.clone();
@@ -404,6 +295,7 @@ pub fn summarize<R: Read>(
         dropped,
         unknown_records: unknown,
         truncated_tail_bytes: reader.truncated_tail(),
+        truncated_at: reader.truncated_at(),
         kinds: kinds
             .into_iter()
             .map(|(kind, (mut k, hist))| {
@@ -459,8 +351,9 @@ fn print_summary(out: &mut impl io::Write, file: &Path, s: &Summary) -> io::Resu
     if s.truncated_tail_bytes > 0 {
         writeln!(
             out,
-            "warning: the trace ends with {} bytes of an incomplete record",
-            s.truncated_tail_bytes
+            "warning: the trace ends with {} bytes of an incomplete record at byte {} (ignored)",
+            s.truncated_tail_bytes,
+            s.truncated_at.unwrap_or(0)
         )?;
     }
 
@@ -572,7 +465,7 @@ fn print_summary(out: &mut impl io::Write, file: &Path, s: &Summary) -> io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::trace::{Record, TraceWriter, KIND_DROPPED};
+    use crate::metrics::trace::{Record, TraceDisk, TraceWriter, KIND_DROPPED};
 
     const MIB: u64 = 1 << 20;
 
@@ -598,11 +491,18 @@ mod tests {
         }
     }
 
-    /// Writes records through the real writer, then summarizes the file.
+    /// Writes records through the real writer (its header holding the
+    /// partition table), then summarizes the file naming partitions from
+    /// that header.
     fn summarize_records(recs: &[Record], extra: &[u8]) -> Summary {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.trace");
-        let w = TraceWriter::create(&path, 2, 5 << 30).unwrap();
+        let disk = TraceDisk {
+            size: 5 << 30,
+            label: "node-1".into(),
+            partitions: layout().list().to_vec(),
+        };
+        let w = TraceWriter::create_for(&path, 2, &disk).unwrap();
         for r in recs {
             w.queue(r.queue).record(r);
         }
@@ -610,7 +510,8 @@ mod tests {
         let mut bytes = std::fs::read(&path).unwrap();
         bytes.extend_from_slice(extra);
         let reader = TraceReader::new(&bytes[..], &path).unwrap();
-        summarize(reader, &layout(), 3).unwrap()
+        let partitions = header_partitions(&reader).unwrap();
+        summarize(reader, &partitions, 3).unwrap()
     }
 
     #[test]
@@ -712,6 +613,8 @@ mod tests {
             "1 ESP",
             "hot 1 MiB regions",
             "77.8%",
+            // 128 header bytes (label and partition table), 17 records.
+            "incomplete record at byte 672",
         ] {
             assert!(text.contains(want), "{want:?} missing from\n{text}");
         }
@@ -737,20 +640,5 @@ mod tests {
         let s = summarize_records(&[], &[]);
         assert_eq!((s.requests, s.duration_s), (0, 0.0));
         assert!(s.hot_regions.is_empty() && s.partitions.is_empty());
-    }
-
-    #[test]
-    fn bad_layouts_are_errors_naming_the_problem() {
-        for (json, want) in [
-            (&br#"{"partitions": [{"index": 1, "name": "A", "first_lba": 10, "last_lba": 5}]}"#[..], "partition 1 (A)"),
-            (br#"{"partitions": [{"index": 1, "name": "A", "first_lba": 0, "last_lba": 18446744073709551615}]}"#, "partition 1 (A)"),
-            (br#"{"partitions": [{"index": 1, "name": "A", "first_lba": 0, "last_lba": 10},
-                                 {"index": 2, "name": "B", "first_lba": 10, "last_lba": 20}]}"#, "overlap"),
-            (br#"{"partitions": 3}"#, "inspect --json"),
-            (b"not json", "inspect --json"),
-        ] {
-            let err = format!("{:#}", Partitions::parse(json).unwrap_err());
-            assert!(err.contains(want), "{err}");
-        }
     }
 }
