@@ -107,11 +107,11 @@ impl Client {
     /// The scheme to reach `registry` with: HTTPS; plain HTTP only for
     /// loopback or declared-insecure registries whose HTTPS does not answer
     /// (Docker's rule for insecure registries). Found by `GET /v2/` once.
-    fn scheme(&self, repo: &Repo<'_>) -> Result<&'static str, RegistryError> {
+    fn scheme(&self, repo: &Repo<'_>, at: &At) -> Result<&'static str, RegistryError> {
         if let Some(s) = lock(&self.schemes).get(repo.registry) {
             return Ok(s);
         }
-        let at = repo.at("ping /v2/");
+        let at = at.clone();
         let https = format!("https://{}/v2/", repo.registry);
         let scheme = match self.agent.get(&https).call() {
             Ok(_) => "https",
@@ -154,8 +154,13 @@ impl Client {
     }
 
     /// `scheme://registry/v2/repository/<path>`.
-    pub(crate) fn url(&self, repo: &Repo<'_>, path: &str) -> Result<String, RegistryError> {
-        let scheme = self.scheme(repo)?;
+    pub(crate) fn url(
+        &self,
+        repo: &Repo<'_>,
+        at: &At,
+        path: &str,
+    ) -> Result<String, RegistryError> {
+        let scheme = self.scheme(repo, at)?;
         Ok(format!(
             "{scheme}://{}/v2/{}/{path}",
             repo.registry, repo.repository

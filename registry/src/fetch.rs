@@ -71,7 +71,7 @@ impl Client {
         let at = repo.at(format!("manifest {reference}"));
         let limit = self.opts.max_manifest_size;
         self.with_retries(&at, true, || {
-            let url = self.url(&repo, &format!("manifests/{reference}"))?;
+            let url = self.url(&repo, &at, &format!("manifests/{reference}"))?;
             let mut resp =
                 self.get_once(&repo, &at, &url, &[("Accept", manifest::ACCEPT.to_owned())])?;
             if resp.status().as_u16() != 200 {
@@ -223,7 +223,13 @@ impl Client {
             check(&at, &digest, Some(desc.size), &bytes)?;
             return Ok(bytes);
         }
-        self.get_blob_bytes(r, &digest, Some(desc.size), self.opts.max_manifest_size)
+        self.blob_bytes(
+            r,
+            "config",
+            &digest,
+            Some(desc.size),
+            self.opts.max_manifest_size,
+        )
     }
 
     /// A small blob (a config) in memory, at most `limit` bytes, its digest
@@ -235,8 +241,19 @@ impl Client {
         size: Option<u64>,
         limit: u64,
     ) -> Result<Vec<u8>, RegistryError> {
+        self.blob_bytes(r, "blob", digest, size, limit)
+    }
+
+    fn blob_bytes(
+        &self,
+        r: &RegistryRef,
+        what: &str,
+        digest: &Digest,
+        size: Option<u64>,
+        limit: u64,
+    ) -> Result<Vec<u8>, RegistryError> {
         let repo = repo(r);
-        let at = repo.at(format!("blob {digest}"));
+        let at = repo.at(format!("{what} {digest}"));
         if let Some(s) = size.filter(|s| *s > limit) {
             return Err(RegistryError::TooLarge {
                 at,
@@ -244,7 +261,7 @@ impl Client {
             });
         }
         self.with_retries(&at, true, || {
-            let url = self.url(&repo, &format!("blobs/{digest}"))?;
+            let url = self.url(&repo, &at, &format!("blobs/{digest}"))?;
             let mut resp = self.get_once(&repo, &at, &url, &[])?;
             if resp.status().as_u16() != 200 {
                 return Err(Client::status_error(&at, &mut resp));
@@ -277,7 +294,7 @@ impl Client {
         let mut filled = 0usize;
         self.with_retries(&at, false, || {
             let start = offset + filled as u64;
-            let url = self.url(&repo, &format!("blobs/{digest}"))?;
+            let url = self.url(&repo, &at, &format!("blobs/{digest}"))?;
             let mut resp = self.get_once(
                 &repo,
                 &at,
@@ -352,7 +369,7 @@ impl Client {
         let mut written = 0u64;
         let mut buf = vec![0u8; COPY_BUF];
         self.with_retries(&at, false, || {
-            let url = self.url(&repo, &format!("blobs/{digest}"))?;
+            let url = self.url(&repo, &at, &format!("blobs/{digest}"))?;
             let range = [("Range", format!("bytes={written}-"))];
             let headers: &[(&str, String)] = if written > 0 { &range } else { &[] };
             let mut resp = self.get_once(&repo, &at, &url, headers)?;
