@@ -230,6 +230,18 @@ impl Registry {
 
     /// Pushes `oci:LAYOUT[:REF]` to `REPO:TAG` here with skopeo.
     pub fn push(&self, layout: &Path, reference: Option<&str>, repo_tag: &str) -> Result<()> {
+        self.push_with(layout, reference, repo_tag, &[])
+    }
+
+    /// [`Registry::push`] with more skopeo arguments (e.g. `--format v2s2`
+    /// for Docker's manifest format).
+    pub fn push_with(
+        &self,
+        layout: &Path,
+        reference: Option<&str>,
+        repo_tag: &str,
+        extra: &[&str],
+    ) -> Result<()> {
         let mut src = format!("oci:{}", path_str(layout)?);
         if let Some(r) = reference {
             src += ":";
@@ -254,6 +266,7 @@ impl Registry {
             cmd.arg(format!("--dest-creds={u}:{p}"));
         }
         let out = cmd
+            .args(extra)
             .arg(&src)
             .arg(&dest)
             .output()
