@@ -334,6 +334,7 @@ impl Client {
                             at: token_at(),
                             status,
                             detail,
+                            retry_after: None,
                         }
                     });
                 }
@@ -385,6 +386,10 @@ impl Client {
                 }
                 Err(e) if attempt <= self.opts.retries && e.is_transient(corrupt_too) => {
                     ClientStats::add(&self.stats.retries, 1);
+                    // A registry's Retry-After is honoured up to backoff_max.
+                    if let Some(ra) = e.retry_after() {
+                        delay = delay.max(ra).min(self.opts.backoff_max);
+                    }
                     tracing::warn!(
                         what = %at,
                         attempt,
@@ -415,6 +420,13 @@ impl Client {
     /// Turns an unsuccessful answer into its error.
     pub(crate) fn status_error(at: &At, resp: &mut Response<Body>) -> RegistryError {
         let status = resp.status().as_u16();
+        // Only the delay-seconds form; an HTTP date is rare from registries.
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(std::time::Duration::from_secs);
         let detail = error_detail(resp);
         match status {
             404 => RegistryError::NotFound {
@@ -434,6 +446,7 @@ impl Client {
                 at: at.clone(),
                 status,
                 detail,
+                retry_after,
             },
         }
     }

@@ -46,6 +46,8 @@ pub enum RegistryError {
         status: u16,
         /// The registry's explanation, if any.
         detail: String,
+        /// How long the registry asked to wait (`Retry-After`, in seconds).
+        retry_after: Option<std::time::Duration>,
     },
     /// The manifest or blob does not exist (HTTP 404).
     #[error("{at}: not found (HTTP 404){}", with_detail(.detail))]
@@ -142,6 +144,14 @@ pub enum RegistryError {
         /// What is wrong.
         reason: String,
     },
+    /// A range that does not lie within the blob.
+    #[error("{at}: outside the blob's {size} bytes")]
+    OutOfRange {
+        /// The blob and range asked for.
+        at: At,
+        /// The blob's size.
+        size: u64,
+    },
     /// Writing a streamed body to its destination failed.
     #[error("{at}: writing the body: {source}")]
     Write {
@@ -188,6 +198,14 @@ impl RegistryError {
                 corrupt_too
             }
             _ => false,
+        }
+    }
+
+    /// The wait the registry asked for before another attempt.
+    pub(crate) fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            RegistryError::Status { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 

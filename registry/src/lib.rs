@@ -27,6 +27,8 @@
 //!   answering `200` is read up to the range), for chunked, lazy fetching.
 //! - [`Client::get_blob`] / [`Client::get_blob_to_file`]: a whole blob,
 //!   streamed, its digest checked.
+//! - [`RemoteBlob`]: one blob as a handle to read ranges of (what a chunk
+//!   cache fills its chunks from).
 //! - Authentication: `Basic`, or `Bearer` tokens from the registry's token
 //!   endpoint, renewed when the registry answers 401 to one in use;
 //!   credentials from [`ClientOptions::credentials`] or the auth files
@@ -50,6 +52,7 @@ mod fetch;
 pub mod manifest;
 mod options;
 pub mod reference;
+mod remote_blob;
 mod stats;
 
 pub use client::Client;
@@ -59,4 +62,5 @@ pub use error::{At, RegistryError};
 pub use fetch::{FetchedManifest, ResolvedImage};
 pub use options::{ClientOptions, Platform};
 pub use reference::{ImageRef, RefError, RegistryRef, Target};
+pub use remote_blob::RemoteBlob;
 pub use stats::{ClientStats, StatsSnapshot};

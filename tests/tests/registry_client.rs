@@ -351,3 +351,31 @@ fn one_client_shared_by_many_threads() {
     assert_eq!(s.fetches, 8 * 16);
     assert!(s.token_fetches >= 2, "{s:?}");
 }
+
+#[test]
+fn remote_blob_reads_within_its_size_only() {
+    let reg = Registry::start_plain().unwrap();
+    let img = pushed(&reg, 1 << 20, 9, "os/node:v1");
+    let client = std::sync::Arc::new(Client::new(quick()).unwrap());
+    let r = rref(&format!("docker://{}/os/node:v1", reg.addr));
+    let system = img.layer("system");
+    let blob = registry::RemoteBlob::new(
+        client.clone(),
+        &r,
+        digest(&system.blob.digest),
+        system.blob.size,
+    );
+    let mut buf = vec![0u8; 4096];
+    blob.read_at(system.blob.size - 4096, &mut buf).unwrap();
+    assert!(buf[..] == system.data[system.data.len() - 4096..]);
+    let e = blob.read_at(system.blob.size - 4095, &mut buf).unwrap_err();
+    assert!(matches!(e, RegistryError::OutOfRange { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("outside the blob's {} bytes", system.blob.size)),
+        "{e}"
+    );
+    let e = blob.read_at(u64::MAX, &mut buf).unwrap_err();
+    assert!(matches!(e, RegistryError::OutOfRange { .. }), "{e}");
+    assert_eq!(client.stats().snapshot().fetches, 1);
+}

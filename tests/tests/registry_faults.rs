@@ -315,3 +315,23 @@ fn an_unreachable_registry_gives_up_after_bounded_retries() {
     let st = client.stats().snapshot();
     assert_eq!((st.retries, st.failures, st.fetches), (3, 1, 0));
 }
+
+#[test]
+fn a_rate_limited_registry_is_asked_again_after_its_retry_after() {
+    let s = setup();
+    let client = Client::new(ClientOptions {
+        backoff_max: Duration::from_secs(3),
+        ..opts()
+    })
+    .unwrap();
+    s.proxy.add("/blobs/", Fault::Status(429), Some(1));
+    let (d, data) = s.system();
+    let mut buf = vec![0u8; 100];
+    let t = std::time::Instant::now();
+    client.read_range(&s.r, &d, 0, &mut buf).unwrap();
+    // A lower bound, not a performance figure: the client slept as told
+    // (1 s) rather than its own 10 ms.
+    assert!(t.elapsed() >= Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(buf == data[..100]);
+    assert_eq!(client.stats().snapshot().retries, 1);
+}

@@ -30,7 +30,8 @@ pub enum Fault {
     Truncate(usize),
     /// Flip the bits of the body byte at this offset.
     Corrupt(usize),
-    /// Answer this status without asking the registry.
+    /// Answer this status without asking the registry (429 with
+    /// `Retry-After: 1`).
     Status(u16),
     /// Answer 401 with a challenge, as for an expired token.
     Unauthorized,
@@ -264,6 +265,7 @@ fn reason(status: u16) -> &'static str {
         307 => "Temporary Redirect",
         401 => "Unauthorized",
         404 => "Not Found",
+        429 => "Too Many Requests",
         500 => "Internal Server Error",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
@@ -364,7 +366,13 @@ fn handle(s: &Shared, mut conn: TcpStream) -> Result<()> {
             let body = format!(
                 r#"{{"errors":[{{"code":"INJECTED","message":"fault proxy answered {code}"}}]}}"#
             );
-            return respond(&mut conn, *code, &[], body.as_bytes());
+            // A rate limit says when to come back, as registries do.
+            let headers = if *code == 429 {
+                vec![("Retry-After", "1".to_owned())]
+            } else {
+                Vec::new()
+            };
+            return respond(&mut conn, *code, &headers, body.as_bytes());
         }
         Some(Fault::Unauthorized) => {
             let header = if s.bearer.is_some() {
