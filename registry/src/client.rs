@@ -44,11 +44,7 @@ pub(crate) struct Repo<'a> {
 
 impl Repo<'_> {
     pub(crate) fn at(&self, object: impl Into<String>) -> At {
-        At {
-            registry: self.registry.to_owned(),
-            repository: self.repository.to_owned(),
-            object: object.into(),
-        }
+        At::new(self.registry, self.repository, object)
     }
 }
 
@@ -298,10 +294,7 @@ impl Client {
                 if let Some(c) = &creds {
                     req = req.header("Authorization", c.basic_header());
                 }
-                let token_at = || At {
-                    object: format!("token from {realm}"),
-                    ..at.clone()
-                };
+                let token_at = || at.with_object(format!("token from {realm}"));
                 let mut resp = req.call().map_err(|e| RegistryError::Transport {
                     at: token_at(),
                     url: realm.clone(),

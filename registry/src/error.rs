@@ -7,20 +7,56 @@ use crate::digest::Digest;
 use std::fmt;
 use std::path::PathBuf;
 
-/// The object a request was for: `registry/repository: object`.
+/// The object a request was for: `registry/repository: object`. Boxed, so
+/// that errors stay small on the success path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct At {
+pub struct At(Box<AtParts>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AtParts {
+    registry: String,
+    repository: String,
+    object: String,
+}
+
+impl At {
+    /// `registry/repository: object`.
+    pub fn new(registry: &str, repository: &str, object: impl Into<String>) -> At {
+        At(Box::new(AtParts {
+            registry: registry.to_owned(),
+            repository: repository.to_owned(),
+            object: object.into(),
+        }))
+    }
+
     /// `host[:port]`.
-    pub registry: String,
+    pub fn registry(&self) -> &str {
+        &self.0.registry
+    }
+
     /// The repository path.
-    pub repository: String,
+    pub fn repository(&self) -> &str {
+        &self.0.repository
+    }
+
     /// `manifest TAG`, `blob sha256:…`, `blob sha256:… bytes A-B`, …
-    pub object: String,
+    pub fn object(&self) -> &str {
+        &self.0.object
+    }
+
+    /// The same repository, another object.
+    pub fn with_object(&self, object: impl Into<String>) -> At {
+        At::new(self.registry(), self.repository(), object)
+    }
 }
 
 impl fmt::Display for At {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}: {}", self.registry, self.repository, self.object)
+        write!(
+            f,
+            "{}/{}: {}",
+            self.0.registry, self.0.repository, self.0.object
+        )
     }
 }
 

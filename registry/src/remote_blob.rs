@@ -48,11 +48,11 @@ impl RemoteBlob {
         let end = offset.checked_add(buf.len() as u64);
         if end.is_none_or(|e| e > self.size) {
             return Err(RegistryError::OutOfRange {
-                at: At {
-                    registry: self.image.registry.clone(),
-                    repository: self.image.repository.clone(),
-                    object: format!("blob {} bytes {offset}+{}", self.digest, buf.len()),
-                },
+                at: At::new(
+                    &self.image.registry,
+                    &self.image.repository,
+                    format!("blob {} bytes {offset}+{}", self.digest, buf.len()),
+                ),
                 size: self.size,
             });
         }
