@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub mod proxy;
+pub mod token;
 
 /// How a registry is set up.
 #[derive(Debug, Clone, Default)]
@@ -22,6 +23,19 @@ pub struct RegistryConfig {
     pub basic_auth: Option<(String, String)>,
     /// Serve HTTPS with a certificate from a fresh test CA.
     pub tls: bool,
+    /// Require tokens from this token server (`auth.token`).
+    pub token: Option<TokenAuth>,
+}
+
+/// The registry's `auth.token` settings.
+#[derive(Debug, Clone)]
+pub struct TokenAuth {
+    /// The token endpoint URL.
+    pub realm: String,
+    /// The certificate bundle whose keys sign tokens.
+    pub bundle: PathBuf,
+    /// Credentials the token server takes, for pushing with skopeo.
+    pub push_creds: Option<(String, String)>,
 }
 
 /// A test CA and a server certificate for 127.0.0.1 and localhost.
@@ -120,6 +134,21 @@ pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+fn spawn_registry(dir: &Path) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("registry.log"))?;
+    Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.join("config.yml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting docker-registry (package docker-registry)")
+}
+
 /// A running `docker-registry serve`; stopped (killed) on drop.
 #[derive(Debug)]
 pub struct Registry {
@@ -175,26 +204,41 @@ impl Registry {
                 file.display()
             );
         }
+        if let Some(t) = &cfg.token {
+            yaml += &format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                t.realm,
+                token::SERVICE,
+                token::ISSUER,
+                t.bundle.display()
+            );
+        }
         let config = dir.path().join("config.yml");
         std::fs::write(&config, yaml)?;
-        let log = std::fs::File::create(dir.path().join("registry.log"))?;
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting docker-registry (package docker-registry)")?;
+        let child = spawn_registry(dir.path())?;
         let mut reg = Registry {
             child,
             addr,
             dir,
             ca,
-            creds: cfg.basic_auth.clone(),
+            creds: cfg
+                .basic_auth
+                .clone()
+                .or_else(|| cfg.token.as_ref().and_then(|t| t.push_creds.clone())),
         };
         reg.wait_ready()?;
         Ok(reg)
+    }
+
+    /// Stops the registry and starts it again on the same port with the
+    /// same storage (it rereads its config and certificate bundles).
+    pub fn restart(&mut self) -> Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The port is free again once the old process is gone; the new one
+        // may still race another process for it, which wait_ready reports.
+        self.child = spawn_registry(self.dir.path())?;
+        self.wait_ready()
     }
 
     fn wait_ready(&mut self) -> Result<()> {

@@ -1,8 +1,10 @@
 //! Registry authentication against real parts: `docker-registry` with
 //! htpasswd (bcrypt) basic auth, credentials given or found in the auth
-//! files skopeo reads (in its order); the bearer-token flow through a token
-//! gate in front of the registry (challenge, token endpoint with basic
-//! credentials, renewal after the token expires while in use); redirects to
+//! files skopeo reads (in its order); `docker-registry` in `auth.token`
+//! mode with JWTs from a test token server (renewed when the registry stops
+//! taking the one in use); the bearer flow through the proxy's token gate
+//! (anonymous tokens, tokens expiring, a registry refusing fresh tokens);
+//! redirects to
 //! another host (blob storage) without the Authorization header; TLS with a
 //! test CA given as an extra CA file.
 
@@ -314,4 +316,54 @@ fn tls_with_a_test_ca_given_as_an_extra_ca_file() {
     .unwrap_err();
     assert!(matches!(e, RegistryError::CaFile { .. }), "{e}");
     assert!(e.to_string().contains("not-a-ca.pem"), "{e}");
+}
+
+#[test]
+fn registry_token_auth_with_jwts_from_a_token_server() {
+    use ocidisk_tests::registry::token::TokenServer;
+    use ocidisk_tests::registry::TokenAuth;
+    let work = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::start(&work.path().join("tokens"), Some("carol:pw")).unwrap();
+    let mut reg = Registry::start(&RegistryConfig {
+        token: Some(TokenAuth {
+            realm: tokens.realm(),
+            bundle: tokens.bundle(),
+            push_creds: Some(("carol".into(), "pw".into())),
+        }),
+        ..RegistryConfig::default()
+    })
+    .unwrap();
+    // skopeo itself goes through the token flow to push.
+    let img = pushed(&reg, 7, "team/os:v1");
+    let pushed_with = tokens.issued();
+    assert!(pushed_with >= 1);
+    let r = rref(&format!("docker://{}/team/os:v1", reg.addr));
+
+    let e = Client::new(opts(None))
+        .unwrap()
+        .resolve(&r, None)
+        .unwrap_err();
+    assert!(matches!(e, RegistryError::Unauthorized { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains(&format!("token from {}", tokens.realm())),
+        "{e}"
+    );
+
+    let client = Client::new(opts(Some("carol:pw"))).unwrap();
+    client.resolve(&r, None).unwrap();
+    read_first_kib(&client, &r, &img).unwrap();
+    assert_eq!(
+        tokens.issued(),
+        pushed_with + 1,
+        "one token serves every request"
+    );
+
+    // The signing key changes and the registry restarts: the token in use
+    // is refused from now on, and the client fetches a new one.
+    tokens.rotate().unwrap();
+    reg.restart().unwrap();
+    read_first_kib(&client, &r, &img).unwrap();
+    assert_eq!(tokens.issued(), pushed_with + 2);
+    assert_eq!(client.stats().snapshot().failures, 0);
 }

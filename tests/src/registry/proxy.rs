@@ -6,8 +6,9 @@
 //!
 //! It can also stand in front of an auth-less registry as a bearer-token
 //! gate with its own token endpoint (`/token`): every `/v2/` request needs a
-//! token it issued and has not expired, the way a registry configured with
-//! `auth.token` behaves, without the JWT signing that needs.
+//! token it issued and has not expired, as with a registry in `auth.token`
+//! mode (which [`super::token`] drives for real), but with tokens the test
+//! can expire at any moment and faults on the same requests.
 
 use anyhow::{Context, Result};
 use base64::Engine as _;
@@ -198,14 +199,14 @@ impl Drop for Proxy {
     }
 }
 
-struct Request {
-    method: String,
-    target: String,
+pub(super) struct Request {
+    pub(super) method: String,
+    pub(super) target: String,
     headers: Vec<(String, String)>,
 }
 
 impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(super) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -213,7 +214,7 @@ impl Request {
     }
 }
 
-fn read_request(conn: &TcpStream) -> Result<Request> {
+pub(super) fn read_request(conn: &TcpStream) -> Result<Request> {
     let mut r = BufReader::new(conn);
     let mut line = String::new();
     r.read_line(&mut line)?;
@@ -239,7 +240,7 @@ fn read_request(conn: &TcpStream) -> Result<Request> {
     })
 }
 
-fn respond(
+pub(super) fn respond(
     conn: &mut TcpStream,
     status: u16,
     headers: &[(&str, String)],
