@@ -27,6 +27,8 @@
 //!   answering `200` is read up to the range), for chunked, lazy fetching.
 //! - [`Client::get_blob`] / [`Client::get_blob_to_file`]: a whole blob,
 //!   streamed, its digest checked.
+//! - [`pull_to_layout`]: an image into an OCI image layout directory, each
+//!   blob verified before it takes its place (what `ocidisk pull` runs).
 //! - [`RemoteBlob`]: one blob as a handle to read ranges of (what a chunk
 //!   cache fills its chunks from).
 //! - Authentication: `Basic`, or `Bearer` tokens from the registry's token
@@ -51,6 +53,7 @@ mod error;
 mod fetch;
 pub mod manifest;
 mod options;
+pub mod pull;
 pub mod reference;
 mod remote_blob;
 mod stats;
@@ -61,6 +64,7 @@ pub use digest::Digest;
 pub use error::{At, RegistryError};
 pub use fetch::{FetchedManifest, ResolvedImage};
 pub use options::{ClientOptions, Platform};
+pub use pull::{pull_to_layout, PullError, PullReport};
 pub use reference::{ImageRef, RefError, RegistryRef, Target};
 pub use remote_blob::RemoteBlob;
 pub use stats::{ClientStats, StatsSnapshot};
