@@ -237,6 +237,16 @@ impl RegistryError {
         }
     }
 
+    /// Whether a later attempt may succeed where this one failed (for a
+    /// caller with its own retry budget, like a chunk cache: a timeout, a
+    /// dropped connection, a 5xx or 429, a short body; also after this
+    /// client gave up on such a failure). A missing blob, a refusal, a bad
+    /// answer are not. A caller that retries itself should give the client
+    /// few or no retries of its own, or the attempts multiply.
+    pub fn is_retryable(&self) -> bool {
+        self.last().is_transient(false)
+    }
+
     /// The wait the registry asked for before another attempt.
     pub(crate) fn retry_after(&self) -> Option<std::time::Duration> {
         match self {

@@ -214,6 +214,7 @@ fn missing_manifest_and_blob_are_not_found_without_retries() {
         .unwrap_err();
     assert!(matches!(e, RegistryError::NotFound { .. }), "{e}");
     assert_eq!(e.status(), Some(404));
+    assert!(!e.is_retryable());
     let msg = e.to_string();
     assert!(
         msg.contains(&format!("{}/os/node: manifest v2", reg.addr)),

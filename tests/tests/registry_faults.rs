@@ -91,6 +91,10 @@ fn dropped_connections_are_retried_then_given_up() {
         "{msg}"
     );
     assert!(msg.contains("gave up after 4 attempts"), "{msg}");
+    assert!(
+        e.is_retryable(),
+        "a caller with its own budget may try later"
+    );
     assert_eq!(s.client.stats().snapshot().failures, 1);
 }
 
