@@ -9,9 +9,9 @@
 //! - [`disk`]: what the device serves (the composed image, its overlay);
 //! - [`metrics`]: request counters, latency histograms and traces;
 //! - [`fuzzing`]: what the fuzz targets run;
-//! - the commands: [`serve`], [`inspect`], [`export`], [`overlay_cmd`],
-//!   [`stats_cmd`], [`trace_cmd`] (with [`image_args`], how they name an
-//!   image).
+//! - the commands: [`serve`], [`inspect`], [`export`], [`pull`],
+//!   [`overlay_cmd`], [`stats_cmd`], [`trace_cmd`] (with [`image_args`], how
+//!   they name an image, and [`registry_args`], how they reach a registry).
 
 // Module docs walk through their private helpers too; those links resolve
 // under `cargo doc --document-private-items`, which is how to read them.
@@ -25,6 +25,8 @@ pub mod image_args;
 pub mod inspect;
 pub mod metrics;
 pub mod overlay_cmd;
+pub mod pull;
+pub mod registry_args;
 pub mod serve;
 pub mod stats_cmd;
 pub mod trace_cmd;

@@ -2,7 +2,7 @@
 //!
 //! The command line; everything it runs lives in the library.
 
-use ocidisk::{export, inspect, overlay_cmd, serve, stats_cmd, trace_cmd};
+use ocidisk::{export, inspect, overlay_cmd, pull, serve, stats_cmd, trace_cmd};
 
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal as _;
@@ -24,6 +24,8 @@ enum Command {
     Export(export::Args),
     /// Serve a composed disk to a VM over a vhost-user-blk socket.
     Serve(serve::Args),
+    /// Copy an image from a registry into an OCI image layout directory.
+    Pull(pull::Args),
     /// Inspect or reset a per-VM overlay file.
     #[command(subcommand)]
     Overlay(overlay_cmd::Command),
@@ -52,6 +54,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Export(args) => export::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Pull(args) => pull::run(args),
         Command::Overlay(cmd) => overlay_cmd::run(cmd),
         Command::Stats(args) => stats_cmd::run(args),
         Command::Trace(cmd) => trace_cmd::run(cmd),
