@@ -201,10 +201,13 @@ fn plot_of_a_served_disk_has_every_panel_series_and_partition_band() {
         (p.1, p.2)
     };
     assert!(band("boot").0 > band("system").0 && band("system").0 > band("data").0);
-    // Discards are left out: the device records a discard's offset as the
-    // request header's sector (0), not its first segment's as TRACE.md
-    // says (backend/src/device/execute.rs), so they plot at offset 0.
-    for (series, part) in [("scatter-read", "system"), ("scatter-write", "data")] {
+    // A discard sits at its first segment's offset (TRACE.md), not at the
+    // request header's sector, which is 0 for discards.
+    for (series, part) in [
+        ("scatter-read", "system"),
+        ("scatter-write", "data"),
+        ("scatter-discard", "data"),
+    ] {
         let (top, bottom) = band(part);
         let cells = moves(&svg.ids[series]["d"]);
         assert!(!cells.is_empty(), "{series} is empty");

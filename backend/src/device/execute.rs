@@ -256,7 +256,11 @@ impl RequestContext<'_> {
                 if disk.read_only() {
                     return Err(RequestError::ReadOnly(kind.raw()));
                 }
-                summary.len = self.discard_or_zero(mem, request, kind, data_out)?;
+                // The header's sector means nothing here; the trace and
+                // metrics place the request at its first segment.
+                let (offset, len) = self.discard_or_zero(mem, request, kind, data_out)?;
+                summary.offset = offset;
+                summary.len = len;
                 *action = Action::Changed;
                 Ok(0)
             }
@@ -273,7 +277,8 @@ impl RequestContext<'_> {
     }
 
     /// Reads, checks and carries out a discard or write-zeroes segment list
-    /// of `len` bytes; returns the bytes it covers. All segments are checked
+    /// of `len` bytes; returns the byte offset of its first segment and the
+    /// bytes it covers. All segments are checked
     /// before the first is carried out, so that a bad list changes nothing.
     fn discard_or_zero(
         &self,
@@ -281,7 +286,7 @@ impl RequestContext<'_> {
         request: &Request,
         kind: RequestType,
         len: u64,
-    ) -> Result<u64, RequestError> {
+    ) -> Result<(u64, u64), RequestError> {
         let segments = request.segments(mem, len)?;
         let zero = kind == RequestType::WriteZeroes;
         let allowed_flags = if zero {
@@ -314,7 +319,11 @@ impl RequestContext<'_> {
                 self.disk.discard(offset, len)?;
             }
         }
-        Ok(covered)
+        let first = segments
+            .iter()
+            .next()
+            .map_or(0, |seg| seg.sector << SECTOR_SHIFT);
+        Ok((first, covered))
     }
 
     /// Carries out a begun request's write or flush with blocking calls on
