@@ -132,6 +132,23 @@ fn parse_opts() -> Result<Opts, String> {
     Ok(o)
 }
 
+/// splitmix64: the workers' random numbers and the blocks' fill. Written
+/// here rather than taken from a crate because the guest binary is built
+/// with a bare `rustc` (std only, static), without Cargo.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
 /// A checksum of words: FNV-1a over 64-bit words, with a final mix.
 fn checksum(words: &[u64]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -189,11 +206,9 @@ fn fill(buf: &mut Buf, i: usize, block: u64, gen: u64, worker: u64, first: u64, 
     w[2] = gen;
     w[3] = worker | (n << 32);
     w[4] = first;
-    let mut rng = fastrand::Rng::with_seed(
-        block.wrapping_mul(0x1000_0000_01b3) ^ gen.rotate_left(32) ^ worker,
-    );
+    let mut rng = Rng(block.wrapping_mul(0x1000_0000_01b3) ^ gen.rotate_left(32) ^ worker);
     for x in w[5..WORDS - 1].iter_mut() {
-        *x = rng.u64(..);
+        *x = rng.next();
     }
     w[WORDS - 1] = checksum(&w[..WORDS - 1]);
     for x in w.iter_mut() {
@@ -330,7 +345,7 @@ struct Worker {
     synced: u64,
     next_gen: u64,
     buf: Buf,
-    rng: fastrand::Rng,
+    rng: Rng,
     opts: Opts,
     fails: Arc<Fails>,
     slot: Arc<Slot>,
@@ -359,13 +374,13 @@ impl Worker {
 
     fn run(&mut self) {
         while !STOP.load(Ordering::Relaxed) {
-            let n = 1 + self.rng.u64(..MAX_RUN);
-            let start = self.rng.u64(..self.len - n + 1);
-            if self.rng.u64(..100) < self.opts.read_pct {
+            let n = 1 + self.rng.below(MAX_RUN);
+            let start = self.rng.below(self.len - n + 1);
+            if self.rng.below(100) < self.opts.read_pct {
                 self.read(start, n, "run", 0);
             } else {
                 self.write(start, n);
-                if self.rng.u64(..100) < self.opts.sync_pct {
+                if self.rng.below(100) < self.opts.sync_pct {
                     self.sync();
                 }
             }
@@ -563,9 +578,7 @@ fn main() -> ExitCode {
             synced: 0,
             next_gen: 1,
             buf: Buf::new(MAX_RUN as usize * BS),
-            rng: fastrand::Rng::with_seed(
-                opts.seed.wrapping_mul(1_000_003) ^ (id + 1).wrapping_mul(0x9e37_79b9),
-            ),
+            rng: Rng(opts.seed.wrapping_mul(1_000_003) ^ (id + 1).wrapping_mul(0x9e37_79b9)),
             opts: opts.clone(),
             fails: Arc::clone(&fails),
             slot,
