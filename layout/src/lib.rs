@@ -16,6 +16,7 @@
 
 pub mod blockmap;
 pub mod cache;
+pub mod chunkcache;
 pub mod compose;
 pub mod export;
 pub mod fat32;

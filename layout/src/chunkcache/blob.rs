@@ -1,0 +1,412 @@
+//! One blob of the chunk cache: the fill protocol and the gate that reads
+//! of it pass (see the module documentation of [`super`]).
+
+use super::record::{Record, ABSENT, PRESENT, VERIFIED, WHOLE_LOCK};
+use super::{
+    BlobSpec, ChunkCache, ChunkCacheError, ChunkCacheSettings, ChunkFetch, FetchCounters,
+    FetchError, DEFAULT_CHUNK_SIZE,
+};
+use crate::cache::hex;
+use crate::source::{BlobFile, ChunkGate};
+use sha2::{Digest as _, Sha256};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::Range;
+use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A blob of the cache, possibly only partly present. It is the
+/// [`ChunkGate`] of the [`BlobFile`] that [`blob_file`](Self::blob_file)
+/// opens: every read of that file first makes its chunks present and
+/// verified.
+#[derive(Debug)]
+pub struct CachedBlob {
+    spec: BlobSpec,
+    hex: String,
+    data_path: PathBuf,
+    /// The blob file opened for writing: only the fill protocol writes.
+    data: File,
+    record: Record,
+    fetch: Arc<dyn ChunkFetch>,
+    settings: ChunkCacheSettings,
+    counters: Arc<FetchCounters>,
+}
+
+/// How much of a blob is in the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobStatus {
+    /// Chunks in the blob.
+    pub chunks: u64,
+    /// Chunks present but not yet verified.
+    pub present: u64,
+    /// Chunks present and verified.
+    pub verified: u64,
+}
+
+impl CachedBlob {
+    pub(super) fn open(
+        cache: &ChunkCache,
+        spec: BlobSpec,
+        fetch: Arc<dyn ChunkFetch>,
+    ) -> Result<Arc<CachedBlob>, ChunkCacheError> {
+        let bad = |why: String| ChunkCacheError::BadSpec {
+            digest: spec.digest.clone(),
+            why,
+        };
+        let hex = match spec.digest.strip_prefix("sha256:") {
+            Some(h)
+                if h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+            {
+                h.to_owned()
+            }
+            _ => return Err(bad("not sha256:<64 lower-case hex digits>".to_owned())),
+        };
+        if let Some(h) = &spec.chunk_hashes {
+            if h.chunk_size == 0 {
+                return Err(bad("chunk size 0".to_owned()));
+            }
+            let want = spec.size.div_ceil(h.chunk_size);
+            if h.hashes.len() as u64 != want {
+                return Err(bad(format!(
+                    "{} chunk hashes; {} bytes in chunks of {} need {want}",
+                    h.hashes.len(),
+                    spec.size,
+                    h.chunk_size
+                )));
+            }
+        }
+        let (data_path, record_path) = cache.paths(&hex);
+        if let Some(dir) = data_path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| ChunkCacheError::Io {
+                path: dir.to_owned(),
+                op: "creating the cache directory",
+                source,
+            })?;
+        }
+        let record = Record::open(
+            &record_path,
+            &data_path,
+            spec.size,
+            spec.chunk_hashes.as_ref().map(|h| h.chunk_size),
+            DEFAULT_CHUNK_SIZE,
+        )?;
+        let data = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&data_path)
+            .map_err(|source| ChunkCacheError::Io {
+                path: data_path.clone(),
+                op: "opening the cached blob",
+                source,
+            })?;
+        Ok(Arc::new(CachedBlob {
+            spec,
+            hex,
+            data_path,
+            data,
+            record,
+            fetch,
+            settings: cache.settings().clone(),
+            counters: Arc::clone(cache.counters()),
+        }))
+    }
+
+    /// The blob's description.
+    pub fn spec(&self) -> &BlobSpec {
+        &self.spec
+    }
+
+    /// The cached blob file.
+    pub fn path(&self) -> &Path {
+        &self.data_path
+    }
+
+    /// The chunk size.
+    pub fn chunk_size(&self) -> u64 {
+        self.record.chunk_size()
+    }
+
+    /// The blob file opened read-only, with this blob as its gate: what a
+    /// block map reads.
+    pub fn blob_file(self: &Arc<Self>) -> Result<BlobFile, ChunkCacheError> {
+        let file = BlobFile::open(&self.data_path).map_err(|source| ChunkCacheError::Io {
+            path: self.data_path.clone(),
+            op: "opening the cached blob",
+            source,
+        })?;
+        Ok(file.with_gate(Arc::clone(self) as Arc<dyn ChunkGate>))
+    }
+
+    /// How much of the blob is in the cache now.
+    pub fn status(&self) -> BlobStatus {
+        let mut s = BlobStatus {
+            chunks: self.record.chunks(),
+            present: 0,
+            verified: 0,
+        };
+        for i in 0..self.record.chunks() {
+            match self.record.state(i) {
+                VERIFIED => s.verified += 1,
+                PRESENT => s.present += 1,
+                _ => {}
+            }
+        }
+        s
+    }
+
+    /// Whether a chunk in `state` may be read.
+    fn readable(&self, state: u8) -> bool {
+        state == VERIFIED || (state == PRESENT && self.settings.trust_unverified)
+    }
+
+    fn chunk_range(&self, chunk: u64) -> Range<u64> {
+        let cs = self.record.chunk_size();
+        let start = chunk * cs;
+        start..(start + cs).min(self.spec.size)
+    }
+
+    /// Makes every chunk that bytes `[offset, offset + len)` touch
+    /// readable: fetched (by this process or another) and verified.
+    pub fn ensure_range(&self, offset: u64, len: u64) -> Result<(), ChunkCacheError> {
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset.checked_add(len).filter(|&e| e <= self.spec.size);
+        let Some(end) = end else {
+            return Err(ChunkCacheError::OutOfRange {
+                digest: self.spec.digest.clone(),
+                offset,
+                end: offset.saturating_add(len),
+                size: self.spec.size,
+            });
+        };
+        let cs = self.record.chunk_size();
+        for chunk in offset / cs..end.div_ceil(cs) {
+            if self.readable(self.record.state(chunk)) {
+                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            self.counters.misses.fetch_add(1, Ordering::Relaxed);
+            if self.spec.chunk_hashes.is_none() && !self.settings.trust_unverified {
+                // Nothing of it may be read before the whole is checked.
+                return self.verify_whole();
+            }
+            self.fill(chunk)?;
+        }
+        Ok(())
+    }
+
+    /// Fetches every missing chunk, in order, and for a blob without chunk
+    /// hashes checks the whole (for `ocidisk pull`).
+    pub fn fetch_all(&self) -> Result<(), ChunkCacheError> {
+        for chunk in 0..self.record.chunks() {
+            if self.record.state(chunk) == ABSENT {
+                self.fill(chunk)?;
+            }
+        }
+        if self.spec.chunk_hashes.is_none() {
+            self.verify_whole()?;
+        }
+        self.record.sync()
+    }
+
+    /// Fetches the chunks `ranges` touch, in the order given (a recorded
+    /// boot's reads, so that a first boot finds what it needs first).
+    /// Ranges are clamped to the blob; stops at the first failure.
+    pub fn prefetch(&self, ranges: &[Range<u64>]) -> Result<(), ChunkCacheError> {
+        for r in ranges {
+            let start = r.start.min(self.spec.size);
+            let end = r.end.clamp(start, self.spec.size);
+            self.ensure_range(start, end - start)?;
+        }
+        self.record.sync()
+    }
+
+    /// Fills one chunk under its lock (steps 1–5 of the protocol).
+    fn fill(&self, chunk: u64) -> Result<(), ChunkCacheError> {
+        let _lock = self.record.lock_chunk(chunk)?;
+        let state = self.record.state(chunk);
+        if self.readable(state) {
+            // Another filler finished while we waited.
+            return Ok(());
+        }
+        let range = self.chunk_range(chunk);
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        if state == PRESENT {
+            // Present but unchecked (fetched without chunk hashes): the
+            // hashes we have may verify it without a fetch.
+            if let Some(expected) = self.expected_hash(chunk) {
+                self.data
+                    .read_exact_at(&mut buf, range.start)
+                    .map_err(|source| self.io_err("reading the cached blob", source))?;
+                if Sha256::digest(&buf).as_slice() == expected {
+                    self.record.set(chunk, VERIFIED);
+                    return Ok(());
+                }
+            }
+        }
+        self.fetch_checked(chunk, &range, &mut buf)?;
+        // Durable before the byte says so: a crash between the two leaves
+        // the chunk absent, never a set byte over missing data.
+        self.data
+            .write_all_at(&buf, range.start)
+            .map_err(|source| self.io_err("writing the cached blob", source))?;
+        self.data
+            .sync_data()
+            .map_err(|source| self.io_err("syncing the cached blob", source))?;
+        let new = if self.spec.chunk_hashes.is_some() {
+            VERIFIED
+        } else {
+            PRESENT
+        };
+        self.record.set(chunk, new);
+        Ok(())
+    }
+
+    fn expected_hash(&self, chunk: u64) -> Option<&[u8; 32]> {
+        self.spec.chunk_hashes.as_ref()?.hashes.get(chunk as usize)
+    }
+
+    fn io_err(&self, op: &'static str, source: io::Error) -> ChunkCacheError {
+        ChunkCacheError::Io {
+            path: self.data_path.clone(),
+            op,
+            source,
+        }
+    }
+
+    /// What the log and errors call this blob.
+    fn what(&self) -> String {
+        if self.spec.name.is_empty() {
+            self.spec.digest.clone()
+        } else {
+            format!("{} ({})", self.spec.name, self.spec.digest)
+        }
+    }
+
+    /// Fetches a chunk into `buf` and checks its hash, trying again within
+    /// the attempt budget.
+    fn fetch_checked(
+        &self,
+        chunk: u64,
+        range: &Range<u64>,
+        buf: &mut [u8],
+    ) -> Result<(), ChunkCacheError> {
+        let attempts = self.settings.max_attempts.max(1);
+        let mut delay = self.settings.retry_delay;
+        let mut last = String::new();
+        let mut made = 0;
+        for attempt in 1..=attempts {
+            made = attempt;
+            let began = Instant::now();
+            let result =
+                self.fetch
+                    .fetch(range.start, buf)
+                    .and_then(|()| match self.expected_hash(chunk) {
+                        Some(expected) if Sha256::digest(&*buf).as_slice() != expected => {
+                            Err(FetchError::Transient(format!(
+                                "wrong bytes: chunk {chunk} does not match its chunk hash"
+                            )))
+                        }
+                        _ => Ok(()),
+                    });
+            match result {
+                Ok(()) => {
+                    let c = &self.counters;
+                    c.fetches.fetch_add(1, Ordering::Relaxed);
+                    c.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    c.fetch_micros
+                        .fetch_add(began.elapsed().as_micros() as u64, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        blob = %self.what(),
+                        offset = range.start,
+                        end = range.end,
+                        attempt,
+                        attempts,
+                        "fetching a chunk failed: {e}"
+                    );
+                    last = e.to_string();
+                    if !e.is_transient() || attempt == attempts {
+                        break;
+                    }
+                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(self.settings.max_retry_delay);
+                }
+            }
+        }
+        self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        let err = ChunkCacheError::Fetch {
+            digest: self.spec.digest.clone(),
+            offset: range.start,
+            end: range.end,
+            attempts: made,
+            last,
+        };
+        tracing::error!(blob = %self.what(), "{err}");
+        Err(err)
+    }
+
+    /// Fetches what is missing of a blob without chunk hashes and checks it
+    /// whole; on success every chunk is marked verified, on a mismatch every
+    /// chunk is marked absent again.
+    fn verify_whole(&self) -> Result<(), ChunkCacheError> {
+        let all_verified = |r: &Record| (0..r.chunks()).all(|i| r.state(i) == VERIFIED);
+        if all_verified(&self.record) {
+            return Ok(());
+        }
+        let _whole = self.record.lock(WHOLE_LOCK, 1)?;
+        if all_verified(&self.record) {
+            return Ok(());
+        }
+        for chunk in 0..self.record.chunks() {
+            if self.record.state(chunk) == ABSENT {
+                self.fill(chunk)?;
+            }
+        }
+        // Every chunk is now present and durable, and no filler writes a
+        // present chunk: the file is stable while it is hashed.
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut pos = 0;
+        while pos < self.spec.size {
+            let n = (self.spec.size - pos).min(buf.len() as u64) as usize;
+            self.data
+                .read_exact_at(&mut buf[..n], pos)
+                .map_err(|source| self.io_err("reading the cached blob", source))?;
+            hasher.update(&buf[..n]);
+            pos += n as u64;
+        }
+        let actual = hex(&hasher.finalize());
+        if actual == self.hex {
+            for chunk in 0..self.record.chunks() {
+                self.record.set(chunk, VERIFIED);
+            }
+            return self.record.sync();
+        }
+        let _all = self.record.lock_all_chunks()?;
+        for chunk in 0..self.record.chunks() {
+            self.record.set(chunk, ABSENT);
+        }
+        self.counters.failures.fetch_add(1, Ordering::Relaxed);
+        let err = ChunkCacheError::DigestMismatch {
+            digest: self.spec.digest.clone(),
+            actual: format!("sha256:{actual}"),
+        };
+        tracing::error!(blob = %self.what(), "{err}");
+        Err(err)
+    }
+}
+
+impl ChunkGate for CachedBlob {
+    fn ensure(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.ensure_range(offset, len).map_err(io::Error::from)
+    }
+}

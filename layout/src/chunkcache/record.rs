@@ -1,0 +1,372 @@
+//! The durable record of which chunks of a cached blob are present and
+//! verified: a small file beside the blob, one byte per chunk after a
+//! header, mapped `MAP_SHARED` so that every process serving from the cache
+//! sees a chunk the moment another one has filled it.
+//!
+//! Layout (little-endian):
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 0..8 | magic `OCIDCHK1` |
+//! | 8..12 | format version (1) |
+//! | 12..16 | reserved, zero |
+//! | 16..24 | blob size |
+//! | 24..32 | chunk size |
+//! | 32..64 | reserved, zero |
+//! | 64.. | one state byte per chunk ([`ABSENT`], [`VERIFIED`], [`PRESENT`]) |
+//!
+//! Byte `64 + i` is also what fillers of chunk `i` lock (an OFD byte-range
+//! lock, which belongs to an open file description: each locker opens the
+//! file anew, so threads of one process exclude each other as processes
+//! do). Byte 0 is locked while the record is created; byte 1 while a blob
+//! without chunk hashes is checked whole.
+
+use super::ChunkCacheError;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// The chunk's bytes are not in the blob file (or may be torn).
+pub const ABSENT: u8 = 0;
+/// The chunk's bytes are in the blob file, durably, and matched its chunk
+/// hash or the whole blob's digest.
+pub const VERIFIED: u8 = 1;
+/// The chunk's bytes are in the blob file, durably, but nothing has
+/// checked them yet (a blob without chunk hashes, not yet checked whole).
+pub const PRESENT: u8 = 2;
+
+const MAGIC: &[u8; 8] = b"OCIDCHK1";
+const VERSION: u32 = 1;
+/// Size of the header before the state bytes.
+pub const HEADER_LEN: u64 = 64;
+/// Locked while the record and blob file are created.
+const INIT_LOCK: u64 = 0;
+/// Locked while a blob is checked whole.
+pub const WHOLE_LOCK: u64 = 1;
+
+/// An open, mapped record.
+pub struct Record {
+    path: PathBuf,
+    map: *mut u8,
+    map_len: usize,
+    chunks: u64,
+    chunk_size: u64,
+}
+
+// SAFETY: the mapping is only accessed through atomic loads and stores of
+// single bytes (see `state` and `set`), which are sound from any thread;
+// the pointer stays valid until `drop` unmaps it.
+unsafe impl Send for Record {}
+// SAFETY: as for `Send`: shared access is atomic byte access only.
+unsafe impl Sync for Record {}
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("path", &self.path)
+            .field("chunks", &self.chunks)
+            .field("chunk_size", &self.chunk_size)
+            .finish()
+    }
+}
+
+fn io_err<'p>(path: &'p Path, op: &'static str) -> impl FnOnce(io::Error) -> ChunkCacheError + 'p {
+    move |source| ChunkCacheError::Io {
+        path: path.to_owned(),
+        op,
+        source,
+    }
+}
+
+/// The header as bytes.
+fn header(size: u64, chunk_size: u64) -> [u8; HEADER_LEN as usize] {
+    let mut h = [0u8; HEADER_LEN as usize];
+    h[0..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&size.to_le_bytes());
+    h[24..32].copy_from_slice(&chunk_size.to_le_bytes());
+    h
+}
+
+fn le64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+impl Record {
+    /// Opens the record at `path` for a blob of `size` bytes, creating it
+    /// (and sizing `data`, the blob file, to `size`) if it does not exist
+    /// yet. `chunk_size`: what the caller wants; `None` takes the existing
+    /// record's (or `default_chunk`). A record made for another size or
+    /// chunk size is an error naming the file.
+    pub fn open(
+        path: &Path,
+        data: &Path,
+        size: u64,
+        chunk_size: Option<u64>,
+        default_chunk: u64,
+    ) -> Result<Record, ChunkCacheError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o644)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(io_err(path, "opening the chunk record"))?;
+        // The lock has an open file description of its own: the mapping
+        // below keeps its file's description alive (and an OFD lock with
+        // it) for as long as it exists.
+        let lock = ByteLock::acquire(file, path, INIT_LOCK, 1)?;
+        let file = &OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(io_err(path, "opening the chunk record"))?;
+        let mut head = [0u8; HEADER_LEN as usize];
+        let len = file
+            .metadata()
+            .map_err(io_err(path, "inspecting the chunk record"))?
+            .len();
+        let n = if len >= HEADER_LEN {
+            file.read_exact_at(&mut head, 0)
+                .map_err(io_err(path, "reading the chunk record"))?;
+            HEADER_LEN
+        } else {
+            0
+        };
+        let (size_found, chunk_found) = if n == HEADER_LEN && head[0..8] != [0u8; 8] {
+            if &head[0..8] != MAGIC {
+                return Err(ChunkCacheError::BadRecord {
+                    path: path.to_owned(),
+                    why: "not a chunk record (bad magic)".to_owned(),
+                });
+            }
+            let version = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+            if version != VERSION {
+                return Err(ChunkCacheError::BadRecord {
+                    path: path.to_owned(),
+                    why: format!("format version {version}; this reader understands {VERSION}"),
+                });
+            }
+            (le64(&head[16..24]), le64(&head[24..32]))
+        } else {
+            // New, or left empty by a creator that died before its one
+            // header write: (re)initialize under the lock. Every state byte
+            // starts absent; the blob file is sized (sparse) to the blob.
+            let chunk = chunk_size.unwrap_or(default_chunk);
+            if chunk == 0 {
+                return Err(ChunkCacheError::BadRecord {
+                    path: path.to_owned(),
+                    why: "chunk size 0".to_owned(),
+                });
+            }
+            let chunks = size.div_ceil(chunk);
+            let data_file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .mode(0o644)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(data)
+                .map_err(io_err(data, "creating the cached blob"))?;
+            data_file
+                .set_len(size)
+                .map_err(io_err(data, "sizing the cached blob"))?;
+            data_file
+                .sync_all()
+                .map_err(io_err(data, "syncing the cached blob"))?;
+            file.set_len(HEADER_LEN + chunks)
+                .map_err(io_err(path, "sizing the chunk record"))?;
+            file.write_all_at(&header(size, chunk), 0)
+                .map_err(io_err(path, "writing the chunk record"))?;
+            file.sync_all()
+                .map_err(io_err(path, "syncing the chunk record"))?;
+            if let Some(dir) = path.parent() {
+                // The directory entries of both files.
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err(dir, "syncing the cache directory"))?;
+            }
+            (size, chunk)
+        };
+        if size_found != size {
+            return Err(ChunkCacheError::BadRecord {
+                path: path.to_owned(),
+                why: format!("made for a blob of {size_found} bytes, not {size}"),
+            });
+        }
+        if chunk_found == 0 || chunk_size.is_some_and(|c| c != chunk_found) {
+            return Err(ChunkCacheError::BadRecord {
+                path: path.to_owned(),
+                why: format!(
+                    "chunk size {chunk_found}; this blob's chunk hashes need {}",
+                    chunk_size.unwrap_or(0)
+                ),
+            });
+        }
+        let chunks = size.div_ceil(chunk_found);
+        let want_len = HEADER_LEN + chunks;
+        let len = file
+            .metadata()
+            .map_err(io_err(path, "inspecting the chunk record"))?
+            .len();
+        if len != want_len {
+            return Err(ChunkCacheError::BadRecord {
+                path: path.to_owned(),
+                why: format!("{len} bytes long; {chunks} chunks need {want_len}"),
+            });
+        }
+        let data_len = std::fs::metadata(data)
+            .map_err(io_err(data, "inspecting the cached blob"))?
+            .len();
+        if data_len != size {
+            return Err(ChunkCacheError::BadRecord {
+                path: data.to_owned(),
+                why: format!("cached blob is {data_len} bytes, not {size}"),
+            });
+        }
+        let map_len = want_len as usize;
+        // SAFETY: a fresh shared mapping of a file we hold open, of exactly
+        // its length (checked above under the creation lock); no Rust
+        // reference to the memory exists yet.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return Err(io_err(path, "mapping the chunk record")(
+                io::Error::last_os_error(),
+            ));
+        }
+        drop(lock);
+        Ok(Record {
+            path: path.to_owned(),
+            map: map.cast(),
+            map_len,
+            chunks,
+            chunk_size: chunk_found,
+        })
+    }
+
+    /// The record file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How many chunks the blob has.
+    pub fn chunks(&self) -> u64 {
+        self.chunks
+    }
+
+    /// The chunk size.
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+
+    fn byte(&self, chunk: u64) -> &AtomicU8 {
+        assert!(chunk < self.chunks, "chunk {chunk} of {}", self.chunks);
+        // SAFETY: the index is within the mapping (checked above), which
+        // lives as long as `self`; AtomicU8 has the layout of u8, and every
+        // process touches these bytes only with single-byte atomic accesses.
+        unsafe { &*(self.map.add((HEADER_LEN + chunk) as usize) as *const AtomicU8) }
+    }
+
+    /// The state of `chunk` ([`ABSENT`], [`VERIFIED`], [`PRESENT`]; any other
+    /// value is read as absent).
+    pub fn state(&self, chunk: u64) -> u8 {
+        match self.byte(chunk).load(Ordering::Acquire) {
+            s @ (VERIFIED | PRESENT) => s,
+            _ => ABSENT,
+        }
+    }
+
+    /// Sets the state of `chunk`. Callers hold the chunk's lock, and have
+    /// made its bytes durable before they mark it present or verified.
+    pub fn set(&self, chunk: u64, state: u8) {
+        self.byte(chunk).store(state, Ordering::Release);
+    }
+
+    /// Locks chunk `chunk` against every other filler on the host (waits).
+    pub fn lock_chunk(&self, chunk: u64) -> Result<ByteLock, ChunkCacheError> {
+        self.lock(HEADER_LEN + chunk, 1)
+    }
+
+    /// Locks every chunk at once (waits).
+    pub fn lock_all_chunks(&self) -> Result<ByteLock, ChunkCacheError> {
+        self.lock(HEADER_LEN, self.chunks.max(1))
+    }
+
+    /// Locks byte `at` of the header (waits).
+    pub fn lock(&self, at: u64, len: u64) -> Result<ByteLock, ChunkCacheError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&self.path)
+            .map_err(io_err(&self.path, "opening the chunk record"))?;
+        ByteLock::acquire(file, &self.path, at, len)
+    }
+
+    /// Makes the state bytes durable (a lost state byte only costs a fetch
+    /// again; this keeps restarts after a host crash from refetching).
+    pub fn sync(&self) -> Result<(), ChunkCacheError> {
+        // SAFETY: the mapping is ours and `map_len` long.
+        let rc = unsafe { libc::msync(self.map.cast(), self.map_len, libc::MS_ASYNC) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io_err(&self.path, "syncing the chunk record")(
+                io::Error::last_os_error(),
+            ))
+        }
+    }
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping; no reference to it outlives
+        // `self` (`byte` borrows `self`).
+        unsafe {
+            libc::munmap(self.map.cast(), self.map_len);
+        }
+    }
+}
+
+/// An OFD write lock on a byte range of a record, held by its own open
+/// file description; released when dropped (or when the process dies).
+pub struct ByteLock {
+    _file: File,
+}
+
+impl ByteLock {
+    fn acquire(file: File, path: &Path, at: u64, len: u64) -> Result<ByteLock, ChunkCacheError> {
+        // SAFETY: flock is plain old data; all-zero is a valid value.
+        let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+        fl.l_type = libc::F_WRLCK as libc::c_short;
+        fl.l_whence = libc::SEEK_SET as libc::c_short;
+        fl.l_start = at as libc::off_t;
+        fl.l_len = len as libc::off_t;
+        loop {
+            // SAFETY: fcntl on a descriptor we own with a valid flock.
+            let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLKW, &fl) };
+            if rc == 0 {
+                return Ok(ByteLock { _file: file });
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(io_err(path, "locking the chunk record")(e));
+            }
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The record's states and the fill protocol within one process; the
+//! cross-process cases (one fetch for ten processes, a filler killed
+//! mid-chunk) are in tests/tests/chunk_cache.rs.
+
+use super::record::{Record, ABSENT, PRESENT, VERIFIED};
+use super::*;
+use crate::cache::hex;
+use sha2::{Digest as _, Sha256};
+use std::io;
+use std::os::unix::fs::FileExt as _;
+use std::sync::atomic::AtomicU32;
+use std::sync::Mutex;
+
+/// A blob in memory, with faults to inject per attempt.
+#[derive(Debug, Default)]
+struct MemFetch {
+    data: Vec<u8>,
+    calls: AtomicU32,
+    /// What the next calls do, front first: `Some(err)` fails, `None`
+    /// corrupts the bytes; once empty, calls succeed.
+    faults: Mutex<Vec<Option<FetchError>>>,
+}
+
+impl ChunkFetch for MemFetch {
+    fn fetch(&self, offset: u64, buf: &mut [u8]) -> Result<(), FetchError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let start = offset as usize;
+        buf.copy_from_slice(&self.data[start..start + buf.len()]);
+        let mut faults = self.faults.lock().unwrap();
+        if faults.is_empty() {
+            return Ok(());
+        }
+        match faults.remove(0) {
+            Some(e) => Err(e),
+            None => {
+                buf[0] ^= 0xff;
+                Ok(())
+            }
+        }
+    }
+}
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+fn spec(data: &[u8], chunk: u64, hashed: bool) -> BlobSpec {
+    BlobSpec {
+        digest: format!("sha256:{}", hex(&Sha256::digest(data))),
+        size: data.len() as u64,
+        chunk_hashes: hashed.then(|| ChunkHashes {
+            chunk_size: chunk,
+            hashes: data
+                .chunks(chunk as usize)
+                .map(|c| Sha256::digest(c).into())
+                .collect(),
+        }),
+        name: "payload \"system\"".to_owned(),
+    }
+}
+
+fn quick() -> ChunkCacheSettings {
+    ChunkCacheSettings {
+        max_attempts: 3,
+        retry_delay: Duration::from_millis(1),
+        ..ChunkCacheSettings::default()
+    }
+}
+
+fn fetcher(data: &[u8]) -> Arc<MemFetch> {
+    Arc::new(MemFetch {
+        data: data.to_vec(),
+        ..MemFetch::default()
+    })
+}
+
+#[test]
+fn record_is_created_once_and_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rec, dat) = (dir.path().join("r"), dir.path().join("d"));
+    let r = Record::open(&rec, &dat, 10_000, Some(4096), 1 << 20).unwrap();
+    assert_eq!((r.chunks(), r.chunk_size()), (3, 4096));
+    assert_eq!(std::fs::metadata(&dat).unwrap().len(), 10_000);
+    assert_eq!(r.state(1), ABSENT);
+    {
+        let _l = r.lock_chunk(1).unwrap();
+        r.set(1, VERIFIED);
+        r.set(2, PRESENT);
+    }
+    // A second mapping (as another process would have) sees the states,
+    // and adopts the record's chunk size when it has no hashes.
+    let again = Record::open(&rec, &dat, 10_000, None, 1 << 20).unwrap();
+    assert_eq!(
+        (again.state(0), again.state(1), again.state(2)),
+        (ABSENT, VERIFIED, PRESENT)
+    );
+    again.set(0, VERIFIED);
+    assert_eq!(r.state(0), VERIFIED);
+    // An unknown state byte reads as absent.
+    again.set(0, 77);
+    assert_eq!(r.state(0), ABSENT);
+    drop((r, again));
+
+    let e = Record::open(&rec, &dat, 10_001, None, 1 << 20).unwrap_err();
+    assert!(e.to_string().contains("10000 bytes, not 10001"), "{e}");
+    let e = Record::open(&rec, &dat, 10_000, Some(1 << 20), 1 << 20).unwrap_err();
+    assert!(e.to_string().contains("chunk size 4096"), "{e}");
+    std::fs::write(
+        &rec,
+        b"garbage garbage garbage garbage garbage garbage garbage garbage!!",
+    )
+    .unwrap();
+    let e = Record::open(&rec, &dat, 10_000, None, 1 << 20).unwrap_err();
+    assert!(e.to_string().contains("bad magic"), "{e}");
+}
+
+#[test]
+fn hashed_chunks_are_fetched_once_and_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ChunkCache::new(dir.path(), quick());
+    let d = data(10_000);
+    let f = fetcher(&d);
+    let blob = cache.open_blob(spec(&d, 4096, true), f.clone()).unwrap();
+    let file = blob.blob_file().unwrap();
+    assert!(file.is_gated());
+    let mut buf = vec![0u8; 100];
+    file.ensure(5000, 100).unwrap();
+    file.file().read_exact_at(&mut buf, 5000).unwrap();
+    assert_eq!(buf, d[5000..5100]);
+    assert_eq!(f.calls.load(Ordering::SeqCst), 1);
+    file.ensure(4096, 4096).unwrap();
+    assert_eq!(f.calls.load(Ordering::SeqCst), 1);
+    let s = blob.status();
+    assert_eq!((s.chunks, s.verified, s.present), (3, 1, 0));
+    let t = cache.counters().totals();
+    assert_eq!((t.fetches, t.bytes, t.hits, t.misses), (1, 4096, 1, 1));
+    // A second cache on the same directory (another process) sees it.
+    let other = ChunkCache::new(dir.path(), quick());
+    let f2 = fetcher(&d);
+    let b2 = other.open_blob(spec(&d, 4096, true), f2.clone()).unwrap();
+    b2.ensure_range(4096, 1).unwrap();
+    assert_eq!(f2.calls.load(Ordering::SeqCst), 0);
+    b2.fetch_all().unwrap();
+    assert_eq!(f2.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(std::fs::read(blob.path()).unwrap(), d);
+    let e = b2.ensure_range(9_999, 2).unwrap_err();
+    assert!(matches!(e, ChunkCacheError::OutOfRange { .. }), "{e}");
+}
+
+#[test]
+fn faults_are_retried_within_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ChunkCache::new(dir.path(), quick());
+    let d = data(8192);
+    let f = fetcher(&d);
+    let blob = cache.open_blob(spec(&d, 4096, true), f.clone()).unwrap();
+    // Two bad attempts (an error, wrong bytes), then a good one.
+    *f.faults.lock().unwrap() = vec![Some(FetchError::Transient("503".into())), None];
+    blob.ensure_range(0, 10).unwrap();
+    assert_eq!(f.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(cache.counters().totals().retries, 2);
+    // Three bad attempts: the read fails, naming blob and range, and the
+    // chunk stays absent (nothing was written).
+    *f.faults.lock().unwrap() = vec![None, None, None];
+    let e = blob.ensure_range(4096, 10).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains(&blob.spec().digest), "{msg}");
+    assert!(msg.contains("bytes 4096..8192"), "{msg}");
+    assert!(msg.contains("after 3 attempt(s)"), "{msg}");
+    assert!(msg.contains("wrong bytes"), "{msg}");
+    let mut buf = [1u8; 16];
+    blob.blob_file()
+        .unwrap()
+        .file()
+        .read_exact_at(&mut buf, 4096)
+        .unwrap();
+    assert_eq!(buf, [0u8; 16], "nothing unverified was written");
+    // A permanent error is not retried.
+    *f.faults.lock().unwrap() = vec![Some(FetchError::Permanent("404".into()))];
+    let before = f.calls.load(Ordering::SeqCst);
+    let e = blob.ensure_range(4096, 10).unwrap_err();
+    assert!(e.to_string().contains("after 1 attempt(s): 404"), "{e}");
+    assert_eq!(f.calls.load(Ordering::SeqCst), before + 1);
+    // The fault is gone: the next read fetches it.
+    blob.ensure_range(4096, 10).unwrap();
+    assert_eq!(blob.status().verified, 2);
+    // Through the gate, the error is an io::Error with the same words.
+    let io = io::Error::from(ChunkCacheError::BadSpec {
+        digest: "d".into(),
+        why: "w".into(),
+    });
+    assert_eq!(io.to_string(), "blob d: w");
+}
+
+#[test]
+fn unhashed_blobs_are_served_only_once_checked_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(3 * DEFAULT_CHUNK_SIZE as usize + 5);
+    let cache = ChunkCache::new(dir.path(), quick());
+    let f = fetcher(&d);
+    let blob = cache.open_blob(spec(&d, 0, false), f.clone()).unwrap();
+    assert_eq!(blob.chunk_size(), DEFAULT_CHUNK_SIZE);
+    // One byte asked: the whole blob is fetched and checked first.
+    blob.ensure_range(10, 1).unwrap();
+    assert_eq!(f.calls.load(Ordering::SeqCst), 4);
+    assert_eq!(blob.status().verified, 4);
+
+    // Wrong bytes in a blob without chunk hashes: found only whole, and
+    // then every chunk is absent again.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ChunkCache::new(dir.path(), quick());
+    let f = fetcher(&d);
+    *f.faults.lock().unwrap() = vec![None];
+    let blob = cache.open_blob(spec(&d, 0, false), f.clone()).unwrap();
+    let e = blob.ensure_range(0, 1).unwrap_err();
+    assert!(matches!(e, ChunkCacheError::DigestMismatch { .. }), "{e}");
+    assert_eq!(blob.status().present + blob.status().verified, 0);
+    blob.ensure_range(0, 1).unwrap();
+
+    // Trusted: a chunk is served as soon as it is present; a later opener
+    // with chunk hashes verifies present chunks without fetching them.
+    let dir = tempfile::tempdir().unwrap();
+    let trusting = ChunkCache::new(
+        dir.path(),
+        ChunkCacheSettings {
+            trust_unverified: true,
+            ..quick()
+        },
+    );
+    let f = fetcher(&d);
+    let blob = trusting.open_blob(spec(&d, 0, false), f.clone()).unwrap();
+    blob.ensure_range(DEFAULT_CHUNK_SIZE, 1).unwrap();
+    assert_eq!(f.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(blob.status().present, 1);
+    let strict = ChunkCache::new(dir.path(), quick());
+    let f2 = fetcher(&d);
+    let hashed = strict
+        .open_blob(spec(&d, DEFAULT_CHUNK_SIZE, true), f2.clone())
+        .unwrap();
+    hashed.ensure_range(DEFAULT_CHUNK_SIZE, 1).unwrap();
+    assert_eq!(f2.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(hashed.status().verified, 1);
+}
+
+#[test]
+fn bad_specs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ChunkCache::new(dir.path(), quick());
+    let d = data(100);
+    let mut s = spec(&d, 10, true);
+    s.digest = "sha256:XYZ".into();
+    let e = cache.open_blob(s, fetcher(&d)).unwrap_err();
+    assert!(e.to_string().contains("64 lower-case hex"), "{e}");
+    let mut s = spec(&d, 10, true);
+    s.size = 101;
+    let e = cache.open_blob(s, fetcher(&d)).unwrap_err();
+    assert!(e.to_string().contains("10 chunk hashes"), "{e}");
+}
