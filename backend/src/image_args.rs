@@ -38,9 +38,39 @@ pub struct ImageArgs {
     /// (default `$XDG_CACHE_HOME/ocidisk`).
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
-    /// Also check every payload's digest and chunk hashes.
+    /// How payloads are checked: `full` hashes every layer at start (bare
+    /// `--verify` means full), `lazy` checks each 1 MiB chunk of a Monogon
+    /// payload against its chunk hash the first time it is read (a chunk
+    /// that fails gives the guest an I/O error, never its bytes), `none`
+    /// trusts the files. [default: lazy for serve, none otherwise]
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "full"
+    )]
+    pub verify: Option<VerifyMode>,
+    /// With `--verify=lazy`: serve layers that carry no chunk hashes
+    /// without first checking their digest in full.
     #[arg(long)]
-    pub verify: bool,
+    pub trust_unverified: bool,
+    /// The mode when `--verify` is not given (set by the command).
+    #[arg(skip = VerifyMode::None)]
+    pub default_verify: VerifyMode,
+}
+
+/// How payloads are verified (`--verify`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum VerifyMode {
+    /// Trust the blobs (the manifest and config are always checked).
+    #[default]
+    None,
+    /// Check each chunk on its first read.
+    Lazy,
+    /// Hash every layer at start.
+    Full,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -50,9 +80,12 @@ fn parse_size(s: &str) -> Result<u64, String> {
 impl ImageArgs {
     /// Opens the image and reads the layout description.
     pub fn open(&self) -> anyhow::Result<(Image, LayoutSpec)> {
+        let mode = self.verify.unwrap_or(self.default_verify);
         let opts = OpenOptions {
             reference: self.reference.clone(),
-            verify: self.verify,
+            verify: mode == VerifyMode::Full,
+            lazy: mode == VerifyMode::Lazy,
+            trust_unverified: self.trust_unverified,
             cache_dir: self.cache.clone(),
         };
         let image = Image::open(&self.image, &opts)

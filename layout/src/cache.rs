@@ -111,25 +111,25 @@ impl Compressed<'_> {
         match self {
             // A shared `&File` reads from the file's own position; nothing
             // else reads through this descriptor while it is decompressed.
-            Compressed::File(f) => Box::new(ReadFromStart {
-                file: f.file(),
-                pos: 0,
-            }),
+            Compressed::File(f) => Box::new(ReadFromStart { file: f, pos: 0 }),
             Compressed::Bytes(b) => Box::new(*b),
         }
     }
 }
 
 /// Reads a shared file from offset 0 with `pread`, leaving its position alone.
+/// A gated blob (a registry blob in the chunk cache) passes its gate first.
 struct ReadFromStart<'a> {
-    file: &'a File,
+    file: &'a BlobFile,
     pos: u64,
 }
 
 impl Read for ReadFromStart<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         use std::os::unix::fs::FileExt as _;
-        let n = self.file.read_at(buf, self.pos)?;
+        let want = (buf.len() as u64).min(self.file.len().saturating_sub(self.pos));
+        self.file.ensure(self.pos, want)?;
+        let n = self.file.file().read_at(buf, self.pos)?;
         self.pos += n as u64;
         Ok(n)
     }

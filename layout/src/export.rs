@@ -68,6 +68,13 @@ pub fn write_raw(map: &BlockMap, out: &File) -> Result<ExportStats, ExportError>
                 stats.copied_in_memory += extent.len;
             }
             Source::File { file, offset } => {
+                // copy_file_range bypasses the map's readers: pass the
+                // gate first (lazy verification, a cache blob's fetch).
+                file.ensure(*offset, extent.len)
+                    .map_err(|source| ExportError::Read {
+                        path: file.path().to_owned(),
+                        source,
+                    })?;
                 let how = copy_range(file.file(), *offset, out, extent.start, extent.len).map_err(
                     |e| match e {
                         CopyError::Truncated { at, missing } => ExportError::Truncated {

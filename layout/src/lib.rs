@@ -21,6 +21,7 @@ pub mod compose;
 pub mod export;
 pub mod fat32;
 pub mod gpt;
+pub mod lazy_verify;
 pub mod monogon;
 pub mod oci;
 pub mod source;

@@ -77,6 +77,19 @@ impl BlobFile {
         })
     }
 
+    /// The same file through a second descriptor (sharing the open file
+    /// description), without a gate or an `O_DIRECT` twin: to give the
+    /// file a gate when the first is shared already.
+    pub fn try_clone(&self) -> io::Result<BlobFile> {
+        Ok(BlobFile {
+            file: self.file.try_clone()?,
+            direct: OnceLock::new(),
+            path: self.path.clone(),
+            len: self.len,
+            gate: None,
+        })
+    }
+
     /// The same file, read only through `gate` from now on.
     pub fn with_gate(mut self, gate: Arc<dyn ChunkGate>) -> BlobFile {
         self.gate = Some(gate);

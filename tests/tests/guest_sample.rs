@@ -22,6 +22,7 @@ fn sample_image_boots_and_its_data_partition_persists() {
             reference: Some(SAMPLE_REF.to_string()),
             verify: true,
             cache_dir: Some(dir.path().join("cache")),
+            ..layout::oci::OpenOptions::default()
         },
     )
     .unwrap();

@@ -27,11 +27,13 @@ pub use select::MAX_DEPTH;
 
 use crate::cache::{Cache, Compressed, ZstdLayer};
 use crate::monogon::{self, Config};
-use crate::source::Content;
+use crate::lazy_verify::PayloadGate;
+use crate::source::{Content, Source};
 use blob::{parse_json, read_file, sha256_hex, Blobs};
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, OciLayout};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// The only `imageLayoutVersion` understood.
 pub const LAYOUT_VERSION: &str = "1.0.0";
@@ -59,6 +61,14 @@ pub struct OpenOptions {
     /// Also hash every layer in full (its digest, and for Monogon images
     /// every chunk hash).
     pub verify: bool,
+    /// Check each chunk of a Monogon payload against its chunk hash the
+    /// first time it is read (see [`crate::lazy_verify`]); layers without
+    /// chunk hashes are then hashed in full at open, unless
+    /// `trust_unverified`. Ignored with `verify`.
+    pub lazy: bool,
+    /// With `lazy`: serve layers that have no chunk hashes without
+    /// checking their digest first.
+    pub trust_unverified: bool,
     /// Where decompressed zstd layers are kept. `None` =
     /// `$XDG_CACHE_HOME/ocidisk`, else `$HOME/.cache/ocidisk`.
     pub cache_dir: Option<PathBuf>,
@@ -202,9 +212,18 @@ impl Image {
             let payload = monogon.as_ref().and_then(|c| c.payloads.get(index));
             let (layer, what, blob, compressed) =
                 open_layer(&blobs, index, desc, payload, opts, &mut cache)?;
-            if opts.verify {
+            let hashed = payload.is_some_and(|p| !p.chunk_hashes.is_empty());
+            let empty = layer.content.len == 0;
+            let whole = opts.verify || (opts.lazy && !hashed && !empty && !opts.trust_unverified);
+            if whole {
                 let hex = desc.digest().digest();
                 verify::layer(&what, hex, &blob, &layer.content, compressed, payload)?;
+            }
+            let mut layer = layer;
+            if opts.lazy && !opts.verify {
+                if let Some(p) = payload.filter(|_| hashed) {
+                    layer.content = lazy_gate(&layer.content, p)?;
+                }
             }
             layers.push(layer);
         }
@@ -302,6 +321,23 @@ impl Image {
     pub fn monogon(&self) -> Option<&Config> {
         self.monogon.as_ref()
     }
+}
+
+/// The same content read through a [`PayloadGate`] that checks each chunk
+/// on its first read. Inline payloads were checked against their digest
+/// when decoded.
+fn lazy_gate(content: &Content, payload: &monogon::Payload) -> Result<Content, ImageError> {
+    let Source::File { file, offset: 0 } = &content.source else {
+        return Ok(content.clone());
+    };
+    let io = |source| ImageError::Io {
+        path: file.path().to_owned(),
+        op: "opening for lazy verification",
+        source,
+    };
+    let gate = PayloadGate::new(payload, file.file().try_clone().map_err(io)?, file.path());
+    let gated = file.try_clone().map_err(io)?.with_gate(Arc::new(gate));
+    Ok(Content::file(Arc::new(gated)))
 }
 
 /// Checks one layer's blob and makes its uncompressed bytes available.

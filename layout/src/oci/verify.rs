@@ -18,6 +18,12 @@ fn for_each_block(
     len: u64,
     mut f: impl FnMut(&[u8]) -> Result<(), ImageError>,
 ) -> Result<(), ImageError> {
+    // A gated file (a cache blob) may not hold its bytes yet.
+    file.ensure(0, len).map_err(|source| ImageError::Io {
+        path: file.path().to_owned(),
+        op: "reading",
+        source,
+    })?;
     let mut buf = vec![0u8; BLOCK];
     let mut pos = 0u64;
     while pos < len {
