@@ -26,8 +26,8 @@ pub use error::ImageError;
 pub use select::MAX_DEPTH;
 
 use crate::cache::{Cache, Compressed, ZstdLayer};
-use crate::monogon::{self, Config};
 use crate::lazy_verify::PayloadGate;
+use crate::monogon::{self, Config};
 use crate::source::{Content, Source};
 use blob::{parse_json, read_file, sha256_hex, Blobs};
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, OciLayout};
