@@ -14,7 +14,7 @@ use std::io;
 use std::ops::Range;
 use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,6 +33,10 @@ pub struct CachedBlob {
     fetch: Arc<dyn ChunkFetch>,
     settings: ChunkCacheSettings,
     counters: Arc<FetchCounters>,
+    /// Chunks this process has already counted (as a hit, or fetched):
+    /// the read path counts a hit once per chunk, so that it stays an
+    /// atomic load after that instead of a shared counter's increment.
+    seen: Box<[AtomicBool]>,
 }
 
 /// How much of a blob is in the cache.
@@ -103,7 +107,11 @@ impl CachedBlob {
                 op: "opening the cached blob",
                 source,
             })?;
+        let seen = (0..record.chunks())
+            .map(|_| AtomicBool::new(false))
+            .collect();
         Ok(Arc::new(CachedBlob {
+            seen,
             spec,
             hex,
             data_path,
@@ -187,7 +195,10 @@ impl CachedBlob {
         let cs = self.record.chunk_size();
         for chunk in offset / cs..end.div_ceil(cs) {
             if self.readable(self.record.state(chunk)) {
-                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                let seen = &self.seen[chunk as usize];
+                if !seen.load(Ordering::Relaxed) && !seen.swap(true, Ordering::Relaxed) {
+                    self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                }
                 continue;
             }
             self.counters.misses.fetch_add(1, Ordering::Relaxed);
@@ -250,6 +261,7 @@ impl CachedBlob {
             }
         }
         self.fetch_checked(chunk, &range, &mut buf)?;
+        self.seen[chunk as usize].store(true, Ordering::Relaxed);
         // Durable before the byte says so: a crash between the two leaves
         // the chunk absent, never a set byte over missing data.
         self.data

@@ -134,7 +134,8 @@ pub struct FetchCounters {
     pub retries: AtomicU64,
     /// Chunks that could not be fetched (a read of them failed).
     pub failures: AtomicU64,
-    /// Chunks a read found ready in the cache.
+    /// Chunks this process found ready in the cache (each counted once:
+    /// a second node that fetches nothing shows only hits).
     pub hits: AtomicU64,
     /// Chunks a read found missing (it fetched them or waited for another
     /// process that did).
