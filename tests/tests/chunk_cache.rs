@@ -338,3 +338,41 @@ fn faults_are_retried_then_fail_never_serving_wrong_bytes() {
     assert_eq!(std::fs::read(blob.path()).unwrap(), f.data);
     blob.prefetch(&[4 * CHUNK..SIZE + 100, 0..1]).unwrap();
 }
+
+#[test]
+fn a_block_map_over_a_cached_blob_fetches_what_it_reads() {
+    let f = Fixture::new();
+    let cache = ChunkCache::new(f.path("cache"), settings());
+    let fetch = f.fetcher(Duration::ZERO, vec![]);
+    let blob = cache.open_blob(spec(&f.data), fetch.clone()).unwrap();
+    let file = Arc::new(blob.blob_file().unwrap());
+    let disk = SIZE + 2 * CHUNK;
+    let mut b = layout::BlockMapBuilder::new(disk);
+    b.place("blob", CHUNK, layout::Content::file(file));
+    let map = b.build().unwrap();
+    // The map's own read path (the sync engine's) fetches chunk 2 only.
+    let mut buf = vec![0u8; 4096];
+    map.read_at(CHUNK + 2 * CHUNK + 100, &mut buf).unwrap();
+    assert!(buf == f.data[(2 * CHUNK + 100) as usize..][..4096]);
+    assert_eq!(fetch.calls.load(Ordering::SeqCst), 1);
+    // export's copy_file_range passes the gate too: the whole blob.
+    let out = tempfile::tempfile().unwrap();
+    layout::export::write_raw(&map, &out).unwrap();
+    let mut got = vec![0u8; SIZE as usize];
+    out.read_exact_at(&mut got, CHUNK).unwrap();
+    assert!(got == f.data, "export differs");
+    assert_eq!(fetch.calls.load(Ordering::SeqCst), 5);
+    // A remote that fails: the map's read fails naming blob and range.
+    let bad = ChunkCache::new(f.path("other-cache"), settings());
+    let failing = f.fetcher(Duration::ZERO, vec![Fault::Fail; 3]);
+    let blob = bad.open_blob(spec(&f.data), failing).unwrap();
+    let mut b = layout::BlockMapBuilder::new(disk);
+    b.place(
+        "blob",
+        CHUNK,
+        layout::Content::file(Arc::new(blob.blob_file().unwrap())),
+    );
+    let map = b.build().unwrap();
+    let e = map.read_at(CHUNK, &mut buf).unwrap_err().to_string();
+    assert!(e.contains("bytes 0..1048576") && e.contains("503"), "{e}");
+}
