@@ -22,27 +22,7 @@ use std::time::{Duration, Instant};
 
 /// The `ocidisk` binary of this workspace, built if needed.
 fn ocidisk() -> PathBuf {
-    if let Some(p) = std::env::var_os("OCIDISK_BIN") {
-        return p.into();
-    }
-    // target/<profile>/deps/<this test> -> target/<profile>/ocidisk
-    let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("ocidisk"))
-        .expect("target directory");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "-q", "-p", "ocidisk", "--bin", "ocidisk"])
-        .status()
-        .expect("running cargo build -p ocidisk");
-    assert!(status.success(), "cargo build -p ocidisk failed");
-    assert!(
-        bin.exists(),
-        "ocidisk binary not found at {}",
-        bin.display()
-    );
-    bin
+    ocidisk_tests::blkio_client::ocidisk_binary().expect("the ocidisk binary")
 }
 
 fn run(args: &[&str]) -> Output {

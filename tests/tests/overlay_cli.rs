@@ -7,16 +7,7 @@ use std::process::Command;
 
 /// The `ocidisk` binary of this workspace, built if needed.
 fn ocidisk() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "ocidisk", "--bin", "ocidisk"])
-        .status()
-        .expect("running cargo build");
-    assert!(status.success(), "building ocidisk failed");
-    // target/debug/deps/<test> -> target/debug/ocidisk
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("ocidisk");
-    assert!(bin.exists(), "{} is missing", bin.display());
-    bin
+    ocidisk_tests::blkio_client::ocidisk_binary().expect("the ocidisk binary")
 }
 
 fn identity() -> blockio::BaseIdentity {
