@@ -82,7 +82,7 @@ impl CachedBlob {
                 )));
             }
         }
-        let (data_path, record_path) = cache.paths(&hex);
+        let (data_path, record_path) = cache.paths(&spec);
         if let Some(dir) = data_path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| ChunkCacheError::Io {
                 path: dir.to_owned(),

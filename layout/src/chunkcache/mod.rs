@@ -33,6 +33,7 @@ pub mod record;
 pub use blob::{BlobStatus, CachedBlob};
 pub use fetch::{ChunkFetch, FetchError};
 
+use sha2::{Digest as _, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -226,10 +227,31 @@ impl ChunkCache {
         &self.settings
     }
 
-    /// Where a blob with this digest's hex is kept, and its record.
-    pub fn paths(&self, hex: &str) -> (PathBuf, PathBuf) {
+    /// Where `spec`'s blob is kept, and its record: `chunks/sha256/HEX`
+    /// for a blob checked against its digest only, `HEX.hID` for one
+    /// checked against chunk hashes, where ID names the hash list.
+    ///
+    /// A chunk marked verified was checked against the list its record was
+    /// made with, and the list comes from an image's config, not from the
+    /// blob's digest. Keying by the list too keeps one image's (possibly
+    /// wrong) list from vouching for bytes another image reads: two images
+    /// with different lists for one blob keep separate copies.
+    pub fn paths(&self, spec: &BlobSpec) -> (PathBuf, PathBuf) {
         let dir = self.dir.join("chunks").join("sha256");
-        (dir.join(hex), dir.join(format!("{hex}.chunks")))
+        let hex = spec.digest.strip_prefix("sha256:").unwrap_or(&spec.digest);
+        let name = match &spec.chunk_hashes {
+            None => hex.to_owned(),
+            Some(h) => {
+                let mut id = Sha256::new();
+                id.update(h.chunk_size.to_le_bytes());
+                for hash in h.hashes.iter() {
+                    id.update(hash);
+                }
+                let id = id.finalize();
+                format!("{hex}.h{}", crate::cache::hex(&id[..16]))
+            }
+        };
+        (dir.join(&name), dir.join(format!("{name}.chunks")))
     }
 
     /// The cache's directory.

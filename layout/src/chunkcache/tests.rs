@@ -5,7 +5,7 @@
 use super::record::{Record, ABSENT, PRESENT, VERIFIED};
 use super::*;
 use crate::cache::hex;
-use sha2::{Digest as _, Sha256};
+use sha2::Sha256;
 use std::io;
 use std::os::unix::fs::FileExt as _;
 use std::sync::atomic::AtomicU32;
@@ -220,8 +220,9 @@ fn unhashed_blobs_are_served_only_once_checked_whole() {
     assert_eq!(blob.status().present + blob.status().verified, 0);
     blob.ensure_range(0, 1).unwrap();
 
-    // Trusted: a chunk is served as soon as it is present; a later opener
-    // with chunk hashes verifies present chunks without fetching them.
+    // Trusted: a chunk is served as soon as it is present. A later opener
+    // with chunk hashes keeps its own copy (see `paths`), so it fetches and
+    // verifies the chunk itself rather than adopting unchecked bytes.
     let dir = tempfile::tempdir().unwrap();
     let trusting = ChunkCache::new(
         dir.path(),
@@ -241,7 +242,7 @@ fn unhashed_blobs_are_served_only_once_checked_whole() {
         .open_blob(spec(&d, DEFAULT_CHUNK_SIZE, true), f2.clone())
         .unwrap();
     hashed.ensure_range(DEFAULT_CHUNK_SIZE, 1).unwrap();
-    assert_eq!(f2.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(f2.calls.load(Ordering::SeqCst), 1);
     assert_eq!(hashed.status().verified, 1);
 }
 
@@ -258,4 +259,41 @@ fn bad_specs_are_refused() {
     s.size = 101;
     let e = cache.open_blob(s, fetcher(&d)).unwrap_err();
     assert!(e.to_string().contains("10 chunk hashes"), "{e}");
+}
+
+/// One image's chunk hashes never vouch for another's: a second list for
+/// the same blob digest gets its own copy and record, so a chunk verified
+/// under the first list is fetched and checked again under the second, and
+/// a list that the registry's bytes fail is refused rather than trusted.
+#[test]
+fn chunks_verified_under_one_hash_list_are_not_trusted_under_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ChunkCache::new(dir.path(), quick());
+    let d = data(8192);
+    let good = spec(&d, 4096, true);
+    let f = fetcher(&d);
+    let blob = cache.open_blob(good.clone(), f.clone()).unwrap();
+    blob.ensure_range(0, 8192).unwrap();
+    assert_eq!(f.calls.load(Ordering::SeqCst), 2);
+
+    // Another config claims other bytes for chunk 0 of the same blob.
+    let mut lying = good.clone();
+    let mut hashes = good.chunk_hashes.clone().unwrap();
+    let mut list = hashes.hashes.to_vec();
+    list[0] = Sha256::digest(b"not these bytes").into();
+    hashes.hashes = list.into();
+    lying.chunk_hashes = Some(hashes);
+    assert_ne!(cache.paths(&good), cache.paths(&lying));
+    let f2 = fetcher(&d);
+    let other = cache.open_blob(lying, f2.clone()).unwrap();
+    let e = other.ensure_range(0, 1).unwrap_err();
+    assert!(e.to_string().contains("chunk 0"), "{e}");
+    other.ensure_range(4096, 1).unwrap();
+    assert!(
+        f2.calls.load(Ordering::SeqCst) >= 2,
+        "checked anew, not trusted"
+    );
+    // The first list's copy is untouched and still served.
+    blob.ensure_range(0, 8192).unwrap();
+    assert_eq!(std::fs::read(blob.path()).unwrap(), d);
 }
