@@ -17,6 +17,7 @@
 // under `cargo doc --document-private-items`, which is how to read them.
 #![allow(rustdoc::private_intra_doc_links)]
 
+pub mod cache_cmd;
 pub mod device;
 pub mod disk;
 pub mod export;

@@ -2,7 +2,7 @@
 //!
 //! The command line; everything it runs lives in the library.
 
-use ocidisk::{export, inspect, overlay_cmd, pull, serve, stats_cmd, trace_cmd};
+use ocidisk::{cache_cmd, export, inspect, overlay_cmd, pull, serve, stats_cmd, trace_cmd};
 
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal as _;
@@ -26,6 +26,9 @@ enum Command {
     Serve(serve::Args),
     /// Copy an image from a registry into an OCI image layout directory.
     Pull(pull::Args),
+    /// List or prune the host's shared cache of registry blobs.
+    #[command(subcommand)]
+    Cache(cache_cmd::Command),
     /// Inspect or reset a per-VM overlay file.
     #[command(subcommand)]
     Overlay(overlay_cmd::Command),
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Export(args) => export::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Pull(args) => pull::run(args),
+        Command::Cache(cmd) => cache_cmd::run(cmd),
         Command::Overlay(cmd) => overlay_cmd::run(cmd),
         Command::Stats(args) => stats_cmd::run(args),
         Command::Trace(cmd) => trace_cmd::run(cmd),

@@ -376,3 +376,75 @@ fn a_block_map_over_a_cached_blob_fetches_what_it_reads() {
     let e = map.read_at(CHUNK, &mut buf).unwrap_err().to_string();
     assert!(e.contains("bytes 0..1048576") && e.contains("503"), "{e}");
 }
+
+/// `ocidisk cache list` shows what this process filled and holds open;
+/// `ocidisk cache prune` leaves the blob this (live) process has open and
+/// removes it once let go; bad arguments are errors naming them.
+#[test]
+fn cache_list_and_prune_never_remove_a_blob_in_use() {
+    let f = Fixture::new();
+    let cache_dir = f.path("cache");
+    let cache = ChunkCache::new(&cache_dir, settings());
+    let held = cache
+        .open_blob(spec(&f.data), f.fetcher(Duration::ZERO, Vec::new()))
+        .unwrap();
+    held.ensure_range(0, 1).unwrap();
+    let other = remote_bytes()[..3 * CHUNK as usize].to_vec();
+    std::fs::write(f.path("remote"), &other).unwrap();
+    {
+        let blob = cache
+            .open_blob(spec(&other), f.fetcher(Duration::ZERO, Vec::new()))
+            .unwrap();
+        blob.fetch_all().unwrap();
+    }
+    let ocidisk = ocidisk_tests::blkio_client::ocidisk_binary().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(&ocidisk)
+            .args(args)
+            .arg("--cache")
+            .arg(&cache_dir)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        (out.status.success(), stdout, stderr)
+    };
+    let (ok, stdout, stderr) = run(&["cache", "list", "--json"]);
+    assert!(ok, "{stderr}");
+    let list: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{stdout}");
+    let held_digest = spec(&f.data).digest;
+    let other_digest = spec(&other).digest;
+    for e in list {
+        let held = e["digest"] == held_digest.as_str();
+        assert_eq!(e["in_use"], held, "{e}");
+        assert_eq!(e["verified"], if held { 1 } else { 3 }, "{e}");
+    }
+
+    let (ok, stdout, stderr) = run(&["cache", "prune", "--max-size", "0"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(&format!("removed {other_digest}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("kept {held_digest} (in use)")),
+        "{stdout}"
+    );
+    assert!(held.path().exists());
+    held.ensure_range(0, 1).unwrap();
+    drop(held);
+    let (ok, stdout, stderr) = run(&["cache", "prune", "--older-than", "0s"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("removed 1 blob(s)"), "{stdout}");
+    let (_, stdout, _) = run(&["cache", "list"]);
+    assert_eq!(stdout.lines().count(), 1, "only the heading: {stdout}");
+
+    let (ok, _, stderr) = run(&["cache", "prune"]);
+    assert!(!ok && stderr.contains("--older-than"), "{stderr}");
+    let (ok, _, stderr) = run(&["cache", "prune", "--older-than", "3 weeks"]);
+    assert!(!ok && stderr.contains("3 weeks"), "{stderr}");
+}

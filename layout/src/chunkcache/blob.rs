@@ -1,7 +1,7 @@
 //! One blob of the chunk cache: the fill protocol and the gate that reads
 //! of it pass (see the module documentation of [`super`]).
 
-use super::record::{Record, ABSENT, PRESENT, VERIFIED, WHOLE_LOCK};
+use super::record::{ByteLock, Record, ABSENT, PRESENT, VERIFIED, WHOLE_LOCK};
 use super::{
     BlobSpec, ChunkCache, ChunkCacheError, ChunkCacheSettings, ChunkFetch, FetchCounters,
     FetchError, DEFAULT_CHUNK_SIZE,
@@ -33,6 +33,8 @@ pub struct CachedBlob {
     fetch: Arc<dyn ChunkFetch>,
     settings: ChunkCacheSettings,
     counters: Arc<FetchCounters>,
+    /// Held while this value lives: tells `cache prune` the blob is in use.
+    _in_use: ByteLock,
     /// Chunks this process has already counted (as a hit, or fetched):
     /// the read path counts a hit once per chunk, so that it stays an
     /// atomic load after that instead of a shared counter's increment.
@@ -90,13 +92,29 @@ impl CachedBlob {
                 source,
             })?;
         }
-        let record = Record::open(
-            &record_path,
-            &data_path,
-            spec.size,
-            spec.chunk_hashes.as_ref().map(|h| h.chunk_size),
-            DEFAULT_CHUNK_SIZE,
-        )?;
+        // Held from before the blob file is opened, so that a prune
+        // racing with this open either finishes first (and the record is
+        // made again) or waits for this process to let go.
+        let mut attempts = 0;
+        let (record, in_use) = loop {
+            let record = Record::open(
+                &record_path,
+                &data_path,
+                spec.size,
+                spec.chunk_hashes.as_ref().map(|h| h.chunk_size),
+                DEFAULT_CHUNK_SIZE,
+            )?;
+            match record.hold_in_use()? {
+                Some(lock) => break (record, lock),
+                None if attempts < 3 => attempts += 1,
+                None => {
+                    return Err(ChunkCacheError::BadRecord {
+                        path: record_path,
+                        why: "removed again and again while being opened".to_owned(),
+                    })
+                }
+            }
+        };
         let data = OpenOptions::new()
             .read(true)
             .write(true)
@@ -111,6 +129,7 @@ impl CachedBlob {
             .map(|_| AtomicBool::new(false))
             .collect();
         Ok(Arc::new(CachedBlob {
+            _in_use: in_use,
             seen,
             spec,
             hex,

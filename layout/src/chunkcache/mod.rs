@@ -28,10 +28,12 @@
 
 mod blob;
 mod fetch;
+mod maintain;
 pub mod record;
 
 pub use blob::{BlobStatus, CachedBlob};
 pub use fetch::{ChunkFetch, FetchError};
+pub use maintain::{Entry, PrunePolicy, PruneReport};
 
 use sha2::{Digest as _, Sha256};
 use std::path::{Path, PathBuf};
@@ -77,6 +79,9 @@ pub enum ChunkCacheError {
     /// (every chunk is marked absent again).
     #[error("blob {digest}: fetched in full, its SHA-256 is {actual}; every chunk will be fetched again")]
     DigestMismatch { digest: String, actual: String },
+    /// A process has the blob open (`ocidisk cache prune` leaves it).
+    #[error("{path}: in use by a running server")]
+    InUse { path: PathBuf },
     /// A range outside the blob was asked for.
     #[error("blob {digest}: bytes {offset}..{end} lie outside its {size} bytes")]
     OutOfRange {

@@ -19,13 +19,15 @@
 //! lock, which belongs to an open file description: each locker opens the
 //! file anew, so threads of one process exclude each other as processes
 //! do). Byte 0 is locked while the record is created; byte 1 while a blob
-//! without chunk hashes is checked whole.
+//! without chunk hashes is checked whole; byte 2 is read-locked by every
+//! process that has the blob open, so that `ocidisk cache prune` (which
+//! write-locks it without waiting) never removes a blob in use.
 
 use super::ChunkCacheError;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -46,6 +48,8 @@ pub const HEADER_LEN: u64 = 64;
 const INIT_LOCK: u64 = 0;
 /// Locked while a blob is checked whole.
 pub const WHOLE_LOCK: u64 = 1;
+/// Read-locked by every process using the blob; see [`Record::hold_in_use`].
+pub const IN_USE_LOCK: u64 = 2;
 
 /// An open, mapped record.
 pub struct Record {
@@ -318,6 +322,32 @@ impl Record {
         ByteLock::acquire(file, &self.path, at, len)
     }
 
+    /// Marks the blob in use by this process until the lock is dropped (a
+    /// shared lock: many users at once), and records the time as its last
+    /// use (the record's modification time, which prune orders by). `None`
+    /// if `cache prune` removed the record meanwhile: open it again.
+    pub fn hold_in_use(&self) -> Result<Option<ByteLock>, ChunkCacheError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&self.path)
+            .map_err(io_err(&self.path, "opening the chunk record"))?;
+        // Best effort: a cache on a file system that refuses the time
+        // update still works, prune just sees an older last use.
+        let _ = file.set_modified(std::time::SystemTime::now());
+        let ours = file
+            .metadata()
+            .map_err(io_err(&self.path, "inspecting the chunk record"))?;
+        let lock = ByteLock::lock(file, &self.path, IN_USE_LOCK, 1, Kind::Shared)?;
+        // Prune unlinks under its lock, so once we hold ours the path
+        // either still names our file or the blob is gone.
+        match std::fs::metadata(&self.path) {
+            Ok(now) if now.dev() == ours.dev() && now.ino() == ours.ino() => Ok(Some(lock)),
+            _ => Ok(None),
+        }
+    }
+
     /// Makes the state bytes durable (a lost state byte only costs a fetch
     /// again; this keeps restarts after a host crash from refetching).
     pub fn sync(&self) -> Result<(), ChunkCacheError> {
@@ -343,29 +373,69 @@ impl Drop for Record {
     }
 }
 
-/// An OFD write lock on a byte range of a record, held by its own open
+/// An OFD lock on a byte range of a record, held by its own open
 /// file description; released when dropped (or when the process dies).
+#[derive(Debug)]
 pub struct ByteLock {
     _file: File,
 }
 
+/// How [`ByteLock::lock`] locks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A write lock; waits for it.
+    Exclusive,
+    /// A read lock; waits for it.
+    Shared,
+    /// A write lock only if nobody holds any lock on the range now.
+    ExclusiveNow,
+}
+
 impl ByteLock {
     fn acquire(file: File, path: &Path, at: u64, len: u64) -> Result<ByteLock, ChunkCacheError> {
+        Self::lock(file, path, at, len, Kind::Exclusive)
+    }
+
+    /// Locks `len` bytes at `at` of `file` (a record at `path`) as `kind`
+    /// says. With [`Kind::ExclusiveNow`], a range someone holds is
+    /// [`ChunkCacheError::InUse`].
+    pub(crate) fn lock(
+        file: File,
+        path: &Path,
+        at: u64,
+        len: u64,
+        kind: Kind,
+    ) -> Result<ByteLock, ChunkCacheError> {
         // SAFETY: flock is plain old data; all-zero is a valid value.
         let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-        fl.l_type = libc::F_WRLCK as libc::c_short;
+        fl.l_type = if kind == Kind::Shared {
+            libc::F_RDLCK
+        } else {
+            libc::F_WRLCK
+        } as libc::c_short;
         fl.l_whence = libc::SEEK_SET as libc::c_short;
         fl.l_start = at as libc::off_t;
         fl.l_len = len as libc::off_t;
+        let cmd = if kind == Kind::ExclusiveNow {
+            libc::F_OFD_SETLK
+        } else {
+            libc::F_OFD_SETLKW
+        };
         loop {
             // SAFETY: fcntl on a descriptor we own with a valid flock.
-            let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLKW, &fl) };
+            let rc = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &fl) };
             if rc == 0 {
                 return Ok(ByteLock { _file: file });
             }
             let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(io_err(path, "locking the chunk record")(e));
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) | Some(libc::EACCES) if kind == Kind::ExclusiveNow => {
+                    return Err(ChunkCacheError::InUse {
+                        path: path.to_owned(),
+                    })
+                }
+                _ => return Err(io_err(path, "locking the chunk record")(e)),
             }
         }
     }

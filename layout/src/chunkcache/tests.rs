@@ -297,3 +297,61 @@ fn chunks_verified_under_one_hash_list_are_not_trusted_under_another() {
     blob.ensure_range(0, 8192).unwrap();
     assert_eq!(std::fs::read(blob.path()).unwrap(), d);
 }
+
+/// `entries` reports each blob's chunks and use; `prune` removes the least
+/// recently used blobs down to the limit, never one a process has open.
+#[test]
+fn prune_removes_old_blobs_but_never_one_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ChunkCache::new(dir.path(), quick());
+    let (a, b) = (data(8192), data(12_288)[4096..].to_vec());
+    let held = cache.open_blob(spec(&a, 4096, true), fetcher(&a)).unwrap();
+    held.fetch_all().unwrap();
+    {
+        let other = cache.open_blob(spec(&b, 4096, false), fetcher(&b)).unwrap();
+        other.fetch_all().unwrap();
+    }
+    let entries = cache.entries().unwrap();
+    assert_eq!(entries.len(), 2);
+    let by = |d: &[u8]| {
+        let digest = format!("sha256:{}", hex(&Sha256::digest(d)));
+        entries.iter().find(|e| e.digest == digest).unwrap().clone()
+    };
+    let (ea, eb) = (by(&a), by(&b));
+    assert!(ea.in_use && !eb.in_use, "{entries:?}");
+    assert_eq!((ea.chunks, ea.verified, ea.present), (2, 2, 0));
+    assert_eq!(eb.verified, eb.chunks);
+    assert!(ea.allocated >= 8192 && eb.allocated >= 8192);
+
+    let dry = cache
+        .prune(&PrunePolicy {
+            max_bytes: Some(0),
+            dry_run: true,
+            ..PrunePolicy::default()
+        })
+        .unwrap();
+    assert_eq!((dry.removed.len(), dry.kept_in_use.len()), (1, 1));
+    assert!(eb.path.exists(), "a dry run removes nothing");
+
+    let report = cache
+        .prune(&PrunePolicy {
+            max_bytes: Some(0),
+            ..PrunePolicy::default()
+        })
+        .unwrap();
+    assert_eq!(report.removed[0].digest, eb.digest);
+    assert_eq!(report.kept_in_use[0].digest, ea.digest);
+    assert!(!eb.path.exists() && !eb.record.exists());
+    assert!(ea.path.exists());
+    // The held blob still serves, and goes once let go.
+    held.ensure_range(0, 8192).unwrap();
+    drop(held);
+    let report = cache
+        .prune(&PrunePolicy {
+            older_than: Some(Duration::ZERO),
+            ..PrunePolicy::default()
+        })
+        .unwrap();
+    assert_eq!(report.removed.len(), 1);
+    assert!(cache.entries().unwrap().is_empty());
+}
