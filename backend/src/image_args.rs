@@ -7,14 +7,22 @@ use layout::compose::{compose, ComposeOptions, Disk};
 use layout::oci::{Image, OpenOptions};
 use layout::spec::{parse_content, ContentSpec, LayoutSpec, MonogonPreset, SpecError};
 use overlay::{CreateOptions, OpenOptions as OverlayOpenOptions, Overlay, OverlayError};
+use crate::registry_args::RegistryArgs;
+use crate::remote_image::{self, RemoteCounters};
+use layout::cache::Cache;
+use registry::ImageRef;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 /// Which image, which manifest, and how to lay the disk out.
 #[derive(Args, Debug, Clone)]
 pub struct ImageArgs {
-    /// OCI image layout directory (holds `oci-layout` and `index.json`).
-    #[arg(long, value_name = "DIR")]
-    pub image: PathBuf,
+    /// The image: an OCI image layout directory (holds `oci-layout` and
+    /// `index.json`), `oci:DIR[:REF]`, or a registry image
+    /// `docker://HOST[:PORT]/REPO[:TAG|@sha256:HEX]`, whose blobs are fetched
+    /// into the chunk cache under `--cache` as they are read.
+    #[arg(long, value_name = "REF")]
+    pub image: String,
     /// Manifest to use when the index has several: a ref name
     /// (`org.opencontainers.image.ref.name`) or `sha256:<hex>`.
     #[arg(long = "ref", value_name = "R")]
@@ -34,7 +42,8 @@ pub struct ImageArgs {
     /// `inline:TEXT`, `base64:DATA` or `payload:NAME`.
     #[arg(long = "esp-file", value_name = "PATH=CONTENT")]
     pub esp_files: Vec<String>,
-    /// Where decompressed zstd payloads are cached
+    /// Where decompressed zstd payloads and the chunks of registry images
+    /// are cached, shared by every ocidisk on the host
     /// (default `$XDG_CACHE_HOME/ocidisk`).
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
@@ -59,6 +68,12 @@ pub struct ImageArgs {
     /// The mode when `--verify` is not given (set by the command).
     #[arg(skip = VerifyMode::None)]
     pub default_verify: VerifyMode,
+    /// How a `docker://` image's registry is reached.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// The counters of a registry image once opened (for `/metrics`).
+    #[arg(skip)]
+    pub remote: Arc<OnceLock<RemoteCounters>>,
 }
 
 /// How payloads are verified (`--verify`).
@@ -81,15 +96,46 @@ impl ImageArgs {
     /// Opens the image and reads the layout description.
     pub fn open(&self) -> anyhow::Result<(Image, LayoutSpec)> {
         let mode = self.verify.unwrap_or(self.default_verify);
-        let opts = OpenOptions {
+        let mut opts = OpenOptions {
             reference: self.reference.clone(),
             verify: mode == VerifyMode::Full,
             lazy: mode == VerifyMode::Lazy,
             trust_unverified: self.trust_unverified,
             cache_dir: self.cache.clone(),
         };
-        let image = Image::open(&self.image, &opts)
-            .with_context(|| format!("opening image {}", self.image.display()))?;
+        let image = match ImageRef::parse(&self.image).context("--image")? {
+            ImageRef::Layout { dir, reference } => {
+                if let Some(r) = reference {
+                    if opts.reference.as_ref().is_some_and(|given| *given != r) {
+                        anyhow::bail!(
+                            "--image {} names manifest {r:?} and --ref another; give one",
+                            self.image
+                        );
+                    }
+                    opts.reference = Some(r);
+                }
+                Image::open(&dir, &opts)
+                    .with_context(|| format!("opening image {}", dir.display()))?
+            }
+            ImageRef::Registry(r) => {
+                let cache_dir = match &self.cache {
+                    Some(d) => d.clone(),
+                    None => Cache::default_dir()?,
+                };
+                let (image, counters) = remote_image::open(
+                    &r,
+                    self.reference.as_deref(),
+                    self.registry.client_options()?,
+                    self.registry.retries.saturating_add(1),
+                    &cache_dir,
+                    &opts,
+                )?;
+                // Opened once per command; a second open keeps the first
+                // counters, which every blob of the host's cache shares.
+                let _ = self.remote.set(counters);
+                image
+            }
+        };
         let spec = if self.layout == "monogon" {
             let mut preset = MonogonPreset {
                 abloader: self.abloader.clone(),

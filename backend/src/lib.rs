@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod overlay_cmd;
 pub mod pull;
 pub mod registry_args;
+pub mod remote_image;
 pub mod serve;
 pub mod stats_cmd;
 pub mod trace_cmd;

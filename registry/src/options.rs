@@ -88,3 +88,14 @@ impl Default for ClientOptions {
         }
     }
 }
+
+impl ClientOptions {
+    /// These options for a client that fills a chunk cache, which has its
+    /// own attempt budget per chunk: at most one retry here, so a chunk
+    /// costs at most `2 × cache attempts` requests rather than their
+    /// product with [`retries`](Self::retries).
+    pub fn for_chunk_cache(mut self) -> ClientOptions {
+        self.retries = self.retries.min(1);
+        self
+    }
+}

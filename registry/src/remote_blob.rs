@@ -5,6 +5,7 @@ use crate::client::Client;
 use crate::digest::Digest;
 use crate::error::{At, RegistryError};
 use crate::reference::RegistryRef;
+use layout::chunkcache::{ChunkFetch, FetchError};
 use std::sync::Arc;
 
 /// A blob in a registry, with its size from the manifest.
@@ -65,5 +66,27 @@ impl RemoteBlob {
     pub fn fetch_to_file(&self, file: &mut std::fs::File) -> Result<u64, RegistryError> {
         self.client
             .get_blob_to_file(&self.image, &self.digest, Some(self.size), file)
+    }
+}
+
+/// The chunk cache fills a remote blob's chunks through this: a failure the
+/// registry client calls retryable (timeout, dropped connection, `5xx`,
+/// `429`, a short body, also after the client's own retries gave up) is
+/// [`FetchError::Transient`], so the cache spends its own attempt budget on
+/// it; anything else (missing blob, refusal, a range outside the blob) is
+/// [`FetchError::Permanent`] and fails the read at once. Give the client
+/// few retries of its own (see [`ClientOptions::for_chunk_cache`]), or the
+/// attempts multiply.
+///
+/// [`ClientOptions::for_chunk_cache`]: crate::ClientOptions::for_chunk_cache
+impl ChunkFetch for RemoteBlob {
+    fn fetch(&self, offset: u64, buf: &mut [u8]) -> Result<(), FetchError> {
+        self.read_at(offset, buf).map_err(|e| {
+            if e.is_retryable() {
+                FetchError::Transient(e.to_string())
+            } else {
+                FetchError::Permanent(e.to_string())
+            }
+        })
     }
 }

@@ -161,7 +161,7 @@ impl<'a> Blobs<'a> {
 
 /// Checks that `bytes`, read from `path`, have the size and sha256 `hex`
 /// digest that `desc` promises.
-fn check_bytes(
+pub(crate) fn check_bytes(
     what: &str,
     desc: &Descriptor,
     hex: &str,

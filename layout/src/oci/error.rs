@@ -133,6 +133,14 @@ pub enum ImageError {
         payload_size: u64,
         layer_size: u64,
     },
+    /// A layer's blob could not be had from the chunk cache (a registry
+    /// image: opening its cache file, or fetching a blob read whole).
+    #[error("{what}: {source}")]
+    ChunkCache {
+        what: String,
+        #[source]
+        source: crate::chunkcache::ChunkCacheError,
+    },
     /// A zstd layer could not be decompressed into the cache.
     #[error(transparent)]
     Cache(#[from] CacheError),

@@ -104,6 +104,50 @@ impl std::fmt::Display for LayerRef {
     }
 }
 
+/// A manifest and its config as fetched from elsewhere (a registry), for
+/// [`Image::from_fetched`].
+#[derive(Clone, Debug)]
+pub struct Fetched<'a> {
+    /// Where the image's files are kept ([`Image::dir`]): for a registry
+    /// image, the cache directory.
+    pub dir: &'a Path,
+    /// The manifest's digest, `sha256:<hex>`, as the reference pinned it.
+    pub manifest_digest: &'a str,
+    /// The manifest's bytes exactly as served.
+    pub manifest: &'a [u8],
+    /// The name the manifest was selected by (a tag), if any.
+    pub ref_name: Option<String>,
+    /// The config blob's bytes.
+    pub config: &'a [u8],
+}
+
+/// One layer whose blob [`Image::from_fetched`] asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerRequest<'a> {
+    /// Its position in the manifest.
+    pub index: usize,
+    /// How errors name it, e.g. `layer 1 ("system") sha256:…`.
+    pub what: &'a str,
+    /// Its descriptor (digest checked to be sha256, media type supported).
+    pub desc: &'a Descriptor,
+    /// Whether it is zstd-compressed (its blob is then read whole, from
+    /// the start, to be decompressed).
+    pub compressed: bool,
+    /// In a Monogon OS image, the payload it holds (with its chunk hashes).
+    pub payload: Option<&'a monogon::Payload>,
+}
+
+/// A layer's blob as an opener yields it.
+#[derive(Clone, Debug)]
+pub struct LayerBlob {
+    /// The blob's bytes.
+    pub data: BlobData,
+    /// Every read of the file checks what it reads itself (a chunk cache
+    /// file behind a [`crate::source::ChunkGate`] that verifies chunks, or
+    /// the whole blob's digest, before serving them).
+    pub checked_on_read: bool,
+}
+
 /// One layer of the selected manifest, with its uncompressed bytes.
 #[derive(Clone, Debug)]
 pub struct Layer {
@@ -164,6 +208,49 @@ impl Image {
         let what = format!("manifest {manifest_digest}");
         let manifest_bytes = blobs.read_checked(&what, &selected.desc)?;
         let manifest: ImageManifest = parse_json(&manifest_bytes, &what)?;
+        let config_desc = manifest.config();
+        let config_what = format!("config {}", config_desc.digest());
+        let config = blobs.read_checked(&config_what, config_desc)?;
+        let fetched = Fetched {
+            dir,
+            manifest_digest: &manifest_digest,
+            manifest: &manifest_bytes,
+            ref_name: selected.ref_name,
+            config: &config,
+        };
+        Image::from_fetched(&fetched, opts, &mut |req: &LayerRequest<'_>| {
+            Ok(LayerBlob {
+                data: blobs.open(req.what, req.desc)?,
+                checked_on_read: false,
+            })
+        })
+    }
+
+    /// Builds an image from a manifest and config fetched elsewhere (a
+    /// registry), with the same checks as [`Image::open`]: the manifest must
+    /// hash to `manifest_digest` and the config to the manifest's config
+    /// descriptor (both are always verified, since the disk's metadata is
+    /// generated from them), the Monogon config must match the layers.
+    /// `open_layer` yields each layer's blob; a blob whose reads check
+    /// themselves ([`LayerBlob::checked_on_read`], a chunk cache's file) is
+    /// not gated or hashed again, except in full with
+    /// [`OpenOptions::verify`].
+    pub fn from_fetched(
+        fetched: &Fetched<'_>,
+        opts: &OpenOptions,
+        open_layer_blob: &mut dyn FnMut(&LayerRequest<'_>) -> Result<LayerBlob, ImageError>,
+    ) -> Result<Image, ImageError> {
+        let manifest_digest = fetched.manifest_digest.to_owned();
+        let what = format!("manifest {manifest_digest}");
+        let actual = blob::sha256_of(fetched.manifest);
+        if manifest_digest.strip_prefix("sha256:") != Some(actual.as_str()) {
+            return Err(ImageError::DigestMismatch {
+                what: what.clone(),
+                path: "the fetched manifest".to_owned(),
+                actual,
+            });
+        }
+        let manifest: ImageManifest = parse_json(fetched.manifest, &what)?;
         if let Some(mt) = manifest.media_type() {
             if !select::is_manifest(mt.as_ref()) {
                 return Err(ImageError::MediaType {
@@ -178,7 +265,15 @@ impl Image {
         let config_desc = manifest.config();
         let config_digest = config_desc.digest().to_string();
         let config_what = format!("config {config_digest}");
-        let config = blobs.read_checked(&config_what, config_desc)?;
+        let config_hex = sha256_hex(&config_what, config_desc)?;
+        blob::check_bytes(
+            &config_what,
+            config_desc,
+            config_hex,
+            "the fetched config",
+            fetched.config,
+        )?;
+        let config = fetched.config.to_vec();
 
         let artifact_type = manifest.artifact_type().as_ref().map(|t| t.to_string());
         let config_type = config_desc.media_type().to_string();
@@ -210,17 +305,24 @@ impl Image {
         let mut layers = Vec::with_capacity(manifest.layers().len());
         for (index, desc) in manifest.layers().iter().enumerate() {
             let payload = monogon.as_ref().and_then(|c| c.payloads.get(index));
-            let (layer, what, blob, compressed) =
-                open_layer(&blobs, index, desc, payload, opts, &mut cache)?;
+            let (layer, what, blob, compressed, checked_on_read) =
+                open_layer(open_layer_blob, index, desc, payload, opts, &mut cache)?;
             let hashed = payload.is_some_and(|p| !p.chunk_hashes.is_empty());
             let empty = layer.content.len == 0;
-            let whole = opts.verify || (opts.lazy && !hashed && !empty && !opts.trust_unverified);
+            // A blob that checks its own reads (a chunk cache's) has been
+            // or will be checked by its source; only `verify` hashes it again.
+            let whole = opts.verify
+                || (!checked_on_read
+                    && opts.lazy
+                    && !hashed
+                    && !empty
+                    && !opts.trust_unverified);
             if whole {
                 let hex = desc.digest().digest();
                 verify::layer(&what, hex, &blob, &layer.content, compressed, payload)?;
             }
             let mut layer = layer;
-            if opts.lazy && !opts.verify {
+            if opts.lazy && !opts.verify && !checked_on_read {
                 if let Some(p) = payload.filter(|_| hashed) {
                     layer.content = lazy_gate(&layer.content, p)?;
                 }
@@ -229,10 +331,10 @@ impl Image {
         }
 
         Ok(Image {
-            dir: dir.to_owned(),
+            dir: fetched.dir.to_owned(),
             manifest_digest,
             manifest,
-            ref_name: selected.ref_name,
+            ref_name: fetched.ref_name.clone(),
             artifact_type,
             config_digest,
             config,
@@ -344,13 +446,13 @@ fn lazy_gate(content: &Content, payload: &monogon::Payload) -> Result<Content, I
 /// Returns the layer, its description for errors, its blob as stored and
 /// whether that is compressed.
 fn open_layer(
-    blobs: &Blobs<'_>,
+    open_layer_blob: &mut dyn FnMut(&LayerRequest<'_>) -> Result<LayerBlob, ImageError>,
     index: usize,
     desc: &Descriptor,
     payload: Option<&monogon::Payload>,
     opts: &OpenOptions,
     cache: &mut Option<Cache>,
-) -> Result<(Layer, String, BlobData, bool), ImageError> {
+) -> Result<(Layer, String, BlobData, bool, bool), ImageError> {
     let digest = desc.digest().to_string();
     let what = match payload {
         Some(p) => format!("layer {index} ({:?}) {digest}", p.name),
@@ -378,7 +480,16 @@ fn open_layer(
             supported,
         });
     }
-    let data = blobs.open(&what, desc)?;
+    let LayerBlob {
+        data,
+        checked_on_read,
+    } = open_layer_blob(&LayerRequest {
+        index,
+        what: &what,
+        desc,
+        compressed: zstd,
+        payload,
+    })?;
     let content = if raw {
         if let Some(p) = payload {
             if p.size != desc.size() {
@@ -420,7 +531,7 @@ fn open_layer(
         payload_name: payload.map(|p| p.name.clone()),
         content,
     };
-    Ok((layer, what, data, zstd))
+    Ok((layer, what, data, zstd, checked_on_read))
 }
 
 #[cfg(test)]

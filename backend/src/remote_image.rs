@@ -1,0 +1,130 @@
+//! Opening an image straight from a registry (`--image docker://…`): the
+//! manifest and config are fetched and verified, every layer becomes a blob
+//! of the host's chunk cache (under `--cache`), filled chunk by chunk as the
+//! guest reads it and checked against the Monogon payload's chunk hashes
+//! when it has them, or as a whole against its digest otherwise. zstd
+//! layers cannot be entered in the middle: they are fetched whole (into the
+//! same cache, so every server on the host shares the download) and then
+//! decompressed once, as local ones are.
+
+use anyhow::Context as _;
+use layout::chunkcache::{
+    BlobSpec, ChunkCache, ChunkCacheSettings, ChunkHashes, FetchCounters, FetchTotals,
+};
+use layout::oci::{BlobData, Fetched, Image, ImageError, LayerBlob, LayerRequest, OpenOptions};
+use registry::{Client, ClientStats, Digest, RegistryRef, RemoteBlob, StatsSnapshot, Target};
+use std::path::Path;
+use std::sync::Arc;
+
+/// What a registry image's fetching has done so far: the chunk cache's
+/// counters and the registry client's, for `/metrics` and for tests.
+#[derive(Clone, Debug)]
+pub struct RemoteCounters {
+    /// Chunks fetched into the cache, hits, misses, failures, latency.
+    pub cache: Arc<FetchCounters>,
+    /// Requests to the registry, bytes received, retries, failures.
+    pub client: Arc<ClientStats>,
+}
+
+impl RemoteCounters {
+    /// Both sets of counters now.
+    pub fn snapshot(&self) -> (FetchTotals, StatsSnapshot) {
+        (self.cache.totals(), self.client.snapshot())
+    }
+}
+
+/// Opens `r` from its registry with the client `client_opts` make, its
+/// blobs cached under `cache_dir`; `attempts` bounds the fetches of each
+/// chunk before a read of it fails.
+pub fn open(
+    r: &RegistryRef,
+    manifest_ref: Option<&str>,
+    client_opts: registry::ClientOptions,
+    attempts: u32,
+    cache_dir: &Path,
+    opts: &OpenOptions,
+) -> anyhow::Result<(Image, RemoteCounters)> {
+    let client = Arc::new(Client::new(client_opts.for_chunk_cache()).context("registry client")?);
+    let resolved = client
+        .resolve(r, manifest_ref)
+        .with_context(|| format!("resolving {r}"))?;
+    let settings = ChunkCacheSettings {
+        max_attempts: attempts.max(1),
+        trust_unverified: opts.trust_unverified,
+        ..ChunkCacheSettings::default()
+    };
+    let cache = ChunkCache::new(cache_dir, settings);
+    let counters = RemoteCounters {
+        cache: Arc::clone(cache.counters()),
+        client: Arc::clone(client.stats()),
+    };
+    let manifest_digest = resolved.manifest.digest.to_string();
+    let fetched = Fetched {
+        dir: cache_dir,
+        manifest_digest: &manifest_digest,
+        manifest: &resolved.manifest.bytes,
+        ref_name: match &r.target {
+            Target::Tag(t) => Some(t.clone()),
+            Target::Digest(_) => manifest_ref.map(str::to_owned),
+        },
+        config: &resolved.config,
+    };
+    let image = Image::from_fetched(&fetched, opts, &mut |req: &LayerRequest<'_>| {
+        open_layer(&client, &resolved.reference, &cache, opts, req)
+    })
+    .with_context(|| format!("opening image {r} (manifest {manifest_digest})"))?;
+    Ok((image, counters))
+}
+
+/// One layer as a chunk cache blob whose missing chunks come from the
+/// registry.
+fn open_layer(
+    client: &Arc<Client>,
+    image: &RegistryRef,
+    cache: &ChunkCache,
+    opts: &OpenOptions,
+    req: &LayerRequest<'_>,
+) -> Result<LayerBlob, ImageError> {
+    let cache_err = |source| ImageError::ChunkCache {
+        what: req.what.to_owned(),
+        source,
+    };
+    let digest_str = req.desc.digest().to_string();
+    let digest = Digest::parse(&digest_str).map_err(|e| ImageError::BadDigest {
+        what: req.what.to_owned(),
+        digest: digest_str.clone(),
+        why: e.to_string(),
+    })?;
+    let size = req.desc.size();
+    // Chunk hashes cover the uncompressed payload: only an uncompressed
+    // layer's chunks can be checked one by one.
+    let chunk_hashes = req
+        .payload
+        .filter(|p| !req.compressed && !p.chunk_hashes.is_empty())
+        .map(|p| ChunkHashes {
+            chunk_size: p.hash_chunk_size,
+            hashes: p.chunk_hashes.clone().into(),
+        });
+    let spec = BlobSpec {
+        digest: digest_str,
+        size,
+        chunk_hashes,
+        name: match req.payload {
+            Some(p) => format!("payload {:?}", p.name),
+            None => format!("layer {}", req.index),
+        },
+    };
+    let remote = RemoteBlob::new(Arc::clone(client), image, digest, size);
+    let blob = cache.open_blob(spec, Arc::new(remote)).map_err(cache_err)?;
+    // A zstd stream is read from its start to its end: fetch it whole
+    // (its digest checked) before it is decompressed. With `verify`, every
+    // layer is fetched now so that it can be hashed in full.
+    if req.compressed || opts.verify {
+        blob.fetch_all().map_err(cache_err)?;
+    }
+    let file = blob.blob_file().map_err(cache_err)?;
+    Ok(LayerBlob {
+        data: BlobData::File(Arc::new(file)),
+        checked_on_read: true,
+    })
+}
