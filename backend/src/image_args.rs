@@ -1,15 +1,15 @@
 //! Arguments that select an image and a layout, shared by the commands that
 //! compose a disk.
 
+use crate::registry_args::RegistryArgs;
+use crate::remote_image::{self, RemoteCounters};
 use anyhow::Context as _;
 use clap::Args;
+use layout::cache::Cache;
 use layout::compose::{compose, ComposeOptions, Disk};
 use layout::oci::{Image, OpenOptions};
 use layout::spec::{parse_content, ContentSpec, LayoutSpec, MonogonPreset, SpecError};
 use overlay::{CreateOptions, OpenOptions as OverlayOpenOptions, Overlay, OverlayError};
-use crate::registry_args::RegistryArgs;
-use crate::remote_image::{self, RemoteCounters};
-use layout::cache::Cache;
 use registry::ImageRef;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};

@@ -312,11 +312,7 @@ impl Image {
             // A blob that checks its own reads (a chunk cache's) has been
             // or will be checked by its source; only `verify` hashes it again.
             let whole = opts.verify
-                || (!checked_on_read
-                    && opts.lazy
-                    && !hashed
-                    && !empty
-                    && !opts.trust_unverified);
+                || (!checked_on_read && opts.lazy && !hashed && !empty && !opts.trust_unverified);
             if whole {
                 let hex = desc.digest().digest();
                 verify::layer(&what, hex, &blob, &layer.content, compressed, payload)?;

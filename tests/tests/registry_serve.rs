@@ -1,0 +1,375 @@
+//! `ocidisk serve|inspect|export --image docker://…` end to end: the real
+//! binary against Debian's `docker-registry` on loopback (images pushed
+//! with skopeo), read by libblkio over the real vhost-user socket, with the
+//! fault proxy between ocidisk and the registry where a test needs to see
+//! or disturb the requests.
+//!
+//! Needs the `ocidisk` binary: `cargo build -p ocidisk` first.
+
+use layout::chunkcache::{BlobSpec, ChunkCache, ChunkCacheError, ChunkCacheSettings, ChunkHashes};
+use layout::monogon::Config;
+use ocidisk_tests::blkio_client::{ocidisk_binary, BlkioClient, Server};
+use ocidisk_tests::oci_writer::BuiltImage;
+use ocidisk_tests::registry::proxy::{Fault, Proxy};
+use ocidisk_tests::registry::{small_image, Registry};
+use registry::{Client, ClientOptions, Digest, ImageRef, RemoteBlob};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+const MIB: u64 = 1 << 20;
+/// The `system` payload's size: twelve chunks and a bit.
+const SYSTEM: usize = (12 << 20) + 4321;
+/// Where the `system` partition starts on the test layout's disk.
+const SYSTEM_PART: u64 = 2 * MIB;
+/// A small disk of both payloads, so that a test can read all of it.
+const LAYOUT: &str = r#"disk_size = "20MiB"
+[[partitions]]
+name = "kernel"
+type = "linux"
+size = "1MiB"
+content = "payload:kernel.efi"
+[[partitions]]
+name = "system"
+type = "linux"
+size = "rest"
+content = "payload:system"
+"#;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    reg: Registry,
+    img: BuiltImage,
+    layout: PathBuf,
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 temp path")
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::start_plain().unwrap();
+        let img = small_image(&dir.path().join("src"), SYSTEM, 7, "v1").unwrap();
+        reg.push(&img.dir, None, "os/node:v1").unwrap();
+        let layout = dir.path().join("layout.toml");
+        std::fs::write(&layout, LAYOUT).unwrap();
+        Fixture {
+            dir,
+            reg,
+            img,
+            layout,
+        }
+    }
+
+    fn cache(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    fn remote(&self, addr: &str) -> String {
+        format!("docker://{addr}/os/node:v1")
+    }
+
+    fn args(&self, image: &str, cache: &Path, extra: &[&str]) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "--image".into(),
+            image.into(),
+            "--layout".into(),
+            s(&self.layout).into(),
+            "--cache".into(),
+            s(cache).into(),
+            "--readonly".into(),
+        ];
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    }
+
+    fn serve(
+        &self,
+        name: &str,
+        image: &str,
+        cache: &Path,
+        extra: &[&str],
+    ) -> (Server, BlkioClient) {
+        let socket = self.dir.path().join(format!("{name}.sock"));
+        let server = Server::start(&socket, &self.args(image, cache, extra)).unwrap();
+        let client = BlkioClient::connect_read_only(&socket, 1, 4 << 20).unwrap();
+        (server, client)
+    }
+
+    /// The `system` payload's bytes as pushed.
+    fn system(&self) -> Vec<u8> {
+        let digest = &self.img.layer("system").blob.digest;
+        std::fs::read(self.img.dir.join("blobs/sha256").join(&digest[7..])).unwrap()
+    }
+}
+
+fn read_all(client: &mut BlkioClient) -> Vec<u8> {
+    let cap = client.capacity();
+    let q = client.queue();
+    let mut out = Vec::with_capacity(cap as usize);
+    let mut off = 0;
+    while off < cap {
+        let len = (cap - off).min(4 << 20) as usize;
+        out.extend(
+            q.read(off, len)
+                .unwrap_or_else(|e| panic!("read at {off}: {e}")),
+        );
+        off += len as u64;
+    }
+    out
+}
+
+/// Range requests for blobs the proxy forwarded: the layers' chunks (the
+/// manifest and the config are fetched whole on every start, without one).
+fn blob_requests(proxy: &Proxy) -> usize {
+    proxy
+        .seen()
+        .iter()
+        .filter(|r| r.target.contains("/blobs/") && r.range.is_some())
+        .count()
+}
+
+fn ocidisk(args: &[String]) -> std::process::Output {
+    Command::new(ocidisk_binary().expect("cargo build -p ocidisk"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The registry client as the chunk cache's fetcher: a payload's chunks
+/// arrive checked against their hashes; a missing blob fails at once
+/// (permanent), a dropped connection only after the cache's attempts.
+#[test]
+fn remote_blob_fills_the_chunk_cache() {
+    let f = Fixture::new();
+    let proxy = Proxy::start(&f.reg.addr).unwrap();
+    let client = Arc::new(Client::new(ClientOptions::default().for_chunk_cache()).unwrap());
+    let ImageRef::Registry(r) = ImageRef::parse(&f.remote(&proxy.addr)).unwrap() else {
+        panic!("a registry reference");
+    };
+    let resolved = client.resolve(&r, None).unwrap();
+    let config = Config::parse(&resolved.config, "config").unwrap();
+    let payload = config.payloads.iter().find(|p| p.name == "system").unwrap();
+    let digest = f.img.layer("system").blob.digest.clone();
+    let settings = ChunkCacheSettings {
+        max_attempts: 2,
+        retry_delay: Duration::from_millis(10),
+        ..ChunkCacheSettings::default()
+    };
+    let cache = ChunkCache::new(f.cache(), settings);
+    let spec = |digest: &str| BlobSpec {
+        digest: digest.to_owned(),
+        size: SYSTEM as u64,
+        chunk_hashes: Some(ChunkHashes {
+            chunk_size: payload.hash_chunk_size,
+            hashes: payload.chunk_hashes.clone().into(),
+        }),
+        name: "payload \"system\"".into(),
+    };
+    let remote = RemoteBlob::new(
+        Arc::clone(&client),
+        &resolved.reference,
+        Digest::parse(&digest).unwrap(),
+        SYSTEM as u64,
+    );
+    let blob = cache.open_blob(spec(&digest), Arc::new(remote)).unwrap();
+    let file = blob.blob_file().unwrap();
+    let want = f.system();
+    file.ensure(3 * MIB, 2 * MIB).unwrap();
+    let mut got = vec![0u8; 2 * MIB as usize];
+    std::os::unix::fs::FileExt::read_exact_at(file.file(), &mut got, 3 * MIB).unwrap();
+    assert!(got == want[3 * MIB as usize..5 * MIB as usize]);
+    assert_eq!(blob.status().verified, 2);
+    assert_eq!(cache.counters().totals().fetches, 2);
+
+    // Connections dropped: the cache tries twice (each attempt the client
+    // retries once), then the read fails naming blob and range.
+    proxy.add("/blobs/", Fault::Drop, None);
+    proxy.forget();
+    let e = blob.ensure_range(8 * MIB, 1).unwrap_err();
+    assert!(
+        matches!(e, ChunkCacheError::Fetch { attempts: 2, offset, .. } if offset == 8 * MIB),
+        "{e}"
+    );
+    assert_eq!(blob_requests(&proxy), 4, "2 cache attempts × (1 + 1 retry)");
+    proxy.clear();
+
+    // A blob the registry does not have: permanent, one attempt.
+    let missing = format!("sha256:{}", "ab".repeat(32));
+    let remote = RemoteBlob::new(
+        Arc::clone(&client),
+        &resolved.reference,
+        Digest::parse(&missing).unwrap(),
+        SYSTEM as u64,
+    );
+    let blob = cache.open_blob(spec(&missing), Arc::new(remote)).unwrap();
+    let e = blob.ensure_range(0, 1).unwrap_err();
+    assert!(
+        matches!(e, ChunkCacheError::Fetch { attempts: 1, .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("404"), "{e}");
+}
+
+/// Serving from the registry with an empty cache gives the same disk,
+/// byte for byte, as serving the local layout; `inspect --json` says the
+/// same; a second server on the same cache fetches no blob bytes.
+#[test]
+fn serve_from_a_registry_matches_the_local_layout() {
+    let f = Fixture::new();
+    let proxy = Proxy::start(&f.reg.addr).unwrap();
+    let remote = f.remote(&proxy.addr);
+    let local_cache = f.dir.path().join("local-cache");
+
+    let (server, mut client) = f.serve("local", s(&f.img.dir), &local_cache, &[]);
+    let local = read_all(&mut client);
+    drop(client);
+    assert!(server.terminate().unwrap().success());
+
+    let (server, mut client) = f.serve("remote", &remote, &f.cache(), &[]);
+    let served = read_all(&mut client);
+    assert!(
+        served == local,
+        "the registry image's disk differs from the local one"
+    );
+    assert_eq!(
+        served[SYSTEM_PART as usize..SYSTEM_PART as usize + SYSTEM],
+        f.system()[..]
+    );
+    drop(client);
+    assert!(server.terminate().unwrap().success());
+    let fetched = blob_requests(&proxy);
+    assert!(
+        fetched >= 13,
+        "{fetched} blob requests for 13 chunks and a kernel"
+    );
+
+    // A second server on the same cache: the manifest and config, but no
+    // layer bytes.
+    proxy.forget();
+    let (server, mut client) = f.serve("second", &remote, &f.cache(), &[]);
+    assert!(read_all(&mut client) == local);
+    drop(client);
+    assert!(server.terminate().unwrap().success());
+    assert_eq!(blob_requests(&proxy), 0, "{:#?}", proxy.seen());
+
+    // The monogon preset's disk, described the same from both places.
+    let inspect = |image: &str, cache: &Path| -> serde_json::Value {
+        let args: Vec<String> = [
+            "inspect",
+            "--image",
+            image,
+            "--cache",
+            s(cache),
+            "--json",
+            "--disk-id",
+            "n1",
+        ]
+        .map(String::from)
+        .to_vec();
+        let out = ocidisk(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let empty = f.dir.path().join("empty-cache");
+    assert_eq!(
+        inspect(&remote, &empty),
+        inspect(&format!("oci:{}:v1", s(&f.img.dir)), &local_cache)
+    );
+}
+
+/// A chunk stored wrong in the registry: the guest gets EIO for its range
+/// and never its bytes, the rest of the disk reads right, the log names
+/// the payload and the offset. Then the registry goes away: what is cached
+/// keeps being served, the rest fails with EIO after bounded retries.
+#[test]
+fn a_bad_chunk_and_a_lost_registry_fail_only_what_they_must() {
+    let f = Fixture::new();
+    let bad_chunk = 5u64;
+    let digest = f.img.layer("system").blob.digest.clone();
+    let stored = f.reg.blob_path(&digest).unwrap();
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[(bad_chunk * MIB + 100) as usize] ^= 0xff;
+    std::fs::write(&stored, &bytes).unwrap();
+    let good = f.system();
+
+    let proxy = Proxy::start(&f.reg.addr).unwrap();
+    let (server, mut client) = f.serve(
+        "bad",
+        &f.remote(&proxy.addr),
+        &f.cache(),
+        &["--registry-retries", "1"],
+    );
+    let q = client.queue();
+    let bad = SYSTEM_PART + bad_chunk * MIB..SYSTEM_PART + (bad_chunk + 1) * MIB;
+    for off in [
+        SYSTEM_PART,
+        SYSTEM_PART + 3 * MIB,
+        bad.start - 4096,
+        bad.end,
+    ] {
+        let got = q
+            .read(off, 4096)
+            .unwrap_or_else(|e| panic!("read at {off}: {e}"));
+        let p = (off - SYSTEM_PART) as usize;
+        assert!(got == good[p..p + 4096], "wrong bytes at {off}");
+    }
+    for (off, len) in [
+        (bad.start, 4096usize),
+        (bad.end - 512, 512),
+        (bad.start - 4096, 8192),
+    ] {
+        let e = q
+            .read(off, len)
+            .expect_err("a read of the bad chunk must fail");
+        assert_eq!(
+            e.raw_os_error(),
+            Some(libc::EIO),
+            "read at {off}+{len}: {e}"
+        );
+    }
+    let line = format!(
+        "fetching bytes {}..{} failed",
+        bad_chunk * MIB,
+        (bad_chunk + 1) * MIB
+    );
+    let log = server
+        .wait_for_log(&line, 1, Duration::from_secs(5))
+        .unwrap_or_else(|log| panic!("no failed-fetch line in the log:\n{log}"));
+    let l = log.lines().find(|l| l.contains(&line)).unwrap();
+    assert!(
+        l.contains("payload \\\"system\\\"") || l.contains("payload \"system\""),
+        "{l}"
+    );
+    assert!(l.contains("does not match its chunk hash"), "{l}");
+
+    // The registry is gone (every connection dropped): cached chunks are
+    // still served, an uncached one fails after the bounded attempts.
+    proxy.add("/", Fault::Drop, None);
+    let got = q.read(SYSTEM_PART + 3 * MIB, 4096).unwrap();
+    assert!(got == good[3 * MIB as usize..3 * MIB as usize + 4096]);
+    let e = q
+        .read(SYSTEM_PART + 9 * MIB, 4096)
+        .expect_err("uncached, registry gone");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    let off = 9 * MIB;
+    server
+        .wait_for_log(
+            &format!(
+                "fetching bytes {off}..{} failed after 2 attempt(s)",
+                off + MIB
+            ),
+            1,
+            Duration::from_secs(5),
+        )
+        .unwrap_or_else(|log| panic!("no failed-fetch line for the lost registry:\n{log}"));
+    drop(client);
+    assert!(server.terminate().unwrap().success());
+}
