@@ -31,6 +31,25 @@ impl RemoteCounters {
     pub fn snapshot(&self) -> (FetchTotals, StatsSnapshot) {
         (self.cache.totals(), self.client.snapshot())
     }
+
+    /// The counters as `/metrics` reports them.
+    pub fn metrics(&self) -> crate::metrics::RegistrySnapshot {
+        let (c, r) = self.snapshot();
+        crate::metrics::RegistrySnapshot {
+            chunk_fetches: c.fetches,
+            chunk_bytes: c.bytes,
+            chunk_retries: c.retries,
+            chunk_failures: c.failures,
+            chunk_fetch_micros: c.fetch_micros,
+            cache_hits: c.hits,
+            cache_misses: c.misses,
+            requests: r.fetches,
+            received_bytes: r.bytes,
+            request_retries: r.retries,
+            request_failures: r.failures,
+            token_fetches: r.token_fetches,
+        }
+    }
 }
 
 /// Opens `r` from its registry with the client `client_opts` make, its

@@ -120,6 +120,10 @@ pub struct ServeOptions {
     /// aligned for it (io_uring engine only).
     #[arg(long)]
     pub direct: bool,
+    /// The counters of a registry image's fetching, for `/metrics` (set by
+    /// `serve` when the image is a `docker://` reference).
+    #[arg(skip)]
+    pub registry: Option<crate::remote_image::RemoteCounters>,
 }
 
 impl ServeOptions {
@@ -225,6 +229,8 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
             Arc::new(disk)
         }
     };
+    // A registry image's fetching shows in /metrics.
+    args.serve.registry = args.image.remote.get().cloned();
     serve_device(disk, &partitions, &args.serve, direct)
 }
 
@@ -289,6 +295,9 @@ pub fn serve_device(
         }
         _ => None,
     };
+    if let (Some(m), Some(r)) = (&metrics, &opts.registry) {
+        m.set_registry(r.clone());
+    }
     if let Some(m) = &metrics {
         spawn_allocation_gauge(Arc::clone(&device), Arc::clone(m), Arc::clone(&shared));
     }

@@ -373,3 +373,107 @@ fn a_bad_chunk_and_a_lost_registry_fail_only_what_they_must() {
     drop(client);
     assert!(server.terminate().unwrap().success());
 }
+
+/// `GET url` with curl; the body.
+fn get(url: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-sf", "--max-time", "5", url])
+        .output()
+        .expect("curl (installed by .ci/install-deps)");
+    assert!(out.status.success(), "curl {url}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of the one sample of `name` in a scrape.
+fn value(scrape: &str, name: &str) -> f64 {
+    scrape
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{")))
+        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{scrape}"))
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name}: no value"))
+}
+
+/// `/metrics` of a disk served from a registry counts the chunks fetched,
+/// their bytes, retries, failures, fetch time and cache hits, and
+/// `promtool check metrics` accepts it.
+#[test]
+fn metrics_count_registry_fetches_and_cache_hits() {
+    let f = Fixture::new();
+    let proxy = Proxy::start(&f.reg.addr).unwrap();
+    let port = ocidisk_tests::registry::free_port().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let remote = f.remote(&proxy.addr);
+    let extra = ["--metrics", addr.as_str(), "--registry-retries", "1"];
+    let (server, mut client) = f.serve("metrics", &remote, &f.cache(), &extra);
+    let q = client.queue();
+    // Chunks 0..=2 of `system`, one of them with a failed first attempt.
+    proxy.add("/blobs/", Fault::Status(503), Some(1));
+    q.read(SYSTEM_PART, 3 * MIB as usize).unwrap();
+    q.read(SYSTEM_PART + MIB, 4096).unwrap();
+    let scrape = get(&format!("http://{addr}/metrics"));
+    assert_eq!(value(&scrape, "ocidisk_registry_chunk_fetches_total"), 3.0);
+    assert_eq!(
+        value(&scrape, "ocidisk_registry_chunk_fetch_bytes_total"),
+        (3 * MIB) as f64
+    );
+    // Pieces of the 3 MiB read run on helper threads at once: each that
+    // finds its chunk missing counts a miss, though one fetch fills it.
+    assert!(value(&scrape, "ocidisk_registry_cache_misses_total") >= 3.0);
+    assert!(value(&scrape, "ocidisk_registry_chunk_fetch_seconds_total") > 0.0);
+    // The 503 is retried by the client (one retry), not the cache.
+    assert_eq!(
+        value(&scrape, "ocidisk_registry_request_retries_total"),
+        1.0
+    );
+    assert!(value(&scrape, "ocidisk_registry_received_bytes_total") >= (3 * MIB) as f64);
+    assert_eq!(
+        value(&scrape, "ocidisk_registry_chunk_fetch_failures_total"),
+        0.0
+    );
+
+    // A lost registry: one chunk fails after two cache attempts.
+    proxy.add("/blobs/", Fault::Drop, None);
+    q.read(SYSTEM_PART + 8 * MIB, 4096)
+        .expect_err("registry gone");
+    let scrape = get(&format!("http://{addr}/metrics"));
+    assert_eq!(
+        value(&scrape, "ocidisk_registry_chunk_fetch_failures_total"),
+        1.0
+    );
+    assert_eq!(
+        value(&scrape, "ocidisk_registry_chunk_fetch_retries_total"),
+        1.0
+    );
+    assert!(value(&scrape, "ocidisk_registry_request_failures_total") >= 2.0);
+    drop(client);
+    assert!(server.terminate().unwrap().success());
+
+    // A second server finds the three chunks in the cache: hits, no fetch.
+    proxy.clear();
+    let (server, mut client) = f.serve("metrics2", &remote, &f.cache(), &extra);
+    client.queue().read(SYSTEM_PART, 3 * MIB as usize).unwrap();
+    let scrape = get(&format!("http://{addr}/metrics"));
+    assert_eq!(value(&scrape, "ocidisk_registry_cache_hits_total"), 3.0);
+    assert_eq!(value(&scrape, "ocidisk_registry_chunk_fetches_total"), 0.0);
+
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (installed by .ci/install-deps)");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), scrape.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(client);
+    assert!(server.terminate().unwrap().success());
+}

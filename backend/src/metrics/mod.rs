@@ -39,7 +39,7 @@ pub use trace::{TraceTotals, TraceWriter};
 use counter::Counter;
 use serde::{Deserialize, Serialize};
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// The type of a virtio-blk request, as counted.
@@ -298,6 +298,9 @@ pub struct DiskMetrics {
     trace: Option<TraceWriter>,
     epoch: Instant,
     started_unix_ms: u64,
+    /// What a registry image's fetching has done, when the disk comes
+    /// from a registry.
+    registry: OnceLock<crate::remote_image::RemoteCounters>,
 }
 
 impl DiskMetrics {
@@ -329,6 +332,7 @@ impl DiskMetrics {
             trace,
             epoch: Instant::now(),
             started_unix_ms,
+            registry: OnceLock::new(),
         })
     }
 
@@ -352,6 +356,12 @@ impl DiskMetrics {
         self.overlay_allocated_bytes.set(bytes);
     }
 
+    /// Reports the fetching of a registry image's blobs from now on (once;
+    /// later calls are ignored).
+    pub fn set_registry(&self, counters: crate::remote_image::RemoteCounters) {
+        let _ = self.registry.set(counters);
+    }
+
     /// Flushes and closes the request trace, if there is one; records that
     /// arrive afterwards are counted as dropped. Call it once at exit.
     pub fn close_trace(&self) -> io::Result<Option<TraceTotals>> {
@@ -370,9 +380,41 @@ impl DiskMetrics {
             histogram: HistogramFormat::current(),
             overlay_allocated_bytes: self.overlay_allocated_bytes.get(),
             trace: self.trace.as_ref().map(TraceWriter::totals),
+            registry: self.registry.get().map(|r| r.metrics()),
             queues: self.queues.iter().map(QueueMetrics::snapshot).collect(),
         }
     }
+}
+
+/// What fetching a registry image's blobs has done: the host chunk
+/// cache's counters as this process saw them, and its registry client's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrySnapshot {
+    /// Chunks fetched into the cache (and verified where they have hashes).
+    pub chunk_fetches: u64,
+    /// Their bytes.
+    pub chunk_bytes: u64,
+    /// Chunk fetch attempts that failed and were tried again.
+    pub chunk_retries: u64,
+    /// Chunks that could not be fetched within the attempt budget (a read
+    /// of them failed).
+    pub chunk_failures: u64,
+    /// Time spent in successful chunk fetches, in µs.
+    pub chunk_fetch_micros: u64,
+    /// Chunks first found ready in the cache (counted once each).
+    pub cache_hits: u64,
+    /// Chunks a read found missing.
+    pub cache_misses: u64,
+    /// Registry requests that succeeded (manifests, configs, ranges).
+    pub requests: u64,
+    /// Body bytes received from the registry, every attempt included.
+    pub received_bytes: u64,
+    /// Registry requests repeated after a transient failure.
+    pub request_retries: u64,
+    /// Registry requests that failed for good.
+    pub request_failures: u64,
+    /// Tokens fetched from the registry's token endpoint.
+    pub token_fetches: u64,
 }
 
 /// Version of the [`Snapshot`] JSON.
@@ -423,6 +465,10 @@ pub struct Snapshot {
     pub overlay_allocated_bytes: u64,
     /// Request trace counters, when tracing.
     pub trace: Option<TraceTotals>,
+    /// Registry and chunk cache counters, when the image comes from a
+    /// registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<RegistrySnapshot>,
     /// One entry per virtqueue.
     pub queues: Vec<QueueSnapshot>,
 }

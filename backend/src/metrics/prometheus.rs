@@ -6,7 +6,7 @@
 //! Every series carries the disk's `serial` and `socket`; per-queue series
 //! add `queue`, per-request-type series add `type`.
 
-use super::{HistogramSnapshot, KindSnapshot, QueueSnapshot, Snapshot};
+use super::{HistogramSnapshot, KindSnapshot, QueueSnapshot, RegistrySnapshot, Snapshot};
 use std::fmt::Write as _;
 
 /// The content type of the exposition format.
@@ -213,7 +213,85 @@ pub fn render(s: &Snapshot) -> String {
         );
         w.sample(name, "", t.dropped);
     }
+    if let Some(r) = &s.registry {
+        registry_families(&mut w, r);
+    }
     w.out
+}
+
+/// The families of a disk served from a registry: what its chunk cache
+/// fetched (the mean fetch latency is `rate(…_seconds_total) /
+/// rate(…_fetches_total)`), how often reads found chunks ready, and what
+/// the registry client did.
+fn registry_families(w: &mut Writer, r: &RegistrySnapshot) {
+    let counters: [(&str, &str, u64); 11] = [
+        (
+            "ocidisk_registry_chunk_fetches_total",
+            "Chunks fetched from the registry into the host cache and verified.",
+            r.chunk_fetches,
+        ),
+        (
+            "ocidisk_registry_chunk_fetch_bytes_total",
+            "Bytes of chunks fetched from the registry into the host cache.",
+            r.chunk_bytes,
+        ),
+        (
+            "ocidisk_registry_chunk_fetch_retries_total",
+            "Chunk fetches that failed and were tried again.",
+            r.chunk_retries,
+        ),
+        (
+            "ocidisk_registry_chunk_fetch_failures_total",
+            "Chunks that could not be fetched within the attempt budget (their reads failed).",
+            r.chunk_failures,
+        ),
+        (
+            "ocidisk_registry_cache_hits_total",
+            "Chunks found ready in the host cache (each counted once per process).",
+            r.cache_hits,
+        ),
+        (
+            "ocidisk_registry_cache_misses_total",
+            "Chunks a read found missing from the host cache.",
+            r.cache_misses,
+        ),
+        (
+            "ocidisk_registry_requests_total",
+            "Registry requests that succeeded (manifests, configs, blob ranges).",
+            r.requests,
+        ),
+        (
+            "ocidisk_registry_received_bytes_total",
+            "Body bytes received from the registry, failed attempts included.",
+            r.received_bytes,
+        ),
+        (
+            "ocidisk_registry_request_retries_total",
+            "Registry requests repeated after a transient failure.",
+            r.request_retries,
+        ),
+        (
+            "ocidisk_registry_request_failures_total",
+            "Registry requests that failed for good.",
+            r.request_failures,
+        ),
+        (
+            "ocidisk_registry_token_fetches_total",
+            "Tokens fetched from the registry's token endpoint.",
+            r.token_fetches,
+        ),
+    ];
+    for (name, help, value) in counters {
+        w.family(name, "counter", help);
+        w.sample(name, "", value);
+    }
+    let name = "ocidisk_registry_chunk_fetch_seconds_total";
+    w.family(
+        name,
+        "counter",
+        "Time spent in successful chunk fetches (divide by the fetches for the mean).",
+    );
+    w.sample(name, "", seconds(r.chunk_fetch_micros.saturating_mul(1000)));
 }
 
 #[cfg(test)]
@@ -312,7 +390,14 @@ mod tests {
             }
         }
         m.queue(0).add_base_read(1000);
-        m.snapshot()
+        let mut snap = m.snapshot();
+        snap.registry = Some(RegistrySnapshot {
+            chunk_fetches: 3,
+            chunk_fetch_micros: 1500,
+            cache_hits: 2,
+            ..RegistrySnapshot::default()
+        });
+        snap
     }
 
     #[test]
@@ -402,5 +487,15 @@ mod tests {
             })
             .unwrap();
         assert!(reads.ends_with(" 50"), "{reads}");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("ocidisk_registry_chunk_fetch_seconds_total{"))
+            .unwrap();
+        assert!(line.ends_with(" 0.0015"), "{line}");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("ocidisk_registry_cache_hits_total{"))
+            .unwrap();
+        assert!(line.ends_with(" 2"), "{line}");
     }
 }
