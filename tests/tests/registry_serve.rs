@@ -477,3 +477,61 @@ fn metrics_count_registry_fetches_and_cache_hits() {
     drop(client);
     assert!(server.terminate().unwrap().success());
 }
+
+/// A zstd image from the registry: its layers are fetched whole into the
+/// chunk cache (digest-checked), decompressed once, and `export` writes the
+/// same disk as from the local layout; `--verify=full` from the registry
+/// works too.
+#[test]
+fn zstd_images_and_export_from_a_registry() {
+    use ocidisk_tests::oci_writer::{efi_image, ImageBuilder, OsImage, Payload};
+    let f = Fixture::new();
+    let system: Vec<u8> = (0..SYSTEM as u32).map(|i| (i % 251) as u8).collect();
+    let img = ImageBuilder::monogon(
+        OsImage::new()
+            .payload(Payload::new("kernel.efi", efi_image(64 * 1024)).zstd())
+            .payload(Payload::new("system", system).zstd()),
+    )
+    .write(&f.dir.path().join("zsrc"))
+    .unwrap();
+    f.reg.push(&img.dir, None, "os/z:v1").unwrap();
+    let remote = format!("docker://{}/os/z:v1", f.reg.addr);
+    let export = |image: &str, cache: &Path, out: &str, extra: &[&str]| -> Vec<u8> {
+        let out = f.dir.path().join(out);
+        let mut args = vec!["export".to_owned()];
+        args.extend(
+            f.args(image, cache, extra)
+                .into_iter()
+                .filter(|a| a != "--readonly"),
+        );
+        args.extend(["--output".into(), s(&out).into()]);
+        let o = ocidisk(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(out).unwrap()
+    };
+    let local = export(
+        s(&img.dir),
+        &f.dir.path().join("local-cache"),
+        "local.raw",
+        &[],
+    );
+    let from_registry = export(&remote, &f.cache(), "remote.raw", &[]);
+    assert!(
+        from_registry == local,
+        "the zstd image exports differently from the registry"
+    );
+    // The compressed blobs are in the chunk cache, complete.
+    for layer in ["kernel.efi", "system"] {
+        let digest = &img.layer(layer).blob.digest;
+        let cached = f.cache().join("chunks/sha256").join(&digest[7..]);
+        let stored = std::fs::read(img.dir.join("blobs/sha256").join(&digest[7..])).unwrap();
+        assert!(std::fs::read(&cached).unwrap() == stored, "{layer}");
+    }
+    let full = export(
+        &remote,
+        &f.dir.path().join("cache2"),
+        "full.raw",
+        &["--verify=full"],
+    );
+    assert!(full == local);
+}
