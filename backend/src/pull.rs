@@ -1,7 +1,9 @@
-//! `ocidisk pull`: an image from a registry into an OCI image layout
+//! `ocidisk pull`: an image from a registry into the host's chunk cache
+//! (so that `serve --image docker://…` starts with everything there and
+//! fetches nothing), or with `--output` into an OCI image layout
 //! directory, every blob checked against its digest, so that `inspect`,
-//! `export` and `serve --image DIR` can use it. Blobs already in the
-//! directory are not fetched again.
+//! `export` and `serve --image DIR` can use it. Blobs (or chunks) already
+//! there are not fetched again.
 
 use crate::registry_args::RegistryArgs;
 use anyhow::Context as _;
@@ -15,9 +17,14 @@ pub struct Args {
     #[arg(value_name = "REF")]
     image: String,
     /// The OCI image layout directory to write (created if needed; other
-    /// images in it stay).
+    /// images in it stay). Without it, the image's layers are fetched into
+    /// the chunk cache (`--cache`).
     #[arg(long, value_name = "DIR")]
-    output: PathBuf,
+    output: Option<PathBuf>,
+    /// The cache directory shared by every ocidisk on the host (default
+    /// `$XDG_CACHE_HOME/ocidisk`); without `--output`, where the layers go.
+    #[arg(long, value_name = "DIR", conflicts_with = "output")]
+    cache: Option<PathBuf>,
     /// The manifest to take from an image index: a ref name
     /// (`org.opencontainers.image.ref.name`) or `sha256:<hex>` (otherwise
     /// by `--platform`).
@@ -40,6 +47,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             dir.display()
         ),
     };
+    let Some(output) = &args.output else {
+        let cache = match &args.cache {
+            Some(d) => d.clone(),
+            None => layout::cache::Cache::default_dir()?,
+        };
+        let report = crate::remote_image::fill_cache(
+            &r,
+            args.reference.as_deref(),
+            args.registry.client_options()?,
+            args.registry.retries.saturating_add(1),
+            &cache,
+        )?;
+        println!(
+            "pulled {} into the cache {}: manifest {}, {} layers, {} chunks fetched ({} bytes), {} already cached",
+            r,
+            cache.display(),
+            report.manifest,
+            report.layers,
+            report.fetched_chunks,
+            report.fetched_bytes,
+            report.cached_chunks
+        );
+        return Ok(());
+    };
     let client = Client::new(args.registry.client_options()?)?;
     let image = client
         .resolve(&r, args.reference.as_deref())
@@ -48,13 +79,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Target::Tag(t) => Some(t.clone()),
         Target::Digest(_) => None,
     });
-    let report = registry::pull_to_layout(&client, &image, &args.output, ref_name.as_deref())
-        .with_context(|| format!("pulling {r} into {}", args.output.display()))?;
+    let report = registry::pull_to_layout(&client, &image, output, ref_name.as_deref())
+        .with_context(|| format!("pulling {r} into {}", output.display()))?;
     let stats = client.stats().snapshot();
     println!(
         "pulled {} into {}: manifest {}, {} blobs fetched ({} bytes), {} already present; {} bytes received, {} retries",
         r,
-        args.output.display(),
+        output.display(),
         report.manifest,
         report.fetched_blobs,
         report.fetched_bytes,

@@ -9,7 +9,7 @@
 
 use anyhow::Context as _;
 use layout::chunkcache::{
-    BlobSpec, ChunkCache, ChunkCacheSettings, ChunkHashes, FetchCounters, FetchTotals,
+    BlobSpec, CachedBlob, ChunkCache, ChunkCacheSettings, ChunkHashes, FetchCounters, FetchTotals,
 };
 use layout::oci::{BlobData, Fetched, Image, ImageError, LayerBlob, LayerRequest, OpenOptions};
 use registry::{Client, ClientStats, Digest, RegistryRef, RemoteBlob, StatsSnapshot, Target};
@@ -63,6 +63,67 @@ pub fn open(
     cache_dir: &Path,
     opts: &OpenOptions,
 ) -> anyhow::Result<(Image, RemoteCounters)> {
+    let (image, counters, _) = open_blobs(r, manifest_ref, client_opts, attempts, cache_dir, opts)?;
+    Ok((image, counters))
+}
+
+/// What [`fill_cache`] did.
+#[derive(Clone, Debug)]
+pub struct FillReport {
+    /// The manifest's digest.
+    pub manifest: String,
+    /// Layers in the image.
+    pub layers: usize,
+    /// Chunks fetched now, and their bytes.
+    pub fetched_chunks: u64,
+    pub fetched_bytes: u64,
+    /// Chunks that were in the cache already.
+    pub cached_chunks: u64,
+}
+
+/// Fetches every layer of `r` into the chunk cache under `cache_dir`
+/// (`ocidisk pull` without `--output`): every chunk checked against its
+/// hash, blobs without chunk hashes against their digest, zstd layers
+/// decompressed into the cache too. A server started afterwards on the
+/// same cache fetches no layer bytes.
+pub fn fill_cache(
+    r: &RegistryRef,
+    manifest_ref: Option<&str>,
+    client_opts: registry::ClientOptions,
+    attempts: u32,
+    cache_dir: &Path,
+) -> anyhow::Result<FillReport> {
+    let opts = OpenOptions {
+        cache_dir: Some(cache_dir.to_owned()),
+        ..OpenOptions::default()
+    };
+    let (image, counters, blobs) =
+        open_blobs(r, manifest_ref, client_opts, attempts, cache_dir, &opts)?;
+    let chunks: u64 = blobs.iter().map(|b| b.status().chunks).sum();
+    for blob in &blobs {
+        blob.fetch_all()
+            .with_context(|| format!("fetching {} into {}", r, cache_dir.display()))?;
+    }
+    let totals = counters.cache.totals();
+    Ok(FillReport {
+        manifest: image.manifest_digest().to_owned(),
+        layers: image.layers().len(),
+        fetched_chunks: totals.fetches,
+        fetched_bytes: totals.bytes,
+        // zstd layers were fetched while opening: count from the totals.
+        cached_chunks: chunks.saturating_sub(totals.fetches),
+    })
+}
+
+/// [`open`], also yielding every layer's cached blob.
+fn open_blobs(
+    r: &RegistryRef,
+    manifest_ref: Option<&str>,
+    client_opts: registry::ClientOptions,
+    attempts: u32,
+    cache_dir: &Path,
+    opts: &OpenOptions,
+) -> anyhow::Result<(Image, RemoteCounters, Vec<Arc<CachedBlob>>)> {
     let client = Arc::new(Client::new(client_opts.for_chunk_cache()).context("registry client")?);
     let resolved = client
         .resolve(r, manifest_ref)
@@ -88,11 +149,14 @@ pub fn open(
         },
         config: &resolved.config,
     };
+    let mut blobs = Vec::new();
     let image = Image::from_fetched(&fetched, opts, &mut |req: &LayerRequest<'_>| {
-        open_layer(&client, &resolved.reference, &cache, opts, req)
+        let (layer, blob) = open_layer(&client, &resolved.reference, &cache, opts, req)?;
+        blobs.push(blob);
+        Ok(layer)
     })
     .with_context(|| format!("opening image {r} (manifest {manifest_digest})"))?;
-    Ok((image, counters))
+    Ok((image, counters, blobs))
 }
 
 /// One layer as a chunk cache blob whose missing chunks come from the
@@ -103,7 +167,7 @@ fn open_layer(
     cache: &ChunkCache,
     opts: &OpenOptions,
     req: &LayerRequest<'_>,
-) -> Result<LayerBlob, ImageError> {
+) -> Result<(LayerBlob, Arc<CachedBlob>), ImageError> {
     let cache_err = |source| ImageError::ChunkCache {
         what: req.what.to_owned(),
         source,
@@ -142,8 +206,9 @@ fn open_layer(
         blob.fetch_all().map_err(cache_err)?;
     }
     let file = blob.blob_file().map_err(cache_err)?;
-    Ok(LayerBlob {
+    let layer = LayerBlob {
         data: BlobData::File(Arc::new(file)),
         checked_on_read: true,
-    })
+    };
+    Ok((layer, blob))
 }

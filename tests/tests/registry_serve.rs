@@ -535,3 +535,39 @@ fn zstd_images_and_export_from_a_registry() {
     );
     assert!(full == local);
 }
+
+/// `ocidisk pull REF` without `--output` fills the chunk cache: a server
+/// started afterwards on it fetches no layer bytes, a second pull fetches
+/// nothing.
+#[test]
+fn pull_fills_the_chunk_cache() {
+    let f = Fixture::new();
+    let proxy = Proxy::start(&f.reg.addr).unwrap();
+    let remote = f.remote(&proxy.addr);
+    let pull = || -> String {
+        let args: Vec<String> = ["pull", remote.as_str(), "--cache", s(&f.cache())]
+            .map(String::from)
+            .to_vec();
+        let o = ocidisk(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let said = pull();
+    // 13 chunks of `system`, 1 of `kernel.efi`.
+    assert!(said.contains("14 chunks fetched"), "{said}");
+    assert!(said.contains(f.img.manifest_digest()), "{said}");
+    assert_eq!(blob_requests(&proxy), 14);
+    let said = pull();
+    assert!(
+        said.contains("0 chunks fetched (0 bytes), 14 already cached"),
+        "{said}"
+    );
+
+    proxy.forget();
+    let (server, mut client) = f.serve("pulled", &remote, &f.cache(), &[]);
+    let disk = read_all(&mut client);
+    assert!(disk[SYSTEM_PART as usize..SYSTEM_PART as usize + SYSTEM] == f.system()[..]);
+    drop(client);
+    assert!(server.terminate().unwrap().success());
+    assert_eq!(blob_requests(&proxy), 0);
+}
