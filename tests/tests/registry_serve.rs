@@ -571,3 +571,34 @@ fn pull_fills_the_chunk_cache() {
     assert!(server.terminate().unwrap().success());
     assert_eq!(blob_requests(&proxy), 0);
 }
+
+/// `cache list` of a cache with a damaged record names the file; an
+/// empty or missing cache lists nothing.
+#[test]
+fn cache_list_names_a_damaged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = |cache: &Path| {
+        let args: Vec<String> = ["cache", "list", "--cache", s(cache), "--json"]
+            .map(String::from)
+            .to_vec();
+        ocidisk(&args)
+    };
+    let o = list(&dir.path().join("nothing"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "[]");
+    let chunks = dir.path().join("chunks/sha256");
+    std::fs::create_dir_all(&chunks).unwrap();
+    let record = chunks.join(format!("{}.chunks", "cd".repeat(32)));
+    std::fs::write(
+        &record,
+        b"OCIDCHK2 and then some, long enough to be a header?? ........",
+    )
+    .unwrap();
+    let o = list(dir.path());
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(s(&record)) && err.contains("bad magic"),
+        "{err}"
+    );
+}
