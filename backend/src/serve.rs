@@ -296,7 +296,8 @@ pub fn serve_device(
         _ => None,
     };
     if let (Some(m), Some(r)) = (&metrics, &opts.registry) {
-        m.set_registry(r.clone());
+        let r = r.clone();
+        m.set_registry(move || r.metrics());
     }
     if let Some(m) = &metrics {
         spawn_allocation_gauge(Arc::clone(&device), Arc::clone(m), Arc::clone(&shared));

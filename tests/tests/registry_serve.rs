@@ -589,11 +589,7 @@ fn cache_list_names_a_damaged_record() {
     let chunks = dir.path().join("chunks/sha256");
     std::fs::create_dir_all(&chunks).unwrap();
     let record = chunks.join(format!("{}.chunks", "cd".repeat(32)));
-    std::fs::write(
-        &record,
-        b"OCIDCHK2 and then some, long enough to be a header?? ........",
-    )
-    .unwrap();
+    std::fs::write(&record, [b"OCIDCHK2".as_slice(), &[0u8; 80]].concat()).unwrap();
     let o = list(dir.path());
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);

@@ -300,7 +300,7 @@ pub struct DiskMetrics {
     started_unix_ms: u64,
     /// What a registry image's fetching has done, when the disk comes
     /// from a registry.
-    registry: OnceLock<crate::remote_image::RemoteCounters>,
+    registry: OnceLock<RegistrySource>,
 }
 
 impl DiskMetrics {
@@ -358,8 +358,8 @@ impl DiskMetrics {
 
     /// Reports the fetching of a registry image's blobs from now on (once;
     /// later calls are ignored).
-    pub fn set_registry(&self, counters: crate::remote_image::RemoteCounters) {
-        let _ = self.registry.set(counters);
+    pub fn set_registry(&self, source: impl Fn() -> RegistrySnapshot + Send + Sync + 'static) {
+        let _ = self.registry.set(Box::new(source));
     }
 
     /// Flushes and closes the request trace, if there is one; records that
@@ -380,11 +380,15 @@ impl DiskMetrics {
             histogram: HistogramFormat::current(),
             overlay_allocated_bytes: self.overlay_allocated_bytes.get(),
             trace: self.trace.as_ref().map(TraceWriter::totals),
-            registry: self.registry.get().map(|r| r.metrics()),
+            registry: self.registry.get().map(|r| r()),
             queues: self.queues.iter().map(QueueMetrics::snapshot).collect(),
         }
     }
 }
+
+/// Reads the registry counters when a snapshot is taken (kept as a
+/// function so that the metrics need not know where they come from).
+type RegistrySource = Box<dyn Fn() -> RegistrySnapshot + Send + Sync>;
 
 /// What fetching a registry image's blobs has done: the host chunk
 /// cache's counters as this process saw them, and its registry client's.
