@@ -598,3 +598,40 @@ fn cache_list_names_a_damaged_record() {
         "{err}"
     );
 }
+
+/// `--image` references that cannot be used are refused with the reason:
+/// a manifest named twice differently, a registry reference without a
+/// host, an unsupported transport, a registry that is not there.
+#[test]
+fn bad_image_references_are_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = small_image(&dir.path().join("img"), 4096, 1, "v1").unwrap();
+    let cache = dir.path().join("cache");
+    let run = |image: &str, extra: &[&str]| -> String {
+        let mut args: Vec<String> = ["inspect", "--image", image, "--cache", s(&cache)]
+            .map(String::from)
+            .to_vec();
+        args.extend(extra.iter().map(|x| x.to_string()));
+        let o = ocidisk(&args);
+        assert!(!o.status.success(), "inspect --image {image} succeeded");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let e = run(&format!("oci:{}:v1", s(&img.dir)), &["--ref", "v2"]);
+    assert!(e.contains("names manifest \"v1\" and --ref another"), "{e}");
+    let e = run("docker://", &[]);
+    assert!(e.contains("--image") && e.contains("docker://"), "{e}");
+    let e = run("oci-archive:/x.tar", &[]);
+    assert!(
+        e.contains("transport \"oci-archive\" is not supported"),
+        "{e}"
+    );
+    let port = ocidisk_tests::registry::free_port().unwrap();
+    let e = run(
+        &format!("docker://127.0.0.1:{port}/os/node:v1"),
+        &["--registry-retries", "0"],
+    );
+    assert!(
+        e.contains(&format!("127.0.0.1:{port}")) && e.contains("os/node"),
+        "{e}"
+    );
+}
