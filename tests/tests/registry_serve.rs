@@ -635,3 +635,86 @@ fn bad_image_references_are_refused_clearly() {
         "{e}"
     );
 }
+
+/// Faults a registry recovers from never reach the guest: a token that
+/// expires while serving is renewed (with `--creds`), a body cut short and
+/// a slow answer are fetched again or waited for; the bytes are right.
+#[test]
+fn recoverable_faults_while_serving_give_the_right_bytes() {
+    let f = Fixture::new();
+    let proxy = Proxy::start_bearer(&f.reg.addr, Some("user:secret")).unwrap();
+    let (server, mut client) = f.serve(
+        "bearer",
+        &f.remote(&proxy.addr),
+        &f.cache(),
+        &["--creds", "user:secret", "--registry-timeout", "5"],
+    );
+    let good = f.system();
+    let q = client.queue();
+    let mut check = |chunk: u64| {
+        let off = SYSTEM_PART + chunk * MIB + 512;
+        let got = q
+            .read(off, 8192)
+            .unwrap_or_else(|e| panic!("chunk {chunk}: {e}"));
+        let p = (chunk * MIB + 512) as usize;
+        assert!(got == good[p..p + 8192], "wrong bytes in chunk {chunk}");
+    };
+    check(0);
+    let issued = proxy.tokens_issued();
+    proxy.expire_tokens();
+    check(1);
+    assert!(
+        proxy.tokens_issued() > issued,
+        "the expired token was not renewed"
+    );
+    proxy.add("/blobs/", Fault::Truncate(1000), Some(1));
+    check(2);
+    proxy.add(
+        "/blobs/",
+        Fault::Delay(Duration::from_millis(1500)),
+        Some(1),
+    );
+    check(3);
+    drop(client);
+    assert!(server.terminate().unwrap().success());
+}
+
+/// Ten servers started together on one empty cache, all reading the same
+/// chunks at once: each chunk crosses the network once.
+#[test]
+fn ten_servers_on_one_cache_fetch_each_chunk_once() {
+    let f = Fixture::new();
+    let proxy = Proxy::start(&f.reg.addr).unwrap();
+    let remote = f.remote(&proxy.addr);
+    let servers: Vec<(Server, BlkioClient)> = (0..10)
+        .map(|i| f.serve(&format!("n{i}"), &remote, &f.cache(), &[]))
+        .collect();
+    let good = f.system();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = servers
+            .into_iter()
+            .map(|(server, mut client)| {
+                let good = &good;
+                scope.spawn(move || {
+                    let got = client
+                        .queue()
+                        .read(SYSTEM_PART, 4 * MIB as usize)
+                        .expect("read of chunks 0..4");
+                    assert!(got == good[..4 * MIB as usize]);
+                    drop(client);
+                    assert!(server.terminate().unwrap().success());
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+    let ranges: Vec<String> = proxy
+        .seen()
+        .iter()
+        .filter(|r| r.target.contains("/blobs/"))
+        .filter_map(|r| r.range.clone())
+        .collect();
+    assert_eq!(ranges.len(), 4, "one request per chunk: {ranges:?}");
+}
