@@ -718,3 +718,61 @@ fn ten_servers_on_one_cache_fetch_each_chunk_once() {
         .collect();
     assert_eq!(ranges.len(), 4, "one request per chunk: {ranges:?}");
 }
+
+/// kill -9 of a server while it fetches a chunk (the registry is slow to
+/// answer): a restart on the same cache serves what was fetched before
+/// without asking the registry again, and fetches the interrupted chunk
+/// afresh, with the right bytes.
+#[test]
+fn a_server_killed_mid_fetch_resumes_without_refetching() {
+    let f = Fixture::new();
+    let proxy = Proxy::start(&f.reg.addr).unwrap();
+    let remote = f.remote(&proxy.addr);
+    let good = f.system();
+    let (server, mut client) = f.serve("first", &remote, &f.cache(), &[]);
+    let got = client.queue().read(SYSTEM_PART, 3 * MIB as usize).unwrap();
+    assert!(got == good[..3 * MIB as usize]);
+
+    proxy.add("/blobs/", Fault::Delay(Duration::from_secs(5)), Some(1));
+    // Its read fails once the server is killed under it, but libblkio
+    // notices only after its own 20 s timeout: the thread is left to end
+    // with the test process.
+    std::thread::spawn(move || {
+        let _ = client.queue().read(SYSTEM_PART + 5 * MIB, 4096);
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !proxy.seen().iter().any(|r| {
+        r.fault
+            .as_ref()
+            .is_some_and(|f| matches!(f, Fault::Delay(_)))
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the chunk fetch never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill().unwrap();
+    proxy.clear();
+    proxy.forget();
+
+    let (server, mut client) = f.serve("second", &remote, &f.cache(), &[]);
+    let q = client.queue();
+    let got = q.read(SYSTEM_PART, 3 * MIB as usize).unwrap();
+    assert!(got == good[..3 * MIB as usize]);
+    let got = q.read(SYSTEM_PART + 5 * MIB, 4096).unwrap();
+    assert!(got == good[5 * MIB as usize..5 * MIB as usize + 4096]);
+    let ranges: Vec<String> = proxy
+        .seen()
+        .iter()
+        .filter(|r| r.target.contains("/blobs/"))
+        .filter_map(|r| r.range.clone())
+        .collect();
+    assert_eq!(
+        ranges,
+        [format!("bytes={}-{}", 5 * MIB, 6 * MIB - 1)],
+        "only the interrupted chunk is fetched again"
+    );
+    drop(client);
+    assert!(server.terminate().unwrap().success());
+}
