@@ -339,7 +339,9 @@ impl Image {
         })
     }
 
-    /// The image layout directory.
+    /// The image layout directory; for an image built with
+    /// [`Image::from_fetched`] (a registry's), the cache directory its
+    /// blobs are kept in.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
