@@ -2,7 +2,7 @@
 //!
 //! The command line; everything it runs lives in the library.
 
-use ocidisk::{cache_cmd, export, inspect, overlay_cmd, pull, serve, stats_cmd, trace_cmd};
+use ocidisk::cmd::{cache, export, inspect, overlay, pull, serve, stats, trace};
 
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal as _;
@@ -28,15 +28,15 @@ enum Command {
     Pull(pull::Args),
     /// List or prune the host's shared cache of registry blobs.
     #[command(subcommand)]
-    Cache(cache_cmd::Command),
+    Cache(cache::Command),
     /// Inspect or reset a per-VM overlay file.
     #[command(subcommand)]
-    Overlay(overlay_cmd::Command),
+    Overlay(overlay::Command),
     /// Show a served disk's guest I/O live, from its `--metrics` endpoint.
-    Stats(stats_cmd::Args),
+    Stats(stats::Args),
     /// Work with request traces written by `serve --trace`.
     #[command(subcommand)]
-    Trace(trace_cmd::Command),
+    Trace(trace::Command),
 }
 
 fn main() -> ExitCode {
@@ -58,10 +58,10 @@ fn main() -> ExitCode {
         Command::Export(args) => export::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Pull(args) => pull::run(args),
-        Command::Cache(cmd) => cache_cmd::run(cmd),
-        Command::Overlay(cmd) => overlay_cmd::run(cmd),
-        Command::Stats(args) => stats_cmd::run(args),
-        Command::Trace(cmd) => trace_cmd::run(cmd),
+        Command::Cache(cmd) => cache::run(cmd),
+        Command::Overlay(cmd) => overlay::run(cmd),
+        Command::Stats(args) => stats::run(args),
+        Command::Trace(cmd) => trace::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

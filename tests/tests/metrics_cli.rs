@@ -5,11 +5,8 @@
 //! the real trace writer. (With `ocidisk serve` itself once the device
 //! records into the metrics.)
 
-// The metrics module of the binary, compiled into this test so that the
-// endpoint and trace writer under test are the binary's own code.
-#[allow(dead_code, unused_imports)]
-#[path = "../../backend/src/metrics/mod.rs"]
-mod metrics;
+// The binary's own metrics code, from its library.
+use ocidisk::metrics;
 
 use metrics::trace::TraceWriter;
 use metrics::{serve_http, DiskMetrics, Done, Labels, ReqKind, Status};

@@ -9,11 +9,8 @@
 
 mod trace_support;
 
-// The trace writer of the binary, compiled into this test so that the
-// synthetic traces are written by the binary's own code.
-#[allow(dead_code, unused_imports)]
-#[path = "../../backend/src/metrics/mod.rs"]
-mod metrics;
+// The binary's own metrics code, from its library.
+use ocidisk::metrics;
 
 use metrics::trace::{Record, TraceDisk, TracePartition, TraceWriter};
 use metrics::ReqKind;

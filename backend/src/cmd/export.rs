@@ -2,7 +2,7 @@
 //! image, for debugging and interop with `qemu-img`, `sgdisk` and friends.
 //! See [`layout::export`] for how the bytes are copied.
 
-use crate::image_args::ImageArgs;
+use crate::cmd::image_args::ImageArgs;
 use anyhow::Context as _;
 use std::fs::{File, OpenOptions};
 use std::io::IoSliceMut;

@@ -5,7 +5,7 @@
 //! `export` and `serve --image DIR` can use it. Blobs (or chunks) already
 //! there are not fetched again.
 
-use crate::registry_args::RegistryArgs;
+use crate::cmd::registry_args::RegistryArgs;
 use anyhow::Context as _;
 use registry::{Client, ImageRef, Target};
 use std::path::PathBuf;

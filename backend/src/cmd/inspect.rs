@@ -1,6 +1,6 @@
 //! `ocidisk inspect`: the partition table and where the disk's bytes come from.
 
-use crate::image_args::ImageArgs;
+use crate::cmd::image_args::ImageArgs;
 use layout::compose::Disk;
 use serde::Serialize;
 use std::io::Write as _;

@@ -13,11 +13,11 @@
 //! waits for the path never connects too early. `ready socket=PATH` on stdout
 //! says the same to launchers that read lines.
 
+use crate::cmd::image_args::ImageArgs;
 use crate::device::engine::{EngineChoice, EngineConfig};
 use crate::device::parallel::Helpers;
 use crate::device::{BlkBackend, DeviceConfig, GuestMemory, Stats};
 use crate::disk::{BlockDevice, OverlayDisk, ReadOnlyDisk};
-use crate::image_args::ImageArgs;
 use crate::metrics::trace::{TraceDisk, TracePartition};
 use crate::metrics::{self, DiskMetrics, Labels, TraceWriter};
 use crate::vhost_user::{wait_for, Ended, Session, Watchdog};
@@ -196,7 +196,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     // A served disk checks each payload chunk on its first read unless
     // told otherwise: once a chunk is checked it costs one atomic load per
     // read (README, "Verifying payloads").
-    args.image.default_verify = crate::image_args::VerifyMode::Lazy;
+    args.image.default_verify = crate::cmd::image_args::VerifyMode::Lazy;
     let mut direct = None;
     let partitions;
     let disk: Arc<dyn BlockDevice> = match &args.overlay {

@@ -1,7 +1,7 @@
 //! Arguments that select an image and a layout, shared by the commands that
 //! compose a disk.
 
-use crate::registry_args::RegistryArgs;
+use crate::cmd::registry_args::RegistryArgs;
 use crate::remote_image::{self, RemoteCounters};
 use anyhow::Context as _;
 use clap::Args;
