@@ -310,20 +310,7 @@ impl Client {
                 _ => return Err(Client::status_error(&at, &mut resp)),
             };
             let mut reader = resp.body_mut().as_reader();
-            let skipped = std::io::copy(&mut (&mut reader).take(skip), &mut std::io::sink())
-                .map_err(|source| RegistryError::Body {
-                    at: at.clone(),
-                    got: 0,
-                    source,
-                })?;
-            self.count_bytes(skipped);
-            if skipped < skip {
-                return Err(RegistryError::Truncated {
-                    at: at.clone(),
-                    expected: skip + buf.len() as u64,
-                    got: skipped,
-                });
-            }
+            self.skip_body(&at, &mut reader, skip, skip + buf.len() as u64)?;
             while filled < buf.len() {
                 match reader.read(&mut buf[filled..]) {
                     Ok(0) => {
@@ -382,20 +369,7 @@ impl Client {
                 _ => return Err(Client::status_error(&at, &mut resp)),
             };
             let mut reader = resp.body_mut().as_reader();
-            let skipped = std::io::copy(&mut (&mut reader).take(skip), &mut std::io::sink())
-                .map_err(|source| RegistryError::Body {
-                    at: at.clone(),
-                    got: 0,
-                    source,
-                })?;
-            self.count_bytes(skipped);
-            if skipped < skip {
-                return Err(RegistryError::Truncated {
-                    at: at.clone(),
-                    expected: size.unwrap_or(skip),
-                    got: skipped,
-                });
-            }
+            self.skip_body(&at, &mut reader, skip, size.unwrap_or(skip))?;
             loop {
                 let n = match reader.read(&mut buf) {
                     Ok(0) => break,
@@ -490,6 +464,38 @@ impl Client {
                 Ok(n) => return Ok(n),
             }
         }
+    }
+}
+
+impl Client {
+    /// Reads and drops the first `skip` bytes of a body: what a registry
+    /// that answered a `Range` request with the whole blob (`200`) sent
+    /// before the range. A body that ends first is
+    /// [`RegistryError::Truncated`], reported against `expected` bytes.
+    fn skip_body(
+        &self,
+        at: &At,
+        reader: &mut impl Read,
+        skip: u64,
+        expected: u64,
+    ) -> Result<(), RegistryError> {
+        let skipped =
+            std::io::copy(&mut reader.take(skip), &mut std::io::sink()).map_err(|source| {
+                RegistryError::Body {
+                    at: at.clone(),
+                    got: 0,
+                    source,
+                }
+            })?;
+        self.count_bytes(skipped);
+        if skipped < skip {
+            return Err(RegistryError::Truncated {
+                at: at.clone(),
+                expected,
+                got: skipped,
+            });
+        }
+        Ok(())
     }
 }
 

@@ -2,11 +2,13 @@
 //! removing what is old or too much (`ocidisk cache prune`), never a blob a
 //! running server has open (see [`IN_USE_LOCK`]).
 
-use super::record::{ByteLock, Kind, HEADER_LEN, IN_USE_LOCK, PRESENT, VERIFIED};
+use super::record::{
+    io_err, open_existing, parse_header, ByteLock, Kind, HEADER_LEN, IN_USE_LOCK, PRESENT, VERIFIED,
+};
 use super::{ChunkCache, ChunkCacheError};
 use serde::Serialize;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _};
+use std::fs::File;
+use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -147,42 +149,32 @@ impl ChunkCache {
 
 /// Reads a record's header and states without changing anything.
 fn read_entry(record: &Path, path: &Path, hex: &str) -> Result<Entry, ChunkCacheError> {
-    let io = |op: &'static str, p: &Path| {
-        let p = p.to_owned();
-        move |source| ChunkCacheError::Io {
-            path: p,
-            op,
-            source,
-        }
-    };
-    let file = File::open(record).map_err(io("opening the chunk record", record))?;
+    let file = File::open(record).map_err(io_err(record, "opening the chunk record"))?;
     let meta = file
         .metadata()
-        .map_err(io("inspecting the chunk record", record))?;
-    let bad = |why: &str| ChunkCacheError::BadRecord {
-        path: record.to_owned(),
-        why: why.to_owned(),
-    };
+        .map_err(io_err(record, "inspecting the chunk record"))?;
     if meta.len() < HEADER_LEN {
-        return Err(bad("shorter than its header"));
+        return Err(ChunkCacheError::BadRecord {
+            path: record.to_owned(),
+            why: "shorter than its header".to_owned(),
+        });
     }
     let mut head = [0u8; HEADER_LEN as usize];
     file.read_exact_at(&mut head, 0)
-        .map_err(io("reading the chunk record", record))?;
-    if &head[0..8] != b"OCIDCHK1" {
-        return Err(bad("not a chunk record (bad magic)"));
-    }
-    let le = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or_default());
-    let (size, chunk_size) = (le(&head[16..24]), le(&head[24..32]));
+        .map_err(io_err(record, "reading the chunk record"))?;
+    let (size, chunk_size) = parse_header(record, &head)?;
     if chunk_size == 0 {
-        return Err(bad("chunk size 0"));
+        return Err(ChunkCacheError::BadRecord {
+            path: record.to_owned(),
+            why: "chunk size 0".to_owned(),
+        });
     }
     let chunks = size.div_ceil(chunk_size);
     let mut states = vec![0u8; chunks as usize];
     file.read_exact_at(&mut states, HEADER_LEN)
-        .map_err(io("reading the chunk record", record))?;
+        .map_err(io_err(record, "reading the chunk record"))?;
     let allocated = std::fs::metadata(path)
-        .map_err(io("inspecting the cached blob", path))?
+        .map_err(io_err(path, "inspecting the cached blob"))?
         .blocks()
         * 512;
     let last_used = meta
@@ -206,16 +198,7 @@ fn read_entry(record: &Path, path: &Path, hex: &str) -> Result<Entry, ChunkCache
 
 /// The record's in-use byte, write-locked, if no process holds it.
 fn lock_unused(record: &Path) -> Result<ByteLock, ChunkCacheError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(record)
-        .map_err(|source| ChunkCacheError::Io {
-            path: record.to_owned(),
-            op: "opening the chunk record",
-            source,
-        })?;
+    let file = open_existing(record)?;
     ByteLock::lock(file, record, IN_USE_LOCK, 1, Kind::ExclusiveNow)
 }
 

@@ -77,7 +77,10 @@ impl std::fmt::Debug for Record {
     }
 }
 
-fn io_err<'p>(path: &'p Path, op: &'static str) -> impl FnOnce(io::Error) -> ChunkCacheError + 'p {
+pub(crate) fn io_err<'p>(
+    path: &'p Path,
+    op: &'static str,
+) -> impl FnOnce(io::Error) -> ChunkCacheError + 'p {
     move |source| ChunkCacheError::Io {
         path: path.to_owned(),
         op,
@@ -93,6 +96,28 @@ fn header(size: u64, chunk_size: u64) -> [u8; HEADER_LEN as usize] {
     h[16..24].copy_from_slice(&size.to_le_bytes());
     h[24..32].copy_from_slice(&chunk_size.to_le_bytes());
     h
+}
+
+/// The blob size and chunk size a record's header gives; a header that is
+/// not a record's, or of another version, is an error naming the file.
+pub(crate) fn parse_header(
+    path: &Path,
+    head: &[u8; HEADER_LEN as usize],
+) -> Result<(u64, u64), ChunkCacheError> {
+    let bad = |why: String| ChunkCacheError::BadRecord {
+        path: path.to_owned(),
+        why,
+    };
+    if &head[0..8] != MAGIC {
+        return Err(bad("not a chunk record (bad magic)".to_owned()));
+    }
+    let version = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
+    if version != VERSION {
+        return Err(bad(format!(
+            "format version {version}; this reader understands {VERSION}"
+        )));
+    }
+    Ok((le64(&head[16..24]), le64(&head[24..32])))
 }
 
 fn le64(b: &[u8]) -> u64 {
@@ -126,12 +151,7 @@ impl Record {
         // below keeps its file's description alive (and an OFD lock with
         // it) for as long as it exists.
         let lock = ByteLock::acquire(file, path, INIT_LOCK, 1)?;
-        let file = &OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)
-            .map_err(io_err(path, "opening the chunk record"))?;
+        let file = &open_existing(path)?;
         let mut head = [0u8; HEADER_LEN as usize];
         let len = file
             .metadata()
@@ -145,20 +165,7 @@ impl Record {
             0
         };
         let (size_found, chunk_found) = if n == HEADER_LEN && head[0..8] != [0u8; 8] {
-            if &head[0..8] != MAGIC {
-                return Err(ChunkCacheError::BadRecord {
-                    path: path.to_owned(),
-                    why: "not a chunk record (bad magic)".to_owned(),
-                });
-            }
-            let version = u32::from_le_bytes([head[8], head[9], head[10], head[11]]);
-            if version != VERSION {
-                return Err(ChunkCacheError::BadRecord {
-                    path: path.to_owned(),
-                    why: format!("format version {version}; this reader understands {VERSION}"),
-                });
-            }
-            (le64(&head[16..24]), le64(&head[24..32]))
+            parse_header(path, &head)?
         } else {
             // New, or left empty by a creator that died before its one
             // header write: (re)initialize under the lock. Every state byte
@@ -313,12 +320,7 @@ impl Record {
 
     /// Locks byte `at` of the header (waits).
     pub fn lock(&self, at: u64, len: u64) -> Result<ByteLock, ChunkCacheError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&self.path)
-            .map_err(io_err(&self.path, "opening the chunk record"))?;
+        let file = open_existing(&self.path)?;
         ByteLock::acquire(file, &self.path, at, len)
     }
 
@@ -327,12 +329,7 @@ impl Record {
     /// use (the record's modification time, which prune orders by). `None`
     /// if `cache prune` removed the record meanwhile: open it again.
     pub fn hold_in_use(&self) -> Result<Option<ByteLock>, ChunkCacheError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&self.path)
-            .map_err(io_err(&self.path, "opening the chunk record"))?;
+        let file = open_existing(&self.path)?;
         // Best effort: a cache on a file system that refuses the time
         // update still works, prune just sees an older last use.
         let _ = file.set_modified(std::time::SystemTime::now());
@@ -371,6 +368,17 @@ impl Drop for Record {
             libc::munmap(self.map.cast(), self.map_len);
         }
     }
+}
+
+/// Opens an existing record for reading and writing: each lock needs an
+/// open file description of its own (see the module doc).
+pub(crate) fn open_existing(path: &Path) -> Result<File, ChunkCacheError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io_err(path, "opening the chunk record"))
 }
 
 /// An OFD lock on a byte range of a record, held by its own open
