@@ -51,7 +51,9 @@ pub struct ImageArgs {
     /// `--verify` means full), `lazy` checks each 1 MiB chunk of a Monogon
     /// payload against its chunk hash the first time it is read (a chunk
     /// that fails gives the guest an I/O error, never its bytes), `none`
-    /// trusts the files. [default: lazy for serve, none otherwise]
+    /// trusts the files. [default: none]. Lazy is not the default: a cold
+    /// 4 KiB random read then reads and hashes its whole 1 MiB chunk, which
+    /// cost 60× in IOPS (docs/PERFORMANCE.md).
     #[arg(
         long,
         value_enum,
@@ -65,9 +67,6 @@ pub struct ImageArgs {
     /// without first checking their digest in full.
     #[arg(long)]
     pub trust_unverified: bool,
-    /// The mode when `--verify` is not given (set by the command).
-    #[arg(skip = VerifyMode::None)]
-    pub default_verify: VerifyMode,
     /// How a `docker://` image's registry is reached.
     #[command(flatten)]
     pub registry: RegistryArgs,
@@ -95,7 +94,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 impl ImageArgs {
     /// Opens the image and reads the layout description.
     pub fn open(&self) -> anyhow::Result<(Image, LayoutSpec)> {
-        let mode = self.verify.unwrap_or(self.default_verify);
+        let mode = self.verify.unwrap_or_default();
         let mut opts = OpenOptions {
             reference: self.reference.clone(),
             verify: mode == VerifyMode::Full,

@@ -193,10 +193,6 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 
 /// Runs `ocidisk serve`.
 pub fn run(mut args: Args) -> anyhow::Result<()> {
-    // A served disk checks each payload chunk on its first read unless
-    // told otherwise: once a chunk is checked it costs one atomic load per
-    // read (README, "Verifying payloads").
-    args.image.default_verify = crate::cmd::image_args::VerifyMode::Lazy;
     let mut direct = None;
     let partitions;
     let disk: Arc<dyn BlockDevice> = match &args.overlay {
