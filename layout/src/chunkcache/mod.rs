@@ -29,11 +29,13 @@
 mod blob;
 mod fetch;
 mod maintain;
+mod meta;
 pub mod record;
 
 pub use blob::{BlobStatus, CachedBlob};
 pub use fetch::{ChunkFetch, FetchError};
 pub use maintain::{Entry, PrunePolicy, PruneReport};
+pub use meta::{MetaPin, MetaPruneReport, RefRecord};
 
 use sha2::{Digest as _, Sha256};
 use std::path::{Path, PathBuf};
