@@ -241,7 +241,10 @@ struct Resolved {
 /// What a resolution is recorded under: the reference and everything that
 /// selects a manifest from an index.
 fn resolution_key(r: &RegistryRef, manifest_ref: Option<&str>, platform: &str) -> String {
-    format!("{r} ref={} platform={platform}", manifest_ref.unwrap_or("-"))
+    format!(
+        "{r} ref={} platform={platform}",
+        manifest_ref.unwrap_or("-")
+    )
 }
 
 /// Resolves `r` at its registry and keeps what it resolved to in `cache`;
@@ -322,9 +325,12 @@ fn from_cache(
             cache.dir().display()
         )
     };
-    let record = cache
-        .get_ref(key)
-        .with_context(|| format!("registry {} is unreachable; reading what was cached for {r}", r.registry))?;
+    let record = cache.get_ref(key).with_context(|| {
+        format!(
+            "registry {} is unreachable; reading what was cached for {r}",
+            r.registry
+        )
+    })?;
     let (digest, resolved_at) = match (record, &r.target) {
         (Some(rec), _) => (rec.manifest, Some(rec.resolved_at)),
         // A digest naming an image manifest needs no record.
@@ -332,9 +338,12 @@ fn from_cache(
         (None, Target::Tag(_)) => return Err(nothing()),
     };
     let read = |digest: &str| {
-        cache
-            .get_meta(digest)
-            .with_context(|| format!("registry {} is unreachable; reading the cached copy of {digest} for {r}", r.registry))
+        cache.get_meta(digest).with_context(|| {
+            format!(
+                "registry {} is unreachable; reading the cached copy of {digest} for {r}",
+                r.registry
+            )
+        })
     };
     let Some(manifest) = read(&digest)? else {
         return Err(nothing());
@@ -360,7 +369,12 @@ fn from_cache(
             "registry unreachable: serving {r} from the cache"
         );
     }
-    Ok((r.with_target(Target::Digest(pinned)), digest, manifest, config))
+    Ok((
+        r.with_target(Target::Digest(pinned)),
+        digest,
+        manifest,
+        config,
+    ))
 }
 
 /// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (the civil-from-days

@@ -178,10 +178,11 @@ impl ChunkCache {
             resolved_at: now_secs(),
         };
         let path = self.ref_path(key);
-        let mut json = serde_json::to_vec_pretty(&record).map_err(|e| ChunkCacheError::BadRecord {
-            path: path.clone(),
-            why: e.to_string(),
-        })?;
+        let mut json =
+            serde_json::to_vec_pretty(&record).map_err(|e| ChunkCacheError::BadRecord {
+                path: path.clone(),
+                why: e.to_string(),
+            })?;
         json.push(b'\n');
         write_atomically(&path, &json)
     }
@@ -199,8 +200,8 @@ impl ChunkCache {
             path: path.clone(),
             why,
         };
-        let record: RefRecord =
-            serde_json::from_slice(&bytes).map_err(|e| bad(format!("not a reference record: {e}")))?;
+        let record: RefRecord = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(format!("not a reference record: {e}")))?;
         if record.version != REF_RECORD_VERSION {
             return Err(bad(format!(
                 "version {} (this ocidisk reads version {REF_RECORD_VERSION})",
@@ -281,8 +282,7 @@ impl ChunkCache {
                 .map(|r| r.manifest);
             let gone = match &manifest {
                 Some(m) => {
-                    report.removed.contains(m)
-                        || self.meta_path(m).map_or(true, |p| !p.exists())
+                    report.removed.contains(m) || self.meta_path(m).map_or(true, |p| !p.exists())
                 }
                 None => true,
             };
