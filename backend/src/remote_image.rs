@@ -173,6 +173,10 @@ fn open_blobs(
     Ok((image, counters, blobs))
 }
 
+/// The digest of zero bytes.
+const EMPTY_SHA256: &str =
+    "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
 /// One layer as a chunk cache blob whose missing chunks come from the
 /// registry.
 fn open_layer(
@@ -193,6 +197,18 @@ fn open_layer(
         why: e.to_string(),
     })?;
     let size = req.desc.size();
+    // An empty blob has no chunk to fetch and so nothing the cache would
+    // ever check: its digest can only be the empty string's.
+    if size == 0 && digest_str != EMPTY_SHA256 {
+        return Err(ImageError::DigestMismatch {
+            what: req.what.to_owned(),
+            path: "a blob of 0 bytes (its size in the manifest)".to_owned(),
+            actual: EMPTY_SHA256
+                .strip_prefix("sha256:")
+                .unwrap_or(EMPTY_SHA256)
+                .to_owned(),
+        });
+    }
     // Chunk hashes cover the uncompressed payload: only an uncompressed
     // layer's chunks can be checked one by one.
     let chunk_hashes = req

@@ -360,3 +360,142 @@ fn manifest_resolution_retries_as_configured() {
     drop(client);
     assert!(server.terminate().unwrap().success());
 }
+
+/// A payload of zero bytes pushed to a registry: `serve` and `export` open
+/// it (no chunk to fetch, no range `0-(-1)` asked for), a partition of it
+/// reads as zeros and a file of it on the ESP is empty, as from the local
+/// layout.
+#[test]
+fn an_empty_payload_from_a_registry_is_served() {
+    use ocidisk_tests::oci_writer::{efi_image, ImageBuilder, OsImage, Payload};
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::start_plain().unwrap();
+    let img = ImageBuilder::monogon(
+        OsImage::new()
+            .payload(Payload::new("kernel.efi", efi_image(64 * 1024 + 123)))
+            .payload(Payload::new("empty", Vec::new()))
+            .payload(Payload::new("system", vec![7u8; 3 << 20]))
+            .ref_name("v1"),
+    )
+    .write(&dir.path().join("src"))
+    .unwrap();
+    reg.push(&img.dir, None, "os/empty:v1").unwrap();
+    let layout = dir.path().join("layout.toml");
+    std::fs::write(
+        &layout,
+        r#"disk_size = "48MiB"
+[[partitions]]
+name = "esp"
+type = "esp"
+size = "36MiB"
+fat32 = { label = "E", files = [ { path = "empty.bin", content = "payload:empty" }, { path = "k.efi", content = "payload:kernel.efi" } ] }
+[[partitions]]
+name = "empty"
+type = "linux"
+size = "1MiB"
+content = "payload:empty"
+[[partitions]]
+name = "system"
+type = "linux"
+size = "rest"
+content = "payload:system"
+"#,
+    )
+    .unwrap();
+    let proxy = Proxy::start(&reg.addr).unwrap();
+    let export = |image: &str, cache: &str, out: &str, extra: &[&str]| -> Vec<u8> {
+        let out = dir.path().join(out);
+        let mut args: Vec<String> = [
+            "export",
+            "--image",
+            image,
+            "--layout",
+            s(&layout),
+            "--cache",
+            s(&dir.path().join(cache)),
+            "--output",
+            s(&out),
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|x| x.to_string()));
+        let o = ocidisk(&args);
+        assert!(o.status.success(), "export {image}: {}", stderr(&o));
+        std::fs::read(&out).unwrap()
+    };
+    let local = export(s(&img.dir), "local-cache", "local.raw", &[]);
+    let remote = format!("docker://{}/os/empty:v1", proxy.addr);
+    assert!(export(&remote, "cache", "remote.raw", &[]) == local);
+    for verify in ["--verify=full", "--verify=lazy"] {
+        let cache = format!("cache{verify}");
+        let out = format!("{verify}.raw");
+        assert!(export(&remote, &cache, &out, &[verify]) == local);
+    }
+    let empty_digest = img.layer("empty").blob.digest.clone();
+    let ranged: Vec<_> = proxy
+        .seen()
+        .into_iter()
+        .filter(|r| r.target.contains(&empty_digest))
+        .collect();
+    assert!(
+        ranged.is_empty(),
+        "nothing to fetch for 0 bytes: {ranged:?}"
+    );
+
+    let socket = dir.path().join("empty.sock");
+    let args: Vec<String> = [
+        "--image",
+        remote.as_str(),
+        "--layout",
+        s(&layout),
+        "--cache",
+        s(&dir.path().join("cache")),
+        "--readonly",
+    ]
+    .map(String::from)
+    .to_vec();
+    let server = Server::start(&socket, &args).unwrap();
+    let mut client = BlkioClient::connect_read_only(&socket, 1, 4 << 20).unwrap();
+    assert!(read_all(&mut client) == local);
+    drop(client);
+    assert!(server.terminate().unwrap().success());
+
+    // A manifest that lists another blob with size 0: nothing would ever
+    // be fetched and checked, so the digest is refused at once.
+    let manifest = &img.manifests[0].manifest;
+    let bytes = std::fs::read(img.dir.join("blobs/sha256").join(&manifest.digest[7..])).unwrap();
+    let kernel = &img.layer("kernel.efi").blob.digest;
+    let bad = String::from_utf8(bytes)
+        .unwrap()
+        .replace(&empty_digest, kernel);
+    reg.put_manifest(
+        "os/empty",
+        "bad",
+        "application/vnd.oci.image.manifest.v1+json",
+        bad.as_bytes(),
+    )
+    .unwrap();
+    let out = dir.path().join("bad.raw");
+    let args: Vec<String> = [
+        "export",
+        "--image",
+        &format!("docker://{}/os/empty:bad", reg.addr),
+        "--layout",
+        s(&layout),
+        "--cache",
+        s(&dir.path().join("cache")),
+        "--output",
+        s(&out),
+    ]
+    .map(String::from)
+    .to_vec();
+    let o = ocidisk(&args);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    eprintln!("the error: {e}");
+    assert!(
+        e.contains(&format!("empty\") {kernel}")) || e.contains(kernel),
+        "{e}"
+    );
+    assert!(e.contains("a blob of 0 bytes"), "{e}");
+}
