@@ -220,6 +220,28 @@ impl ChunkCache {
         Ok(Some(record))
     }
 
+    /// How many manifests and configs are kept, their bytes, and how many
+    /// reference records (for `ocidisk cache list`).
+    pub fn meta_summary(&self) -> Result<(usize, u64, usize), ChunkCacheError> {
+        let mut count = 0;
+        let mut bytes = 0;
+        for path in list(&self.meta_dir())? {
+            let is_meta = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| hex_of(&format!("sha256:{n}")).is_some());
+            if let (true, Ok(m)) = (is_meta, fs::metadata(&path)) {
+                count += 1;
+                bytes += m.len();
+            }
+        }
+        let refs = list(&self.refs_dir())?
+            .iter()
+            .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("json"))
+            .count();
+        Ok((count, bytes, refs))
+    }
+
     /// Removes manifests and configs no server has used for `older_than`
     /// seconds and none uses now, then the reference records whose manifest
     /// is gone. They take a few KiB each, so a size limit leaves them.
