@@ -34,7 +34,7 @@ const REF_RECORD_VERSION: u32 = 1;
 /// The last resolution of a reference, as kept in `refs/<id>.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefRecord {
-    /// Format version ([`REF_RECORD_VERSION`]).
+    /// Format version (1).
     pub version: u32,
     /// What was resolved: the reference with its manifest selection, e.g.
     /// `localhost:5000/os:v1 ref=- platform=linux/amd64`.
@@ -399,4 +399,82 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ChunkCacheError> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunkcache::ChunkCacheSettings;
+
+    fn digest_of(b: &[u8]) -> String {
+        format!("sha256:{}", crate::cache::hex(&Sha256::digest(b)))
+    }
+
+    #[test]
+    fn meta_round_trips_and_refuses_what_does_not_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::new(dir.path(), ChunkCacheSettings::default());
+        let body = br#"{"schemaVersion":2}"#;
+        let d = digest_of(body);
+        assert!(cache.get_meta(&d).unwrap().is_none());
+        let e = cache.put_meta(&d, b"other").unwrap_err();
+        assert!(matches!(e, ChunkCacheError::DigestMismatch { .. }), "{e}");
+        cache.put_meta(&d, body).unwrap();
+        cache.put_meta(&d, body).unwrap();
+        assert_eq!(cache.get_meta(&d).unwrap().unwrap(), body);
+        let leftovers: Vec<_> = list(&cache.meta_dir())
+            .unwrap()
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+
+        let path = cache.meta_path(&d).unwrap();
+        fs::remove_file(&path).unwrap();
+        fs::write(&path, b"{\"schemaVersion\":3}").unwrap();
+        let e = cache.get_meta(&d).unwrap_err().to_string();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        assert!(e.contains("not the digest it is named by"), "{e}");
+        let e = cache.meta_path("sha256:ABC").unwrap_err().to_string();
+        assert!(e.contains("sha256:ABC"), "{e}");
+    }
+
+    #[test]
+    fn bad_resolution_records_are_errors_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ChunkCache::new(dir.path(), ChunkCacheSettings::default());
+        let key = "h:5000/r:t ref=- platform=linux/amd64";
+        let d = digest_of(b"m");
+        assert!(cache.get_ref(key).unwrap().is_none());
+        cache.put_ref(key, &d).unwrap();
+        let rec = cache.get_ref(key).unwrap().unwrap();
+        assert_eq!((rec.key.as_str(), rec.manifest.as_str()), (key, d.as_str()));
+        assert!(rec.resolved_at > 0);
+
+        let path = cache.ref_path(key);
+        let bad = [
+            (
+                format!(r#"{{"version":2,"key":"{key}","manifest":"{d}","resolved_at":1}}"#),
+                "version 2",
+            ),
+            (
+                format!(r#"{{"version":1,"key":"x","manifest":"{d}","resolved_at":1}}"#),
+                "key \"x\"",
+            ),
+            (
+                format!(r#"{{"version":1,"key":"{key}","manifest":"md5:1","resolved_at":1}}"#),
+                "manifest \"md5:1\"",
+            ),
+            ("{".to_owned(), "not a reference record"),
+        ];
+        for (json, says) in bad {
+            fs::remove_file(&path).unwrap();
+            fs::write(&path, json).unwrap();
+            let e = cache.get_ref(key).unwrap_err().to_string();
+            assert!(
+                e.contains(&path.display().to_string()) && e.contains(says),
+                "{e}"
+            );
+        }
+    }
 }
