@@ -4,8 +4,8 @@
 //! size (`chunks/sha256/<hex>`) with a record beside it
 //! (`chunks/sha256/<hex>.chunks`, see [`record`]) that says, one byte per
 //! chunk, which chunks are present and verified. Every `ocidisk` process on
-//! the host maps the record shared, so a chunk one of them fills is seen by
-//! all at once.
+//! the host reads and writes it through the page cache, so a chunk one of
+//! them fills is seen by all at once.
 //!
 //! Filling a chunk (the only way anything is written to the cache):
 //! 1. take an OFD lock on the chunk's byte of the record (one filler per
