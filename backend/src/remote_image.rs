@@ -6,10 +6,17 @@
 //! layers cannot be entered in the middle: they are fetched whole (into the
 //! same cache, so every server on the host shares the download) and then
 //! decompressed once, as local ones are.
+//!
+//! The verified manifest and config are kept in the cache too, with the
+//! last resolution of the reference, so that when the registry cannot be
+//! reached (no connection, timeouts, 5xx after the retries) the image opens
+//! from them and every chunk already cached keeps being served. A refusal
+//! or a missing image (401, 403, 404) is an answer and stays an error.
 
 use anyhow::Context as _;
 use layout::chunkcache::{
     BlobSpec, CachedBlob, ChunkCache, ChunkCacheSettings, ChunkHashes, FetchCounters, FetchTotals,
+    MetaPin,
 };
 use layout::oci::{BlobData, Fetched, Image, ImageError, LayerBlob, LayerRequest, OpenOptions};
 use registry::{Client, ClientStats, Digest, RegistryRef, RemoteBlob, StatsSnapshot, Target};
@@ -24,6 +31,10 @@ pub struct RemoteCounters {
     pub cache: Arc<FetchCounters>,
     /// Requests to the registry, bytes received, retries, failures.
     pub client: Arc<ClientStats>,
+    /// Keeps `cache prune` from removing the cached manifest and config
+    /// while this server runs (they are what a restart without the
+    /// registry opens the image from).
+    _pins: Arc<Vec<MetaPin>>,
 }
 
 impl RemoteCounters {
@@ -124,25 +135,28 @@ fn open_blobs(
     cache_dir: &Path,
     opts: &OpenOptions,
 ) -> anyhow::Result<(Image, RemoteCounters, Vec<Arc<CachedBlob>>)> {
-    let client = Arc::new(Client::new(client_opts.for_chunk_cache()).context("registry client")?);
-    let resolved = client
-        .resolve(r, manifest_ref)
-        .with_context(|| format!("resolving {r}"))?;
+    let platform = client_opts.platform.to_string();
+    // Resolution gets the user's full retry setting; chunk fetches one
+    // retry, the cache counting its own attempts.
+    let resolver = Client::new(client_opts).context("registry client")?;
+    let client = Arc::new(resolver.for_chunk_cache());
     let settings = ChunkCacheSettings {
         max_attempts: attempts.max(1),
         trust_unverified: opts.trust_unverified,
         ..ChunkCacheSettings::default()
     };
     let cache = ChunkCache::new(cache_dir, settings);
+    let resolved = resolve(&resolver, &cache, r, manifest_ref, &platform)?;
     let counters = RemoteCounters {
         cache: Arc::clone(cache.counters()),
         client: Arc::clone(client.stats()),
+        _pins: Arc::new(resolved.pins),
     };
-    let manifest_digest = resolved.manifest.digest.to_string();
+    let manifest_digest = resolved.manifest_digest;
     let fetched = Fetched {
         dir: cache_dir,
         manifest_digest: &manifest_digest,
-        manifest: &resolved.manifest.bytes,
+        manifest: &resolved.manifest,
         ref_name: match &r.target {
             Target::Tag(t) => Some(t.clone()),
             Target::Digest(_) => manifest_ref.map(str::to_owned),
@@ -158,6 +172,10 @@ fn open_blobs(
     .with_context(|| format!("opening image {r} (manifest {manifest_digest})"))?;
     Ok((image, counters, blobs))
 }
+
+/// The digest of zero bytes.
+const EMPTY_SHA256: &str =
+    "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 /// One layer as a chunk cache blob whose missing chunks come from the
 /// registry.
@@ -179,6 +197,18 @@ fn open_layer(
         why: e.to_string(),
     })?;
     let size = req.desc.size();
+    // An empty blob has no chunk to fetch and so nothing the cache would
+    // ever check: its digest can only be the empty string's.
+    if size == 0 && digest_str != EMPTY_SHA256 {
+        return Err(ImageError::DigestMismatch {
+            what: req.what.to_owned(),
+            path: "a blob of 0 bytes (its size in the manifest)".to_owned(),
+            actual: EMPTY_SHA256
+                .strip_prefix("sha256:")
+                .unwrap_or(EMPTY_SHA256)
+                .to_owned(),
+        });
+    }
     // Chunk hashes cover the uncompressed payload: only an uncompressed
     // layer's chunks can be checked one by one.
     let chunk_hashes = req
@@ -211,4 +241,189 @@ fn open_layer(
         checked_on_read: true,
     };
     Ok((layer, blob))
+}
+
+/// An image's manifest and config, from the registry or the cache.
+struct Resolved {
+    /// The reference pinned to the manifest's digest.
+    reference: RegistryRef,
+    manifest_digest: String,
+    manifest: Vec<u8>,
+    config: Vec<u8>,
+    /// The cached manifest and config, held for as long as the image is.
+    pins: Vec<MetaPin>,
+}
+
+/// What a resolution is recorded under: the reference and everything that
+/// selects a manifest from an index.
+fn resolution_key(r: &RegistryRef, manifest_ref: Option<&str>, platform: &str) -> String {
+    format!(
+        "{r} ref={} platform={platform}",
+        manifest_ref.unwrap_or("-")
+    )
+}
+
+/// Resolves `r` at its registry and keeps what it resolved to in `cache`;
+/// when the registry cannot be reached, opens it from what was kept.
+fn resolve(
+    client: &Client,
+    cache: &ChunkCache,
+    r: &RegistryRef,
+    manifest_ref: Option<&str>,
+    platform: &str,
+) -> anyhow::Result<Resolved> {
+    let key = resolution_key(r, manifest_ref, platform);
+    let (reference, manifest_digest, manifest, config) = match client.resolve(r, manifest_ref) {
+        Ok(resolved) => {
+            let digest = resolved.manifest.digest.to_string();
+            let keep = || -> Result<(), layout::chunkcache::ChunkCacheError> {
+                cache.put_meta(&digest, &resolved.manifest.bytes)?;
+                cache.put_meta(&resolved.parsed.config.digest, &resolved.config)?;
+                cache.put_ref(&key, &digest)
+            };
+            keep().with_context(|| {
+                format!(
+                    "keeping the manifest and config of {r} in {}",
+                    cache.dir().display()
+                )
+            })?;
+            (
+                resolved.reference,
+                digest,
+                resolved.manifest.bytes,
+                resolved.config,
+            )
+        }
+        // Only a registry that gave no answer: a refusal or a missing
+        // image is the registry's word and must not be papered over.
+        Err(e) if e.is_retryable() => from_cache(cache, r, &key, &e)?,
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("resolving {r}"))),
+    };
+    let config_digest = config_digest(&manifest, &manifest_digest)?;
+    let mut pins = Vec::new();
+    for digest in [&manifest_digest, &config_digest] {
+        if let Some(pin) = cache
+            .pin_meta(digest)
+            .with_context(|| format!("marking {digest} of {r} in use"))?
+        {
+            pins.push(pin);
+        }
+    }
+    Ok(Resolved {
+        reference,
+        manifest_digest,
+        manifest,
+        config,
+        pins,
+    })
+}
+
+/// The config digest a manifest names (the manifest is checked against its
+/// digest before this is trusted: [`Image::from_fetched`] does it).
+fn config_digest(manifest: &[u8], manifest_digest: &str) -> anyhow::Result<String> {
+    let parsed: registry::manifest::ImageManifest = serde_json::from_slice(manifest)
+        .with_context(|| format!("manifest {manifest_digest}: not an image manifest"))?;
+    Ok(parsed.config.digest)
+}
+
+/// The image as last resolved, from the cache, for a registry that gave no
+/// answer (`err`).
+fn from_cache(
+    cache: &ChunkCache,
+    r: &RegistryRef,
+    key: &str,
+    err: &registry::RegistryError,
+) -> anyhow::Result<(RegistryRef, String, Vec<u8>, Vec<u8>)> {
+    let nothing = || {
+        anyhow::anyhow!(
+            "registry {} is unreachable ({err}) and nothing is cached for {r} in {}",
+            r.registry,
+            cache.dir().display()
+        )
+    };
+    let record = cache.get_ref(key).with_context(|| {
+        format!(
+            "registry {} is unreachable; reading what was cached for {r}",
+            r.registry
+        )
+    })?;
+    let (digest, resolved_at) = match (record, &r.target) {
+        (Some(rec), _) => (rec.manifest, Some(rec.resolved_at)),
+        // A digest naming an image manifest needs no record.
+        (None, Target::Digest(d)) => (d.to_string(), None),
+        (None, Target::Tag(_)) => return Err(nothing()),
+    };
+    let read = |digest: &str| {
+        cache.get_meta(digest).with_context(|| {
+            format!(
+                "registry {} is unreachable; reading the cached copy of {digest} for {r}",
+                r.registry
+            )
+        })
+    };
+    let Some(manifest) = read(&digest)? else {
+        return Err(nothing());
+    };
+    let config_digest = config_digest(&manifest, &digest)?;
+    let Some(config) = read(&config_digest)? else {
+        return Err(nothing());
+    };
+    let pinned = Digest::parse(&digest).with_context(|| format!("cached resolution of {r}"))?;
+    if let Target::Tag(tag) = &r.target {
+        let when = resolved_at.map_or_else(|| "an unknown time".to_owned(), rfc3339);
+        tracing::warn!(
+            registry_error = %err,
+            tag = %tag,
+            digest = %digest,
+            resolved_at = %when,
+            "registry unreachable: serving tag {tag} of {r} as it resolved at {when}, {digest}, from the cache",
+        );
+    } else {
+        tracing::warn!(
+            registry_error = %err,
+            digest = %digest,
+            "registry unreachable: serving {r} from the cache"
+        );
+    }
+    Ok((
+        r.with_target(Target::Digest(pinned)),
+        digest,
+        manifest,
+        config,
+    ))
+}
+
+/// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (the civil-from-days
+/// algorithm of Howard Hinnant's date library, for the proleptic Gregorian
+/// calendar; a date crate for one log field is not worth its weight).
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_796_428_799), "2026-12-04T23:59:59Z");
+    }
 }

@@ -22,9 +22,11 @@ pub struct Client {
     pub(crate) opts: ClientOptions,
     stats: Arc<ClientStats>,
     /// `https` or `http` per registry, once a ping has said which works.
-    schemes: Mutex<HashMap<String, &'static str>>,
-    /// The Authorization header value per (registry, repository).
-    auth: Mutex<HashMap<(String, String), String>>,
+    /// Shared with the clients [`Client::for_chunk_cache`] makes.
+    schemes: Arc<Mutex<HashMap<String, &'static str>>>,
+    /// The Authorization header value per (registry, repository); shared
+    /// like `schemes`, so a token fetched by one is used by the other.
+    auth: Arc<Mutex<HashMap<(String, String), String>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -70,9 +72,23 @@ impl Client {
             agent: config.into(),
             opts,
             stats: Arc::new(ClientStats::default()),
-            schemes: Mutex::new(HashMap::new()),
-            auth: Mutex::new(HashMap::new()),
+            schemes: Arc::default(),
+            auth: Arc::default(),
         })
+    }
+
+    /// A client for filling a chunk cache, which has its own attempt
+    /// budget per chunk (see [`ClientOptions::for_chunk_cache`]), sharing
+    /// this one's connections, counters, schemes and tokens. Resolving a
+    /// manifest keeps the full retry setting of `self`.
+    pub fn for_chunk_cache(&self) -> Client {
+        Client {
+            agent: self.agent.clone(),
+            opts: self.opts.clone().for_chunk_cache(),
+            stats: Arc::clone(&self.stats),
+            schemes: Arc::clone(&self.schemes),
+            auth: Arc::clone(&self.auth),
+        }
     }
 
     /// The counters of this client (shared; read them any time).

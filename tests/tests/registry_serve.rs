@@ -712,3 +712,47 @@ fn a_server_killed_mid_fetch_resumes_without_refetching() {
     drop(client);
     assert!(server.terminate().unwrap().success());
 }
+
+/// The chunk record truncated under a running server (by a user, a
+/// repair): the server does not die of SIGBUS; the chunks it had read keep
+/// reading right, new ones give the guest EIO and the log names the record.
+#[test]
+fn a_record_truncated_under_a_running_server_fails_only_new_chunks() {
+    let f = Fixture::new();
+    let (mut server, mut client) = f.serve("trunc", &f.remote(&f.reg.addr), &f.cache(), &[]);
+    let good = f.system();
+    let q = client.queue();
+    let got = q.read(SYSTEM_PART, 2 * MIB as usize).unwrap();
+    assert!(got == good[..2 * MIB as usize]);
+
+    let digest = &f.img.layer("system").blob.digest;
+    let records: Vec<PathBuf> = std::fs::read_dir(f.cache().join("chunks/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with(&digest[7..]) && name.ends_with(".chunks")
+        })
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&records[0])
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+
+    let got = q.read(SYSTEM_PART + 4096, 4096).unwrap();
+    assert!(got == good[4096..8192]);
+    let e = q
+        .read(SYSTEM_PART + 6 * MIB, 4096)
+        .expect_err("a new chunk of a truncated record");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    let name = records[0].display().to_string();
+    server
+        .wait_for_log(&name, 1, Duration::from_secs(5))
+        .unwrap_or_else(|log| panic!("the log does not name the record:\n{log}"));
+    assert!(server.is_running(), "the server survived");
+    drop(client);
+    assert!(server.terminate().unwrap().success());
+}

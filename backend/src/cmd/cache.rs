@@ -4,6 +4,10 @@
 //! Prune never removes a blob a running server has open: every server holds
 //! a shared lock on the blob's record while it has it open, and prune
 //! removes a blob only under an exclusive lock it takes without waiting.
+//! The manifests and configs kept for starting without the registry are
+//! locked the same way by the servers that opened them; prune removes them
+//! by age only (they take a few KiB), and with them the tag resolutions
+//! that pointed at them.
 
 use anyhow::{bail, Context as _};
 use layout::chunkcache::{ChunkCache, ChunkCacheSettings, Entry, PrunePolicy};
@@ -17,7 +21,8 @@ pub enum Command {
     /// List the cached blobs, least recently used first.
     List(ListArgs),
     /// Remove blobs not used for a while, or the least recently used ones
-    /// beyond a size; never a blob a running server has open.
+    /// beyond a size; never a blob a running server has open. The manifests
+    /// and configs kept for starting without the registry go by age only.
     Prune(PruneArgs),
 }
 
@@ -101,6 +106,15 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 writeln!(out)?;
             } else {
                 print_table(&mut out, &entries)?;
+                let (meta, bytes, refs) = cache
+                    .meta_summary()
+                    .with_context(|| format!("listing {}", cache.dir().display()))?;
+                if meta + refs > 0 {
+                    writeln!(
+                        out,
+                        "and {meta} manifest(s) and config(s) ({bytes} bytes), {refs} resolution record(s), kept for starting without the registry"
+                    )?;
+                }
             }
         }
         Command::Prune(args) => {
@@ -130,6 +144,21 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 }
                 for e in &report.kept_in_use {
                     writeln!(out, "kept {} (in use)", e.digest)?;
+                }
+                let meta = &report.metadata;
+                for d in &meta.removed {
+                    writeln!(out, "{verb} manifest or config {d}")?;
+                }
+                for d in &meta.kept_in_use {
+                    writeln!(out, "kept manifest or config {d} (in use)")?;
+                }
+                if !meta.removed.is_empty() || meta.removed_refs > 0 {
+                    writeln!(
+                        out,
+                        "{verb} {} manifest(s) and config(s), {} resolution record(s)",
+                        meta.removed.len(),
+                        meta.removed_refs
+                    )?;
                 }
                 writeln!(
                     out,

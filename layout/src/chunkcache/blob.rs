@@ -264,6 +264,9 @@ impl CachedBlob {
             // Another filler finished while we waited.
             return Ok(());
         }
+        // A record someone truncated cannot take the new state: say so
+        // before fetching rather than after.
+        self.record.check()?;
         let range = self.chunk_range(chunk);
         let mut buf = vec![0u8; (range.end - range.start) as usize];
         if state == PRESENT {
@@ -274,7 +277,7 @@ impl CachedBlob {
                     .read_exact_at(&mut buf, range.start)
                     .map_err(|source| self.io_err("reading the cached blob", source))?;
                 if Sha256::digest(&buf).as_slice() == expected {
-                    self.record.set(chunk, VERIFIED);
+                    self.record.set(chunk, VERIFIED)?;
                     return Ok(());
                 }
             }
@@ -294,8 +297,7 @@ impl CachedBlob {
         } else {
             PRESENT
         };
-        self.record.set(chunk, new);
-        Ok(())
+        self.record.set(chunk, new)
     }
 
     fn expected_hash(&self, chunk: u64) -> Option<&[u8; 32]> {
@@ -418,13 +420,13 @@ impl CachedBlob {
         let actual = hex(&hasher.finalize());
         if actual == self.hex {
             for chunk in 0..self.record.chunks() {
-                self.record.set(chunk, VERIFIED);
+                self.record.set(chunk, VERIFIED)?;
             }
             return self.record.sync();
         }
         let _all = self.record.lock_all_chunks()?;
         for chunk in 0..self.record.chunks() {
-            self.record.set(chunk, ABSENT);
+            self.record.set(chunk, ABSENT)?;
         }
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
         let err = ChunkCacheError::DigestMismatch {

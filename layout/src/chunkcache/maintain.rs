@@ -1,6 +1,8 @@
 //! Looking after the cache: what it holds (`ocidisk cache list`) and
 //! removing what is old or too much (`ocidisk cache prune`), never a blob a
-//! running server has open (see [`IN_USE_LOCK`]).
+//! running server has open (see [`IN_USE_LOCK`]). The manifests and configs
+//! kept for starting without the registry are pruned by age too, never one
+//! a running server opened (see the `meta` module).
 
 use super::record::{
     io_err, open_existing, parse_header, ByteLock, Kind, HEADER_LEN, IN_USE_LOCK, PRESENT, VERIFIED,
@@ -58,6 +60,9 @@ pub struct PruneReport {
     pub freed: u64,
     /// Storage the cache's blobs take afterwards, bytes.
     pub remaining: u64,
+    /// Manifests, configs and reference records (pruned by age only: they
+    /// take a few KiB each).
+    pub metadata: super::MetaPruneReport,
 }
 
 impl ChunkCache {
@@ -142,6 +147,9 @@ impl ChunkCache {
                 Err(ChunkCacheError::InUse { .. }) => report.kept_in_use.push(entry),
                 Err(e) => return Err(e),
             }
+        }
+        if let Some(age) = policy.older_than {
+            report.metadata = self.prune_meta(age.as_secs(), policy.dry_run)?;
         }
         Ok(report)
     }

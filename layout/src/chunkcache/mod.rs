@@ -4,8 +4,8 @@
 //! size (`chunks/sha256/<hex>`) with a record beside it
 //! (`chunks/sha256/<hex>.chunks`, see [`record`]) that says, one byte per
 //! chunk, which chunks are present and verified. Every `ocidisk` process on
-//! the host maps the record shared, so a chunk one of them fills is seen by
-//! all at once.
+//! the host reads and writes it through the page cache, so a chunk one of
+//! them fills is seen by all at once.
 //!
 //! Filling a chunk (the only way anything is written to the cache):
 //! 1. take an OFD lock on the chunk's byte of the record (one filler per
@@ -29,11 +29,13 @@
 mod blob;
 mod fetch;
 mod maintain;
+mod meta;
 pub mod record;
 
 pub use blob::{BlobStatus, CachedBlob};
 pub use fetch::{ChunkFetch, FetchError};
 pub use maintain::{Entry, PrunePolicy, PruneReport};
+pub use meta::{MetaPin, MetaPruneReport, RefRecord};
 
 use sha2::{Digest as _, Sha256};
 use std::path::{Path, PathBuf};

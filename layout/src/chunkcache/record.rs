@@ -1,7 +1,18 @@
 //! The durable record of which chunks of a cached blob are present and
 //! verified: a small file beside the blob, one byte per chunk after a
-//! header, mapped `MAP_SHARED` so that every process serving from the cache
-//! sees a chunk the moment another one has filled it.
+//! header. Every process reads and writes the state bytes with `pread` and
+//! `pwrite` (through the page cache, so a chunk one process filled is seen
+//! by the others at once) and keeps, per chunk, whether it has seen it
+//! verified: a verified chunk stays verified while the blob is open (only
+//! the whole-blob check of a blob without chunk hashes resets states, and
+//! those are never verified before it passes), so a warm read checks one
+//! byte of process memory and makes no system call.
+//!
+//! Not a shared mapping: a record truncated by someone else (a user, a
+//! full disk's repair) would raise SIGBUS in every server that touched the
+//! lost page. With reads and writes, a truncated record is an error naming
+//! the file for the chunks not yet seen verified; the rest keep being
+//! served.
 //!
 //! Layout (little-endian):
 //!
@@ -29,7 +40,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 /// The chunk's bytes are not in the blob file (or may be torn).
 pub const ABSENT: u8 = 0;
@@ -51,21 +62,19 @@ pub const WHOLE_LOCK: u64 = 1;
 /// Read-locked by every process using the blob; see [`Record::hold_in_use`].
 pub const IN_USE_LOCK: u64 = 2;
 
-/// An open, mapped record.
+/// An open record.
 pub struct Record {
     path: PathBuf,
-    map: *mut u8,
-    map_len: usize,
+    file: File,
+    /// The record's length, header and state bytes.
+    len: u64,
+    /// Per chunk, [`VERIFIED`] once this process has seen it verified.
+    known: Box<[AtomicU8]>,
+    /// A state byte could not be read (logged once).
+    read_failed: AtomicBool,
     chunks: u64,
     chunk_size: u64,
 }
-
-// SAFETY: the mapping is only accessed through atomic loads and stores of
-// single bytes (see `state` and `set`), which are sound from any thread;
-// the pointer stays valid until `drop` unmaps it.
-unsafe impl Send for Record {}
-// SAFETY: as for `Send`: shared access is atomic byte access only.
-unsafe impl Sync for Record {}
 
 impl std::fmt::Debug for Record {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -241,30 +250,14 @@ impl Record {
                 why: format!("cached blob is {data_len} bytes, not {size}"),
             });
         }
-        let map_len = want_len as usize;
-        // SAFETY: a fresh shared mapping of a file we hold open, of exactly
-        // its length (checked above under the creation lock); no Rust
-        // reference to the memory exists yet.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        if map == libc::MAP_FAILED {
-            return Err(io_err(path, "mapping the chunk record")(
-                io::Error::last_os_error(),
-            ));
-        }
+        let file = open_existing(path)?;
         drop(lock);
         Ok(Record {
             path: path.to_owned(),
-            map: map.cast(),
-            map_len,
+            file,
+            len: want_len,
+            known: (0..chunks).map(|_| AtomicU8::new(ABSENT)).collect(),
+            read_failed: AtomicBool::new(false),
             chunks,
             chunk_size: chunk_found,
         })
@@ -285,27 +278,91 @@ impl Record {
         self.chunk_size
     }
 
-    fn byte(&self, chunk: u64) -> &AtomicU8 {
+    fn known(&self, chunk: u64) -> &AtomicU8 {
         assert!(chunk < self.chunks, "chunk {chunk} of {}", self.chunks);
-        // SAFETY: the index is within the mapping (checked above), which
-        // lives as long as `self`; AtomicU8 has the layout of u8, and every
-        // process touches these bytes only with single-byte atomic accesses.
-        unsafe { &*(self.map.add((HEADER_LEN + chunk) as usize) as *const AtomicU8) }
+        &self.known[chunk as usize]
     }
 
     /// The state of `chunk` ([`ABSENT`], [`VERIFIED`], [`PRESENT`]; any other
-    /// value is read as absent).
+    /// value is read as absent). A chunk seen verified before costs a load
+    /// of process memory; any other reads its byte of the file. A byte that
+    /// cannot be read (the record was truncated) reads as absent, and
+    /// [`check`](Self::check) says why before anything is fetched.
     pub fn state(&self, chunk: u64) -> u8 {
-        match self.byte(chunk).load(Ordering::Acquire) {
-            s @ (VERIFIED | PRESENT) => s,
+        let known = self.known(chunk);
+        if known.load(Ordering::Acquire) == VERIFIED {
+            return VERIFIED;
+        }
+        let mut byte = [ABSENT];
+        match self.file.read_at(&mut byte, HEADER_LEN + chunk) {
+            Ok(1) => {}
+            Ok(_) => {
+                self.note_read_failure(&io::Error::from(io::ErrorKind::UnexpectedEof));
+                return ABSENT;
+            }
+            Err(e) => {
+                self.note_read_failure(&e);
+                return ABSENT;
+            }
+        }
+        match byte[0] {
+            VERIFIED => {
+                known.store(VERIFIED, Ordering::Release);
+                VERIFIED
+            }
+            PRESENT => PRESENT,
             _ => ABSENT,
         }
     }
 
+    fn note_read_failure(&self, e: &io::Error) {
+        if !self.read_failed.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                record = %self.path.display(),
+                error = %e,
+                "cannot read the chunk record; chunks not yet read are treated as missing"
+            );
+        }
+    }
+
+    /// Checks that the record is still whole (someone may have truncated
+    /// it): an error naming the file if not. Called before a chunk is
+    /// fetched, so that a broken record costs no fetch.
+    pub fn check(&self) -> Result<(), ChunkCacheError> {
+        let len = self
+            .file
+            .metadata()
+            .map_err(io_err(&self.path, "inspecting the chunk record"))?
+            .len();
+        if len != self.len {
+            return Err(ChunkCacheError::BadRecord {
+                path: self.path.clone(),
+                why: format!(
+                    "{len} bytes long, not {}: changed by someone else while in use; stop the servers using it and remove it",
+                    self.len
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Sets the state of `chunk`. Callers hold the chunk's lock, and have
     /// made its bytes durable before they mark it present or verified.
-    pub fn set(&self, chunk: u64, state: u8) {
-        self.byte(chunk).store(state, Ordering::Release);
+    pub fn set(&self, chunk: u64, state: u8) -> Result<(), ChunkCacheError> {
+        let known = self.known(chunk);
+        if state != VERIFIED {
+            known.store(ABSENT, Ordering::Release);
+        }
+        // A write past the end would grow a truncated record again, with
+        // zeros (absent) for the lost states: refuse instead.
+        self.check()?;
+        self.file
+            .write_all_at(&[state], HEADER_LEN + chunk)
+            .map_err(io_err(&self.path, "writing the chunk record"))?;
+        if state == VERIFIED {
+            known.store(VERIFIED, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// Locks chunk `chunk` against every other filler on the host (waits).
@@ -348,24 +405,18 @@ impl Record {
     /// Makes the state bytes durable (a lost state byte only costs a fetch
     /// again; this keeps restarts after a host crash from refetching).
     pub fn sync(&self) -> Result<(), ChunkCacheError> {
-        // SAFETY: the mapping is ours and `map_len` long.
-        let rc = unsafe { libc::msync(self.map.cast(), self.map_len, libc::MS_ASYNC) };
+        // Starts write-back without waiting for it, as msync(MS_ASYNC)
+        // did for the mapping this record once was.
+        // SAFETY: sync_file_range on a descriptor we own; no memory passed.
+        let rc = unsafe {
+            libc::sync_file_range(self.file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE)
+        };
         if rc == 0 {
             Ok(())
         } else {
             Err(io_err(&self.path, "syncing the chunk record")(
                 io::Error::last_os_error(),
             ))
-        }
-    }
-}
-
-impl Drop for Record {
-    fn drop(&mut self) {
-        // SAFETY: unmapping our own mapping; no reference to it outlives
-        // `self` (`byte` borrows `self`).
-        unsafe {
-            libc::munmap(self.map.cast(), self.map_len);
         }
     }
 }

@@ -84,22 +84,26 @@ fn record_is_created_once_and_reopened() {
     assert_eq!(r.state(1), ABSENT);
     {
         let _l = r.lock_chunk(1).unwrap();
-        r.set(1, VERIFIED);
-        r.set(2, PRESENT);
+        r.set(1, VERIFIED).unwrap();
+        r.set(2, PRESENT).unwrap();
     }
-    // A second mapping (as another process would have) sees the states,
+    // A second handle (as another process would have) sees the states,
     // and adopts the record's chunk size when it has no hashes.
     let again = Record::open(&rec, &dat, 10_000, None, 1 << 20).unwrap();
     assert_eq!(
         (again.state(0), again.state(1), again.state(2)),
         (ABSENT, VERIFIED, PRESENT)
     );
-    again.set(0, VERIFIED);
+    again.set(0, VERIFIED).unwrap();
     assert_eq!(r.state(0), VERIFIED);
-    // An unknown state byte reads as absent.
-    again.set(0, 77);
-    assert_eq!(r.state(0), ABSENT);
-    drop((r, again));
+    // An unknown state byte reads as absent (to a handle that has not
+    // seen the chunk verified: one that has keeps it, as states only rise
+    // while a blob is in use).
+    again.set(0, 77).unwrap();
+    let third = Record::open(&rec, &dat, 10_000, None, 1 << 20).unwrap();
+    assert_eq!(third.state(0), ABSENT);
+    assert_eq!(r.state(0), VERIFIED);
+    drop((r, again, third));
 
     let e = Record::open(&rec, &dat, 10_001, None, 1 << 20).unwrap_err();
     assert!(e.to_string().contains("10000 bytes, not 10001"), "{e}");
@@ -354,4 +358,43 @@ fn prune_removes_old_blobs_but_never_one_in_use() {
         .unwrap();
     assert_eq!(report.removed.len(), 1);
     assert!(cache.entries().unwrap().is_empty());
+}
+
+/// A record truncated by someone else while the blob is open: chunks this
+/// process saw verified keep being served, the others fail naming the
+/// record, before any fetch, and nothing crashes (the record is not
+/// mapped, so there is no SIGBUS to take).
+#[test]
+fn a_truncated_record_fails_new_chunks_and_keeps_known_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ChunkCache::new(dir.path(), quick());
+    let d = data(5 * 4096 + 17);
+    let fetch = fetcher(&d);
+    let s = spec(&d, 4096, true);
+    let (_, record) = cache.paths(&s);
+    let blob = cache.open_blob(s, fetch.clone()).unwrap();
+    blob.ensure_range(0, 4096).unwrap();
+    assert_eq!(fetch.calls.load(Ordering::SeqCst), 1);
+
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&record)
+        .unwrap()
+        .set_len(10)
+        .unwrap();
+    blob.ensure_range(100, 3996).unwrap();
+    let e = blob.ensure_range(3 * 4096, 1).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains(&record.display().to_string()), "{msg}");
+    assert!(msg.contains("10 bytes long, not 70"), "{msg}");
+    assert_eq!(
+        fetch.calls.load(Ordering::SeqCst),
+        1,
+        "no fetch for a broken record"
+    );
+    assert_eq!(
+        std::fs::metadata(&record).unwrap().len(),
+        10,
+        "not grown back"
+    );
 }
