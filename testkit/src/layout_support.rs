@@ -1,7 +1,6 @@
-//! Helpers shared by the `layout_*` tests: export a composed disk with the
-//! real export path, and run the standard disk tools on the file.
-
-#![allow(dead_code)]
+//! Helpers shared by the `layout_*` tests (and `ocidisk-tests`' export
+//! tests): export a composed disk with the real export path, and run the
+//! standard disk tools on the file.
 
 use anyhow::{bail, ensure, Context, Result};
 use layout::{BlockMap, Source};

@@ -5,7 +5,7 @@
 use anyhow::Result;
 use layout::oci::{Image, ImageError, LayerRef, OpenOptions};
 use layout::source::{Content, Source};
-use ocidisk_tests::oci_writer::{
+use ocidisk_testkit::oci_writer::{
     snapshot, BuiltImage, ImageBuilder, OsImage, Payload, ARTIFACT_TYPE,
 };
 use std::io::IoSliceMut;
@@ -41,7 +41,7 @@ fn open_both(built: &BuiltImage, o: &OpenOptions) -> Result<Image> {
     let cache = o.cache_dir.as_deref();
     let mut after = snapshot(dir.parent().unwrap())?;
     // The cache may live next to the image; only the image tree must be equal.
-    let strip = |v: &mut Vec<ocidisk_tests::oci_writer::Entry>| {
+    let strip = |v: &mut Vec<ocidisk_testkit::oci_writer::Entry>| {
         if let Some(rel) = cache.and_then(|c| c.strip_prefix(dir.parent().unwrap()).ok()) {
             v.retain(|e| !e.path.starts_with(rel));
         }
@@ -138,7 +138,7 @@ fn inline_data_is_used() -> Result<()> {
             .payload(Payload::new("small.zst", vec![3u8; 5000]).zstd().inline())
             .payload(Payload::new(
                 "kernel.efi",
-                ocidisk_tests::oci_writer::efi_image(4096),
+                ocidisk_testkit::oci_writer::efi_image(4096),
             ))
             .inline_config(),
     )

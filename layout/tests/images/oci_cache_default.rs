@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use layout::oci::{Image, OpenOptions};
-use ocidisk_tests::oci_writer::{ImageBuilder, OsImage, Payload};
+use ocidisk_testkit::oci_writer::{ImageBuilder, OsImage, Payload};
 
 #[test]
 fn default_cache_dir_follows_xdg_then_home() -> Result<()> {

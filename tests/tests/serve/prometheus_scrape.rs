@@ -8,7 +8,7 @@
 //!
 //! Needs the `ocidisk` binary: `cargo build -p ocidisk` first.
 
-mod trace_support;
+use crate::trace_support;
 
 use serde_json::Value;
 use std::collections::BTreeSet;

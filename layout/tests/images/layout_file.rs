@@ -1,14 +1,14 @@
 //! Disks described by TOML layout files: every kind of content, production
 //! sizes, and every error a layout file can cause at compose time.
 
-mod layout_support;
+use ocidisk_testkit::layout_support;
 
 use anyhow::Result;
 use layout::compose::{compose, ComposeError, ComposeOptions};
 use layout::oci::{Image, OpenOptions};
 use layout::spec::{LayoutSpec, SpecError, GIB, MIB};
 use layout_support::*;
-use ocidisk_tests::oci_writer::{efi_image, snapshot, BuiltImage, ImageBuilder, OsImage, Payload};
+use ocidisk_testkit::oci_writer::{efi_image, snapshot, BuiltImage, ImageBuilder, OsImage, Payload};
 use std::path::{Path, PathBuf};
 
 struct Fixture {

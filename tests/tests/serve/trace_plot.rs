@@ -7,7 +7,7 @@
 //!
 //! Needs the `ocidisk` binary: `cargo build -p ocidisk` first.
 
-mod trace_support;
+use crate::trace_support;
 
 // The binary's own metrics code, from its library.
 use ocidisk::metrics;

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use layout::compose::{compose, ComposeOptions};
 use layout::oci::{Image, OpenOptions};
 use layout::spec::{LayoutSpec, MonogonPreset};
-use ocidisk_tests::oci_writer::{efi_image, sha256_digest, ImageBuilder, OsImage, Payload};
+use ocidisk_testkit::oci_writer::{efi_image, sha256_digest, ImageBuilder, OsImage, Payload};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::Value;

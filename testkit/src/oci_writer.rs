@@ -7,7 +7,7 @@
 //! # Quick start
 //!
 //! ```no_run
-//! use ocidisk_tests::oci_writer::{ImageBuilder, OsImage, Payload};
+//! use ocidisk_testkit::oci_writer::{ImageBuilder, OsImage, Payload};
 //! # fn main() -> anyhow::Result<()> {
 //! let root = tempfile::tempdir()?;
 //! // A Monogon OS image with `kernel.efi` (a PE/EFI-looking file) and

@@ -133,7 +133,7 @@ fn flushed_writes_survive_kill_9() {
         let mut child = Command::new(&exe)
             .args([
                 "--exact",
-                "kill_child_writer",
+                "overlay_kill::kill_child_writer",
                 "--nocapture",
                 "--test-threads=1",
             ])

@@ -166,7 +166,7 @@ impl Fixture {
     /// Starts this binary as a child that reads `chunk` once `go` exists.
     fn spawn_child(&self, chunk: u64, mode: &str) -> Child {
         Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "child", "--nocapture"])
+            .args(["--exact", "chunk_cache::child", "--nocapture"])
             .env("CHUNK_CACHE_CHILD", self.dir.path())
             .env("CHUNK_CACHE_CHUNK", chunk.to_string())
             .env("CHUNK_CACHE_MODE", mode)

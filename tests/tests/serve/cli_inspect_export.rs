@@ -2,7 +2,7 @@
 //! binary (built by `cargo nextest run --workspace`, or `$OCIDISK_BIN`), a
 //! Monogon-format image, and the standard disk tools on what it writes.
 
-mod layout_support;
+use ocidisk_testkit::layout_support;
 
 use anyhow::{ensure, Context, Result};
 use layout::compose::{compose, ComposeOptions, Disk};

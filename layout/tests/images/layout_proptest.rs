@@ -4,14 +4,14 @@
 //! was asked (and sgdisk agrees on a few), and FAT32 partitions hold their
 //! files.
 
-mod layout_support;
+use ocidisk_testkit::layout_support;
 
 use anyhow::Result;
 use layout::compose::{compose, ComposeError, ComposeOptions};
 use layout::oci::{Image, OpenOptions};
 use layout::spec::{ContentSpec, LayerRef, LayoutSpec, PartitionSpec, Size, MIB};
 use layout_support::*;
-use ocidisk_tests::oci_writer::{BuiltImage, ImageBuilder, OsImage, Payload};
+use ocidisk_testkit::oci_writer::{BuiltImage, ImageBuilder, OsImage, Payload};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use std::io::IoSliceMut;

@@ -1,14 +1,14 @@
 //! The `monogon` preset composed from a Monogon-format OS image, checked
 //! with the standard tools: sgdisk, sfdisk, fsck.fat and mtools.
 
-mod layout_support;
+use ocidisk_testkit::layout_support;
 
 use anyhow::Result;
 use layout::compose::{compose, ComposeError, ComposeOptions, Disk};
 use layout::oci::{Image, OpenOptions};
 use layout::spec::{LayoutSpec, MonogonPreset, GIB, MIB};
 use layout_support::*;
-use ocidisk_tests::oci_writer::{BuiltImage, ImageBuilder, OsImage, Payload};
+use ocidisk_testkit::oci_writer::{BuiltImage, ImageBuilder, OsImage, Payload};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -274,10 +274,10 @@ fn disk_sizes_other_than_the_default() -> Result<()> {
 fn missing_payloads_and_loaders_are_errors_naming_the_partition() -> Result<()> {
     let only_kernel = OsImage::new().payload(Payload::new(
         "kernel.efi",
-        ocidisk_tests::oci_writer::efi_image(4096),
+        ocidisk_testkit::oci_writer::efi_image(4096),
     ));
     let f = fixture(only_kernel)?;
-    let before = ocidisk_tests::oci_writer::snapshot(&f.built.dir)?;
+    let before = ocidisk_testkit::oci_writer::snapshot(&f.built.dir)?;
     let err = compose(&f.image, &preset(), &node("n")).unwrap_err();
     assert!(matches!(err, ComposeError::Image { index: 2, .. }), "{err}");
     let msg = err.to_string();
@@ -311,7 +311,7 @@ fn missing_payloads_and_loaders_are_errors_naming_the_partition() -> Result<()> 
         Err(ComposeError::HostFile { .. })
     ));
     // Composing wrote nothing into the image.
-    assert_eq!(ocidisk_tests::oci_writer::snapshot(&f.built.dir)?, before);
+    assert_eq!(ocidisk_testkit::oci_writer::snapshot(&f.built.dir)?, before);
     Ok(())
 }
 

@@ -468,7 +468,7 @@ report system_sha256 "$(head -c {len} $(part_dev {SYSTEM_A}) | sha256sum | cut -
 
 /// Boot time on the same disk bytes: `ocidisk serve` vs qemu-storage-daemon
 /// exporting the disk `ocidisk export` writes. A measurement, not a test:
-/// `cargo test -p ocidisk-tests --test guest_ocidisk -- --ignored --nocapture`.
+/// `cargo test -p ocidisk-tests --test guest -- --ignored --nocapture`.
 #[test]
 #[ignore = "measurement: several UEFI boots under TCG, minutes"]
 fn measure_boot_time_ocidisk_vs_qemu_storage_daemon() {

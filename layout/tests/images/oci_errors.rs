@@ -4,7 +4,7 @@
 use layout::cache::CacheError;
 use layout::monogon::ConfigError;
 use layout::oci::{Image, ImageError, OpenOptions};
-use ocidisk_tests::oci_writer::{
+use ocidisk_testkit::oci_writer::{
     flip_byte, sha256_digest, snapshot, BuiltImage, ImageBuilder, OsImage, Payload,
 };
 use serde_json::Value;
