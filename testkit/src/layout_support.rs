@@ -2,6 +2,7 @@
 //! tests): export a composed disk with the real export path, and run the
 //! standard disk tools on the file.
 
+use crate::cmd::CommandExt as _;
 use anyhow::{bail, ensure, Context, Result};
 use layout::{BlockMap, Source};
 use serde_json::Value;
@@ -106,19 +107,13 @@ pub fn seek_hole(file: &File, start: u64) -> Result<u64> {
     Ok(at as u64)
 }
 
-/// Runs a tool and returns its stdout; fails with its output if it fails.
+/// Runs a tool and returns its stdout; fails with the command's report
+/// ([`crate::cmd`]) if it fails.
 pub fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {cmd:?} (installed by .ci/install-deps)"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    ensure!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(stdout)
+    let ran = cmd
+        .try_run_ok()
+        .context("a disk tool (installed by .ci/install-deps)")?;
+    Ok(ran.stdout)
 }
 
 /// `sgdisk -v` must report no problems.

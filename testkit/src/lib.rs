@@ -3,5 +3,6 @@
 //! the `ocidisk` binary nor the backend library, so a library's tests can
 //! use it without building the backend.
 
+pub mod cmd;
 pub mod layout_support;
 pub mod oci_writer;

@@ -1,6 +1,7 @@
 //! Support code for the end-to-end tests.
 
 pub mod blkio_client;
+pub mod cli;
 pub mod guest;
 pub mod hostfs;
 pub mod registry;

@@ -8,7 +8,9 @@ use layout::compose::{compose, ComposeError, ComposeOptions};
 use layout::oci::{Image, OpenOptions};
 use layout::spec::{LayoutSpec, SpecError, GIB, MIB};
 use layout_support::*;
-use ocidisk_testkit::oci_writer::{efi_image, snapshot, BuiltImage, ImageBuilder, OsImage, Payload};
+use ocidisk_testkit::oci_writer::{
+    efi_image, snapshot, BuiltImage, ImageBuilder, OsImage, Payload,
+};
 use std::path::{Path, PathBuf};
 
 struct Fixture {

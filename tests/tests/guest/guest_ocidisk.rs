@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use ocidisk_tests::blkio_client::{ocidisk_binary, BlkioClient};
+use ocidisk_tests::cli::CommandExt as _;
 use ocidisk_tests::guest::{Accel, Assets, GuestRun, InitramfsBuilder, VhostUserServer, VmConfig};
 use ocidisk_tests::sample::{
     build_sample_image, sha256_hex, SampleImage, DATA, ESP, GREETING, SYSTEM_A, SYSTEM_B,
@@ -475,20 +476,14 @@ fn measure_boot_time_ocidisk_vs_qemu_storage_daemon() {
     const ROUNDS: usize = 5;
     let f = Fixture::new();
     let raw = f.dir.path().join("peer.raw");
-    let out = Command::new(&f.ocidisk)
+    Command::new(&f.ocidisk)
         .arg("export")
         .arg("--image")
         .arg(&f.sample.image)
         .args(LAYOUT_ARGS)
         .arg("--output")
         .arg(&raw)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .run_ok();
     let mut times: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut init: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for round in 0..ROUNDS {

@@ -5,6 +5,7 @@
 //! every time fails the pull, naming it, and leaves nothing in its place.
 
 use ocidisk_tests::blkio_client::ocidisk_binary;
+use ocidisk_tests::cli::CommandExt as _;
 use ocidisk_tests::oci_writer::{BuiltImage, ImageBuilder, OsImage};
 use ocidisk_tests::registry::proxy::{Fault, Proxy};
 use ocidisk_tests::registry::Registry;
@@ -19,14 +20,7 @@ fn ocidisk(args: &[&str]) -> Output {
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = ocidisk(args);
-    assert!(
-        out.status.success(),
-        "ocidisk {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    ocidisk_tests::cli::ocidisk().args(args).run_ok().stdout
 }
 
 fn s(p: &Path) -> &str {
@@ -53,7 +47,7 @@ fn inspect(dir: &Path, cache: &Path, extra: &[&str]) -> serde_json::Value {
         "n1",
     ];
     args.extend_from_slice(extra);
-    serde_json::from_str(&ok(&args)).expect("inspect --json prints JSON")
+    ocidisk_tests::cli::ocidisk().args(&args).run_json()
 }
 
 #[test]

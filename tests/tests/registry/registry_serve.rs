@@ -8,7 +8,8 @@
 
 use layout::chunkcache::{BlobSpec, ChunkCache, ChunkCacheError, ChunkCacheSettings, ChunkHashes};
 use layout::monogon::Config;
-use ocidisk_tests::blkio_client::{ocidisk_binary, BlkioClient, Server};
+use ocidisk_tests::blkio_client::{BlkioClient, Server};
+use ocidisk_tests::cli::CommandExt as _;
 use ocidisk_tests::oci_writer::BuiltImage;
 use ocidisk_tests::registry::proxy::{Fault, Proxy};
 use ocidisk_tests::registry::{small_image, Registry};
@@ -130,13 +131,6 @@ fn blob_requests(proxy: &Proxy) -> usize {
         .iter()
         .filter(|r| r.target.contains("/blobs/") && r.range.is_some())
         .count()
-}
-
-fn ocidisk(args: &[String]) -> std::process::Output {
-    Command::new(ocidisk_binary().expect("cargo build -p ocidisk"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 /// The registry client as the chunk cache's fetcher: a payload's chunks
@@ -270,13 +264,7 @@ fn serve_from_a_registry_matches_the_local_layout() {
         ]
         .map(String::from)
         .to_vec();
-        let out = ocidisk(&args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        ocidisk_tests::cli::ocidisk().args(&args).run_json()
     };
     let empty = f.dir.path().join("empty-cache");
     assert_eq!(
@@ -505,8 +493,7 @@ fn zstd_images_and_export_from_a_registry() {
                 .filter(|a| a != "--readonly"),
         );
         args.extend(["--output".into(), s(&out).into()]);
-        let o = ocidisk(&args);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        ocidisk_tests::cli::ocidisk().args(&args).run_ok();
         std::fs::read(out).unwrap()
     };
     let local = export(
@@ -548,9 +535,7 @@ fn pull_fills_the_chunk_cache() {
         let args: Vec<String> = ["pull", remote.as_str(), "--cache", s(&f.cache())]
             .map(String::from)
             .to_vec();
-        let o = ocidisk(&args);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        String::from_utf8_lossy(&o.stdout).into_owned()
+        ocidisk_tests::cli::ocidisk().args(&args).run_ok().stdout
     };
     let said = pull();
     // 13 chunks of `system`, 1 of `kernel.efi`.

@@ -6,6 +6,7 @@
 use layout::oci::{Image, OpenOptions};
 use layout::{ComposeOptions, LayoutSpec};
 use ocidisk_tests::blkio_client::{BlkioClient, Op, Server};
+use ocidisk_tests::cli::CommandExt as _;
 use ocidisk_tests::oci_writer::{efi_image, ImageBuilder, OsImage, Payload};
 use overlay::Overlay;
 use std::io::{self, IoSliceMut};
@@ -639,16 +640,14 @@ fn export_with_the_overlay_writes_the_vm_disk() {
     assert!(server.terminate().unwrap().success());
 
     let out = f._dir.path().join("vm.raw");
-    let mut cmd =
-        std::process::Command::new(ocidisk_tests::blkio_client::ocidisk_binary().unwrap());
-    cmd.arg("export")
+    ocidisk_tests::cli::ocidisk()
+        .arg("export")
         .args(f.image_args())
         .arg("--overlay")
         .arg(&f.overlay)
         .arg("--output")
-        .arg(&out);
-    let status = cmd.status().unwrap();
-    assert!(status.success());
+        .arg(&out)
+        .run_ok();
     let exported = std::fs::read(&out).unwrap();
     assert_eq!(exported.len() as u64, DISK_SIZE);
     assert!(
@@ -687,15 +686,9 @@ fn metrics_count_what_the_guest_did() {
     assert!(q.read(DISK_SIZE, 512).is_err());
 
     // Live: the Prometheus endpoint and `ocidisk stats`.
-    let out = std::process::Command::new(ocidisk_tests::blkio_client::ocidisk_binary().unwrap())
+    ocidisk_tests::cli::ocidisk()
         .args(["stats", metrics_sock.to_str().unwrap(), "--once", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .run_json();
     let prom = std::process::Command::new("curl")
         .args([
             "-sf",
@@ -730,17 +723,9 @@ fn metrics_count_what_the_guest_did() {
     assert_eq!(report["overlay_read_bytes"], 4096);
     assert_eq!(report["serial"], "node-7");
     // And the trace has every request.
-    let summary =
-        std::process::Command::new(ocidisk_tests::blkio_client::ocidisk_binary().unwrap())
-            .args(["trace", "summarize", trace.to_str().unwrap(), "--json"])
-            .output()
-            .unwrap();
-    assert!(
-        summary.status.success(),
-        "{}",
-        String::from_utf8_lossy(&summary.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_slice(&summary.stdout).unwrap();
+    let summary = ocidisk_tests::cli::ocidisk()
+        .args(["trace", "summarize", trace.to_str().unwrap(), "--json"])
+        .run_json();
     assert_eq!(summary["kinds"]["read"]["requests"], 4, "{summary:#}");
     assert_eq!(summary["kinds"]["write"]["requests"], 1, "{summary:#}");
     assert_eq!(summary["dropped"], 0);

@@ -11,6 +11,7 @@ use layout::spec::{LayoutSpec, MonogonPreset, GIB};
 use layout::Source;
 use layout_support::*;
 use ocidisk_tests::blkio_client::ocidisk_binary;
+use ocidisk_tests::cli::CommandExt as _;
 use ocidisk_tests::oci_writer::{flip_byte, BuiltImage, ImageBuilder, OsImage};
 use serde_json::Value;
 use std::ffi::{OsStr, OsString};
@@ -106,14 +107,11 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let r = ocidisk(args)?;
-    ensure!(
-        r.status.success(),
-        "ocidisk failed ({}): {}",
-        r.status,
-        r.stderr
-    );
-    Ok(r.stdout)
+    let ran = Command::new(ocidisk_binary()?)
+        .args(args)
+        .stdin(Stdio::null())
+        .try_run_ok()?;
+    Ok(ran.stdout)
 }
 
 /// Runs the binary, which must fail the way a user error fails: exit code
@@ -889,13 +887,7 @@ fn a_closed_pipe_is_not_an_error() -> Result<()> {
     let out = Command::new("bash")
         .args(["-c", "set -o pipefail; \"$@\" | head -1", "bash"])
         .args(&args)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "ocidisk inspect | head -1: {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(String::from_utf8_lossy(&out.stdout).starts_with("disk 5 GiB"));
+        .try_run_ok()?;
+    ensure!(out.stdout.starts_with("disk 5 GiB"), "{out}");
     Ok(())
 }

@@ -10,6 +10,7 @@ use ocidisk::metrics;
 
 use metrics::trace::TraceWriter;
 use metrics::{serve_http, DiskMetrics, Done, Labels, ReqKind, Status};
+use ocidisk_tests::cli::CommandExt as _;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -27,6 +28,16 @@ fn run(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("running ocidisk")
+}
+
+/// Runs `ocidisk ARGS`, which must succeed; returns stdout.
+fn run_ok(args: &[&str]) -> String {
+    Command::new(ocidisk()).args(args).run_ok().stdout
+}
+
+/// Runs `ocidisk ARGS`, which must succeed and print JSON.
+fn run_ok_json(args: &[&str]) -> Value {
+    Command::new(ocidisk()).args(args).run_json()
 }
 
 fn stderr(o: &Output) -> String {
@@ -144,9 +155,7 @@ fn stats_once_json_over_tcp_reports_the_interval() {
     let server = serve_http("127.0.0.1:0", m.clone()).expect("serve_http");
     let addr = server.local_addr().to_string();
     let _load = Load::start(&m);
-    let out = run(&["stats", &addr, "--once", "--json", "--interval", "0.5"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    let text = run_ok(&["stats", &addr, "--once", "--json", "--interval", "0.5"]);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 1, "{text}");
     check_sample(&serde_json::from_str(lines[0]).expect("JSON sample"));
@@ -161,23 +170,19 @@ fn stats_counts_samples_over_a_unix_socket_and_prints_a_table() {
     let _load = Load::start(&m);
     let sock = sock.to_str().expect("UTF-8 path");
 
-    let out = run(&["stats", sock, "--json", "--count", "2", "--interval", "0.4"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    let text = run_ok(&["stats", sock, "--json", "--count", "2", "--interval", "0.4"]);
     assert_eq!(text.lines().count(), 2, "{text}");
     for line in text.lines() {
         check_sample(&serde_json::from_str(line).expect("JSON sample"));
     }
 
-    let out = run(&[
+    let text = run_ok(&[
         "stats",
         &format!("unix:{sock}"),
         "--once",
         "--interval",
         "0.3",
     ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = String::from_utf8(out.stdout).expect("UTF-8");
     for want in ["node-1", "IOPS", "MB/s", "p99", "read ", "write ", "flush "] {
         assert!(text.contains(want), "{want:?} missing from\n{text}");
     }
@@ -342,9 +347,7 @@ fn trace_summarize_reads_the_writers_file() {
         "--layout-json",
         layout.to_str().expect("path"),
     ];
-    let out = run(&[&args[..], &["--json", "--top", "2"]].concat());
-    assert!(out.status.success(), "{}", stderr(&out));
-    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
+    let v = run_ok_json(&[&args[..], &["--json", "--top", "2"]].concat());
     assert_eq!(v["requests"], 110);
     assert_eq!(v["kinds"]["read"]["sequential_requests"], 99);
     assert_eq!(v["kinds"]["write"]["sequential_requests"], 0);
@@ -356,9 +359,7 @@ fn trace_summarize_reads_the_writers_file() {
     assert_eq!(parts[0]["write_bytes"], 40960);
     assert_eq!(parts[1]["read_bytes"], 100 * 16384);
 
-    let out = run(&args);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    let text = run_ok(&args);
     for want in ["110 requests", "DATA", "hot 1 MiB regions", "≤ 16.0 KiB"] {
         assert!(text.contains(want), "{want:?} missing from\n{text}");
     }

@@ -1,5 +1,6 @@
 //! `ocidisk overlay info` and `ocidisk overlay reset` on real files.
 
+use ocidisk_tests::cli::CommandExt as _;
 use overlay::{CreateOptions, OpenOptions, Overlay};
 use std::io::{IoSlice, IoSliceMut};
 use std::path::PathBuf;
@@ -39,17 +40,10 @@ fn info_and_reset() {
     ov.flush().unwrap();
 
     // Info works while the overlay is open for writing.
-    let out = Command::new(&bin)
+    let v = Command::new(&bin)
         .args(["overlay", "info", "--json"])
         .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        .run_json();
     assert_eq!(v["disk_size"], size);
     assert_eq!(v["blocks_written"], 3);
     assert_eq!(v["blocks_zero"], 256);
@@ -76,16 +70,10 @@ fn info_and_reset() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
     drop(ov);
-    let out = Command::new(&bin)
+    Command::new(&bin)
         .args(["overlay", "reset"])
         .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .run_ok();
     let ov = Overlay::open(&path, &identity(), size, &OpenOptions::default()).unwrap();
     assert_eq!(ov.header().disk_id, disk_id, "reset keeps the disk id");
     let usage = ov.usage().unwrap();

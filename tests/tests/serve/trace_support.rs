@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 use ocidisk_tests::blkio_client::{ocidisk_binary, BlkioClient, Op, Server};
+use ocidisk_tests::cli::CommandExt as _;
 use ocidisk_tests::oci_writer::{efi_image, ImageBuilder, OsImage, Payload};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -167,9 +168,7 @@ pub fn stderr(o: &Output) -> String {
 
 /// Runs `ocidisk ARGS`, which must succeed; returns stdout.
 pub fn ocidisk_ok(args: &[&str]) -> String {
-    let out = ocidisk(args);
-    assert!(out.status.success(), "ocidisk {args:?}: {}", stderr(&out));
-    String::from_utf8(out.stdout).expect("UTF-8 output")
+    ocidisk_tests::cli::ocidisk().args(args).run_ok().stdout
 }
 
 /// `target/test-artefacts/NAME`, created: what a test keeps for people to
