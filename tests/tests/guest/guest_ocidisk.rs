@@ -4,7 +4,7 @@
 //! the ESP; what it writes must survive the VM and the server being stopped
 //! and started again.
 //!
-//! Needs `cargo build -p ocidisk` (same profile) and `.ci/install-deps`.
+//! Needs `.ci/install-deps` (the binary is built by `ocidisk_binary`).
 
 use std::path::PathBuf;
 use std::process::Command;

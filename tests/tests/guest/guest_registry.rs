@@ -5,7 +5,7 @@
 //! sees the right partitions and payloads, each chunk crosses the network
 //! once, and a second node on the same host's cache fetches nothing.
 //!
-//! Needs `cargo build -p ocidisk` (same profile) and `.ci/install-deps`.
+//! Needs `.ci/install-deps` (the binary is built by `ocidisk_binary`).
 
 use ocidisk_tests::blkio_client::ocidisk_binary;
 use ocidisk_tests::guest::{Assets, VhostUserServer, VmConfig};

@@ -25,8 +25,8 @@
 //! `OCIDISK_REQUIRE_GUEST=1` (fail instead of skipping without QEMU or the
 //! guest assets).
 //!
-//! Needs `cargo build -p ocidisk` (same profile) and `.ci/install-deps`.
-//! `cargo test -p ocidisk-tests --test guest_restart -- --nocapture`
+//! Needs `.ci/install-deps` (the binary is built by `ocidisk_binary`).
+//! `cargo test -p ocidisk-tests --test guest -- guest_restart:: --nocapture`
 
 use std::path::PathBuf;
 

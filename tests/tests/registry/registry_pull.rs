@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn ocidisk(args: &[&str]) -> Output {
-    Command::new(ocidisk_binary().expect("the ocidisk binary (cargo build -p ocidisk)"))
+    Command::new(ocidisk_binary().expect("the ocidisk binary"))
         .args(args)
         .output()
         .expect("running ocidisk")

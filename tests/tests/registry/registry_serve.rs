@@ -4,7 +4,7 @@
 //! fault proxy between ocidisk and the registry where a test needs to see
 //! or disturb the requests.
 //!
-//! Needs the `ocidisk` binary: `cargo build -p ocidisk` first.
+//! Runs the `ocidisk` binary (built by `ocidisk_tests::cli::ocidisk_binary`).
 
 use layout::chunkcache::{BlobSpec, ChunkCache, ChunkCacheError, ChunkCacheSettings, ChunkHashes};
 use layout::monogon::Config;

@@ -1,7 +1,7 @@
 //! `ocidisk serve` driven by libblkio over a real vhost-user socket.
 //!
-//! Needs the `ocidisk` binary: `cargo build -p ocidisk` first (see
-//! `ocidisk_tests::blkio_client::ocidisk_binary`).
+//! Runs the `ocidisk` binary, brought up to date by
+//! `ocidisk_tests::cli::ocidisk_binary`.
 
 use layout::oci::{Image, OpenOptions};
 use layout::{ComposeOptions, LayoutSpec};

@@ -25,8 +25,8 @@
 //!   SET_VRING_NUM(0, 256), SET_VRING_ADDR, SET_VRING_BASE, SET_VRING_CALL,
 //!   SET_VRING_KICK, SET_VRING_ENABLE; GET_CONFIG again on a config update.
 //!
-//! Needs the binary: `cargo build -p ocidisk`, then
-//! `cargo test -p ocidisk-tests --test frontend_replay`.
+//! Alone: `cargo nextest run -p ocidisk-tests --test serve
+//! -E 'test(/^frontend_replay::/)'`.
 
 use ocidisk_tests::vhost_frontend::backend::Backend;
 use ocidisk_tests::vhost_frontend::conn::{self, feature, proto, req, Answer, Conn, Inflight};

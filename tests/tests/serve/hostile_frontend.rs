@@ -12,8 +12,8 @@
 //! changed no blob of the image and no block of the overlay the case did
 //! not write.
 //!
-//! Needs the binary: `cargo build -p ocidisk`, then
-//! `cargo test -p ocidisk-tests --test hostile_frontend`
+//! Alone: `cargo nextest run -p ocidisk-tests --test serve
+//! -E 'test(/^hostile_frontend::/)'`
 //! (`OCIDISK_BIN=/path/to/ocidisk` tests another build).
 
 use ocidisk_tests::vhost_frontend::backend::Backend;

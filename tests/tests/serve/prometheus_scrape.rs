@@ -6,7 +6,7 @@
 //! Grafana dashboard (dashboards/ocidisk.json) queries is in it; each of
 //! the dashboard's queries also runs on the real server.
 //!
-//! Needs the `ocidisk` binary: `cargo build -p ocidisk` first.
+//! Runs the `ocidisk` binary (built by `ocidisk_tests::cli::ocidisk_binary`).
 
 use crate::trace_support;
 

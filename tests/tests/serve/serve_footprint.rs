@@ -2,8 +2,8 @@
 //! the overlay's header and map at launch, and a small resident set while a
 //! frontend does I/O (issue 5, "Many nodes from one image").
 //!
-//! Needs the `ocidisk` binary: `cargo build -p ocidisk` first (see
-//! `ocidisk_tests::blkio_client::ocidisk_binary`).
+//! Runs the `ocidisk` binary, brought up to date by
+//! `ocidisk_tests::cli::ocidisk_binary`.
 
 use ocidisk_tests::blkio_client::{BlkioClient, Server};
 use ocidisk_tests::oci_writer::{

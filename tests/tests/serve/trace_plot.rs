@@ -5,7 +5,7 @@
 //! the SVG (screenshot kept under target/test-artefacts/trace_plot), known
 //! ratios, and bad traces named by file and byte.
 //!
-//! Needs the `ocidisk` binary: `cargo build -p ocidisk` first.
+//! Runs the `ocidisk` binary (built by `ocidisk_tests::cli::ocidisk_binary`).
 
 use crate::trace_support;
 

@@ -5,7 +5,7 @@
 //! never its bytes; the rest of the disk reads right; the log names the
 //! payload once.
 //!
-//! Needs the `ocidisk` binary: `cargo build -p ocidisk` first.
+//! Runs the `ocidisk` binary (built by `ocidisk_tests::cli::ocidisk_binary`).
 
 use ocidisk_tests::blkio_client::{ocidisk_binary, BlkioClient, Server};
 use ocidisk_tests::oci_writer::{efi_image, ImageBuilder, OsImage, Payload};
