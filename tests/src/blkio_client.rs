@@ -279,46 +279,9 @@ impl ClientQueue {
     }
 }
 
-/// The `ocidisk` binary of the profile the tests were built with.
-///
-/// `OCIDISK_BIN` overrides; otherwise it is `target/<profile>/ocidisk`, next
-/// to the `deps` directory holding the test executable. Cargo offers
-/// `CARGO_BIN_EXE_*` only for a test's own package, and this one is not the
-/// binary's, so a missing binary is built here with the cargo running the
-/// tests (`cargo build -p ocidisk`, same profile): `cargo test` works on a
-/// fresh clone. Cargo's own lock makes concurrent test processes build it
-/// once. An existing binary is used as it is: build it first after
-/// changing the backend (README.md's test command does).
-pub fn ocidisk_binary() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("OCIDISK_BIN") {
-        return Ok(path.into());
-    }
-    let exe = std::env::current_exe().context("cannot find the test executable")?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| anyhow!("unexpected test executable path {}", exe.display()))?;
-    let bin = profile_dir.join("ocidisk");
-    if bin.is_file() {
-        return Ok(bin);
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut build = Command::new(&cargo);
-    build.args(["build", "--quiet", "-p", "ocidisk", "--bin", "ocidisk"]);
-    if profile_dir.file_name().is_some_and(|p| p == "release") {
-        build.arg("--release");
-    }
-    let status = build
-        .status()
-        .with_context(|| format!("cannot run {} build -p ocidisk", cargo.to_string_lossy()))?;
-    if !status.success() || !bin.is_file() {
-        bail!(
-            "`cargo build -p ocidisk` did not make {} ({status}); build it first, or set OCIDISK_BIN",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
+/// Where the tests find the `ocidisk` binary (it lives with the command
+/// helper now; re-exported for the callers that name it here).
+pub use crate::cli::ocidisk_binary;
 
 /// The `ocidisk` binary a benchmark measures: `OCIDISK_BIN`, else the
 /// release build in the benchmark's target directory, else the debug build

@@ -1,6 +1,6 @@
 //! `guest-io-check --dev DEV --blocks N [options]`: verified block I/O under
 //! load, run inside a test guest while the host kills and restarts the
-//! disk's backend (tests/tests/guest_restart.rs).
+//! disk's backend (tests/tests/guest/guest_restart.rs).
 //!
 //! Several workers each own a contiguous stripe of the first N 4 KiB blocks
 //! of DEV and, until told to stop, write runs of 1–16 self-describing blocks

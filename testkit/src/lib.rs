@@ -1,0 +1,8 @@
+//! Test fixtures shared by the crates' integration tests (`layout/tests/`)
+//! and the end-to-end tests (`ocidisk-tests`). What is here needs neither
+//! the `ocidisk` binary nor the backend library, so a library's tests can
+//! use it without building the backend.
+
+pub mod cmd;
+pub mod layout_support;
+pub mod oci_writer;
