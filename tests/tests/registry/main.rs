@@ -13,5 +13,6 @@ mod oci_cache;
 mod registry_auth;
 mod registry_client;
 mod registry_faults;
+mod registry_offline;
 mod registry_pull;
 mod registry_serve;
