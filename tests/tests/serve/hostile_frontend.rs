@@ -2031,26 +2031,26 @@ fn abrupt_disconnects_at_every_setup_step() {
     c.end(None, None, true);
 }
 
-/// A thousand frontends, each setting up two queues and going away: the
+/// Three hundred frontends, each setting up two queues and going away, and
+/// as many bare connections: the
 /// backend's file descriptors and threads do not grow.
 #[test]
-fn thousands_of_reconnects_do_not_leak() {
+fn hundreds_of_reconnects_do_not_leak() {
     let c = Case::new();
     drop(c.session());
     std::thread::sleep(Duration::from_millis(300));
     let fds0 = c.be.fd_count().unwrap();
     let threads0 = c.be.thread_count().unwrap();
+    // A fixed count, not a time budget: a busy machine makes this slower,
+    // never wrong. 300 is several times any per-connection leak's margin.
+    let n = 300;
     let start = Instant::now();
-    let mut n = 0;
-    while n < 1000 && start.elapsed() < Duration::from_secs(90) {
-        let s = c.session();
-        drop(s);
-        n += 1;
+    for _ in 0..n {
+        drop(c.session());
         // Bare connections too.
         drop(Conn::connect(&c.fx.socket).unwrap());
     }
     eprintln!("{n} reconnects in {:?}", start.elapsed());
-    assert!(n >= 200, "only {n} reconnects in 90 s");
     // Let the last connection wind down.
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut fds1 = c.be.fd_count().unwrap();
