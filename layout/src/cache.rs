@@ -30,7 +30,7 @@ pub enum CacheError {
     #[error("no cache directory: set XDG_CACHE_HOME or HOME, or pass a cache directory")]
     NoCacheDir,
     /// A file system operation on the cache failed.
-    #[error("cache {path}: {op}: {source}")]
+    #[error("cache {path}: {op}")]
     Io {
         path: PathBuf,
         op: &'static str,
@@ -38,7 +38,7 @@ pub enum CacheError {
         source: io::Error,
     },
     /// The compressed layer is not a valid zstd stream.
-    #[error("{layer} ({blob}): not a valid zstd stream: {source}")]
+    #[error("{layer} ({blob}): not a valid zstd stream")]
     Decompress {
         layer: String,
         blob: String,
@@ -65,7 +65,7 @@ pub enum CacheError {
         actual: String,
     },
     /// A decompressed chunk does not match its hash in the config.
-    #[error("{layer} ({blob}): {source}")]
+    #[error("{layer} ({blob}): checking its chunks")]
     BadChunk {
         layer: String,
         blob: String,

@@ -19,7 +19,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ExportError {
     /// Reading a source file failed.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read { path: PathBuf, source: io::Error },
     /// A source file is shorter than the extent that maps it.
     #[error("{path} ends at byte {at}, {missing} bytes before the extent that maps it")]
@@ -29,7 +29,7 @@ pub enum ExportError {
         missing: u64,
     },
     /// Writing the output failed.
-    #[error("writing the image at offset {offset}: {source}")]
+    #[error("writing the image at offset {offset}")]
     Write { offset: u64, source: io::Error },
 }
 

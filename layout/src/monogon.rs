@@ -36,7 +36,7 @@ pub const MAX_NAME_LEN: usize = 80;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// The config is not JSON of the expected shape.
-    #[error("{file}: bad Monogon OS image config JSON: {source}")]
+    #[error("{file}: bad Monogon OS image config JSON")]
     Json {
         file: String,
         #[source]

@@ -50,7 +50,7 @@ pub const DEFAULT_CHUNK_SIZE: u64 = 1 << 20;
 #[derive(Debug, Error)]
 pub enum ChunkCacheError {
     /// A file operation on the cache failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
         path: PathBuf,
         op: &'static str,
@@ -99,7 +99,8 @@ impl From<ChunkCacheError> for std::io::Error {
             ChunkCacheError::OutOfRange { .. } => std::io::ErrorKind::InvalidInput,
             _ => std::io::ErrorKind::Other,
         };
-        std::io::Error::new(kind, e.to_string())
+        // Flattened with its causes: an io::Error carries one message.
+        std::io::Error::new(kind, blockio::error_chain(&e).to_string())
     }
 }
 

@@ -20,7 +20,7 @@ pub enum ImageError {
     #[error("{path}: missing; an OCI image layout needs index.json")]
     MissingIndex { path: PathBuf },
     /// A file could not be read.
-    #[error("{path}: {op}: {source}")]
+    #[error("{path}: {op}")]
     Io {
         path: PathBuf,
         op: &'static str,
@@ -28,7 +28,7 @@ pub enum ImageError {
         source: io::Error,
     },
     /// A JSON document (a file or a blob) does not parse.
-    #[error("{file}: bad JSON: {source}")]
+    #[error("{file}: bad JSON")]
     Json {
         file: String,
         #[source]
@@ -135,7 +135,7 @@ pub enum ImageError {
     },
     /// A layer's blob could not be had from the chunk cache (a registry
     /// image: opening its cache file, or fetching a blob read whole).
-    #[error("{what}: {source}")]
+    #[error("{what}: reading its blob through the chunk cache")]
     ChunkCache {
         what: String,
         #[source]
@@ -145,7 +145,7 @@ pub enum ImageError {
     #[error(transparent)]
     Cache(#[from] CacheError),
     /// A payload chunk does not match its hash (found by `verify`).
-    #[error("{what} ({path}): {source}")]
+    #[error("{what} ({path}): checking its chunks")]
     BadChunk {
         what: String,
         path: String,
