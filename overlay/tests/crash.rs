@@ -83,7 +83,8 @@ fn run_until_death(
             }
         };
         if let Err(e) = result {
-            assert!(e.to_string().contains("simulated crash"), "{e}");
+            let msg = blockio::error_chain(&e).to_string();
+            assert!(msg.contains("simulated crash"), "{msg}");
             return true;
         }
     }

@@ -87,7 +87,8 @@ fn run_until_death(
         match result {
             Ok(()) => since_flush.extend(gives),
             Err(e) => {
-                assert!(e.to_string().contains("simulated crash"), "{e}");
+                let msg = blockio::error_chain(&e).to_string();
+                assert!(msg.contains("simulated crash"), "{msg}");
                 since_flush.extend(gives.iter().cloned());
                 return Some(gives);
             }
