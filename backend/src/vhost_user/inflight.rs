@@ -159,7 +159,7 @@ pub enum InflightError {
         mmap_offset: u64,
         mmap_size: u64,
     },
-    #[error("inflight region: {what}: {source}")]
+    #[error("inflight region: {what}")]
     Io {
         what: &'static str,
         source: std::io::Error,
