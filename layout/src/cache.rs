@@ -32,43 +32,64 @@ pub enum CacheError {
     /// A file system operation on the cache failed.
     #[error("cache {path}: {op}")]
     Io {
+        /// The cache file or directory.
         path: PathBuf,
+        /// What was being done with it.
         op: &'static str,
+        /// Why it failed.
         #[source]
         source: io::Error,
     },
     /// The compressed layer is not a valid zstd stream.
     #[error("{layer} ({blob}): not a valid zstd stream")]
     Decompress {
+        /// The layer, e.g. `layer 2`.
         layer: String,
+        /// The compressed blob, by digest.
         blob: String,
+        /// The zstd decoder's error.
         #[source]
         source: io::Error,
     },
     /// The first zstd frame does not say how large its content is, and
     /// nothing else does.
     #[error("{layer} ({blob}): the zstd frame header has no content size")]
-    NoContentSize { layer: String, blob: String },
+    NoContentSize {
+        /// The layer, e.g. `layer 2`.
+        layer: String,
+        /// The compressed blob, by digest.
+        blob: String,
+    },
     /// The decompressed size is not the expected one.
     #[error("{layer} ({blob}): decompresses to {actual} bytes, expected {expected}")]
     SizeMismatch {
+        /// The layer, e.g. `layer 2`.
         layer: String,
+        /// The compressed blob, by digest.
         blob: String,
+        /// The size the config or frame header gives.
         expected: u64,
+        /// The size decompression gave (or `more`).
         actual: String,
     },
     /// The compressed bytes do not have the layer's digest.
     #[error("{layer} ({blob}): content has digest sha256:{actual}")]
     DigestMismatch {
+        /// The layer, e.g. `layer 2`.
         layer: String,
+        /// The compressed blob, by digest.
         blob: String,
+        /// The hex SHA-256 of the compressed bytes.
         actual: String,
     },
     /// A decompressed chunk does not match its hash in the config.
     #[error("{layer} ({blob}): checking its chunks")]
     BadChunk {
+        /// The layer, e.g. `layer 2`.
         layer: String,
+        /// The compressed blob, by digest.
         blob: String,
+        /// Which chunk, and where it lies.
         #[source]
         source: BadChunk,
     },

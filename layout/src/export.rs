@@ -20,17 +20,30 @@ use thiserror::Error;
 pub enum ExportError {
     /// Reading a source file failed.
     #[error("reading {path}")]
-    Read { path: PathBuf, source: io::Error },
+    Read {
+        /// The source file.
+        path: PathBuf,
+        /// Why it failed.
+        source: io::Error,
+    },
     /// A source file is shorter than the extent that maps it.
     #[error("{path} ends at byte {at}, {missing} bytes before the extent that maps it")]
     Truncated {
+        /// The source file.
         path: PathBuf,
+        /// Where the file ends.
         at: u64,
+        /// Bytes the extent needs past that end.
         missing: u64,
     },
     /// Writing the output failed.
     #[error("writing the image at offset {offset}")]
-    Write { offset: u64, source: io::Error },
+    Write {
+        /// The image offset being written.
+        offset: u64,
+        /// Why it failed.
+        source: io::Error,
+    },
 }
 
 /// How the bytes of an export were produced.
