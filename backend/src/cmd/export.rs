@@ -36,6 +36,7 @@ pub struct Args {
     force: bool,
 }
 
+/// Runs `ocidisk export`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     // Open everything before creating the output, so a bad argument leaves
     // no file behind.

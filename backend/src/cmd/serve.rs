@@ -34,6 +34,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 /// Arguments of `ocidisk serve`.
 #[derive(clap::Args)]
 pub struct Args {
+    /// The image and layout to serve.
     #[command(flatten)]
     pub image: ImageArgs,
     /// The VM's overlay file, which keeps what the guest writes: created if
@@ -62,6 +63,7 @@ pub struct Args {
     /// flushed writes count). See overlay/FORMAT.md, "the shadow map".
     #[arg(long, value_name = "DIR", default_value = overlay::DEFAULT_SHADOW_DIR, requires = "overlay")]
     pub shadow_dir: Option<PathBuf>,
+    /// How to serve: socket, queues, engine, metrics.
     #[command(flatten)]
     pub serve: ServeOptions,
 }
