@@ -8,6 +8,13 @@
 //! tmpfs) keeps exactly them. A host crash *without* that flush falls back
 //! to the contract of `tests/crash.rs`.
 
+// Test code: a failed unwrap is a failed test, with its line.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the test failing"
+)]
+
 // `&Vec<u8>` is a sized `ReadAt`, which `&dyn ReadAt` needs.
 #![allow(clippy::ptr_arg)]
 
