@@ -6,7 +6,6 @@
     clippy::expect_used,
     reason = "test code: a panic is the test failing"
 )]
-
 // `&Vec<u8>` is a sized `ReadAt`, which `&dyn ReadAt` needs.
 #![allow(clippy::ptr_arg)]
 

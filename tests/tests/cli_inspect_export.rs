@@ -591,7 +591,10 @@ fn each_cause_is_printed_once() -> Result<()> {
         f.args("inspect", &[]),
         &["opening image", index, "reading", "not a regular file"],
     )?;
-    ensure!(stderr.lines().count() == 1, "more than one line: {stderr:?}");
+    ensure!(
+        stderr.lines().count() == 1,
+        "more than one line: {stderr:?}"
+    );
     for part in [index, "not a regular file"] {
         ensure!(
             stderr.matches(part).count() == 1,
