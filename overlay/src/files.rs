@@ -1,6 +1,14 @@
 //! The overlay file's neighbours on the host: advisory locks, durable
 //! renames, and the temporary files a create or reset builds before it
 //! renames them into place.
+//!
+//! Temporary files are named and swept (`remove_stale_temps`) rather than
+//! made with `O_TMPFILE` and `linkat`: `linkat` cannot replace an existing
+//! file, and a reset must replace the overlay atomically, so a rename from
+//! a named file is needed anyway; `O_TMPFILE` is also missing on some file
+//! systems (older NFS, FUSE), and linking one into place needs
+//! `CAP_DAC_READ_SEARCH` or `/proc`. Locks and `fallocate` go through
+//! rustix: the same system calls, without `unsafe` of our own.
 
 use crate::error::{io_err, OverlayError};
 use std::fs::File;
