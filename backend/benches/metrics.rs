@@ -8,6 +8,13 @@
 //! Run: `cargo bench -p ocidisk --bench metrics`. Prints the median and the
 //! minimum of 21 interleaved runs per case.
 
+// Measurement code, not product code: a setup that fails ends the run.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "bench code: a failed setup ends the run"
+)]
+
 use ocidisk::metrics::{DiskMetrics, Done, Labels, QueueMetrics, ReqKind, Status, TraceWriter};
 use std::hint::black_box;
 use std::os::unix::fs::FileExt as _;

@@ -75,26 +75,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("ocidisk: {}", describe(&err));
+            // The error and its causes on one line, joined with ": ". No
+            // library error prints its own source, so each cause appears
+            // once.
+            eprintln!("ocidisk: {err:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes on one line. The library errors already say
-/// their cause in their own message; a cause is printed only when it adds
-/// something.
-fn describe(err: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
 }

@@ -85,8 +85,9 @@ pub struct FillReport {
     pub manifest: String,
     /// Layers in the image.
     pub layers: usize,
-    /// Chunks fetched now, and their bytes.
+    /// Chunks fetched now.
     pub fetched_chunks: u64,
+    /// Bytes those chunks hold.
     pub fetched_bytes: u64,
     /// Chunks that were in the cache already.
     pub cached_chunks: u64,

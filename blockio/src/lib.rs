@@ -14,15 +14,19 @@
 //! - [`pread_exact_vectored`] and [`pwrite_all_vectored`]: `preadv`/`pwritev`
 //!   that retry short transfers and `EINTR`;
 //! - [`BaseIdentity`]: what a disk is made of, so that an overlay can refuse
-//!   a base it was not made for.
+//!   a base it was not made for;
+//! - [`error_chain`]: an error and its causes on one line, for the crates
+//!   that log errors themselves.
 
 mod cursor;
+mod error_chain;
 mod file;
 mod identity;
 mod plan;
 mod window;
 
 pub use cursor::{total_len, total_len_mut, IoCursor, IoCursorMut, IoVecs, IoVecsMut};
+pub use error_chain::{error_chain, ErrorChain};
 pub use file::{pread_exact_vectored, pwrite_all_vectored, zero_fill, DirectAlign};
 pub use identity::BaseIdentity;
 pub use plan::{plan_or_sync, PieceSink, ReadPiece, ReadSources};

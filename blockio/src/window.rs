@@ -126,7 +126,9 @@ fn raw_parts(buf: &mut IoSliceMut<'_>) -> (*mut u8, usize) {
 /// `ptr` must be valid for writes of `len` bytes for `'a`, and no other live
 /// buffer may overlap it.
 unsafe fn buffer<'a>(ptr: *mut u8, len: usize) -> IoSliceMut<'a> {
-    IoSliceMut::new(std::slice::from_raw_parts_mut(ptr, len))
+    // SAFETY: the caller guarantees `ptr` is valid for writes of `len`
+    // bytes for `'a` and overlaps no other live buffer (this fn's contract).
+    IoSliceMut::new(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
 }
 
 /// A range of a scatter list, handed out by [`IoSplitter::with_next`]: it

@@ -6,6 +6,12 @@
 //! `cargo bench -p layout --bench chunk_record` (`OCIDISK_BENCH_ROUNDS`,
 //! default 5; the median is printed, in ns per check).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "bench code: a failed setup ends the run"
+)]
+
 use layout::chunkcache::{BlobSpec, ChunkCache, ChunkCacheSettings, ChunkFetch, FetchError};
 use sha2::{Digest as _, Sha256};
 use std::sync::Arc;

@@ -29,17 +29,25 @@ pub enum MapError {
     /// Two placed contents overlap.
     #[error("{what} at {start}+{len} overlaps what is already placed before {prev_end}")]
     Overlap {
+        /// What was being placed, e.g. a partition or the GPT.
         what: String,
+        /// Its first byte on the disk.
         start: u64,
+        /// Its length in bytes.
         len: u64,
+        /// The end of what is already placed.
         prev_end: u64,
     },
     /// A placed content ends past the disk.
     #[error("{what} at {start}+{len} ends past the disk of {size} bytes")]
     PastEnd {
+        /// What was being placed, e.g. a partition or the GPT.
         what: String,
+        /// Its first byte on the disk.
         start: u64,
+        /// Its length in bytes.
         len: u64,
+        /// The disk's size in bytes.
         size: u64,
     },
 }

@@ -17,7 +17,6 @@ use sha2::{Digest as _, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,45 +29,66 @@ pub enum CacheError {
     #[error("no cache directory: set XDG_CACHE_HOME or HOME, or pass a cache directory")]
     NoCacheDir,
     /// A file system operation on the cache failed.
-    #[error("cache {path}: {op}: {source}")]
+    #[error("cache {path}: {op}")]
     Io {
+        /// The cache file or directory.
         path: PathBuf,
+        /// What was being done with it.
         op: &'static str,
+        /// Why it failed.
         #[source]
         source: io::Error,
     },
     /// The compressed layer is not a valid zstd stream.
-    #[error("{layer} ({blob}): not a valid zstd stream: {source}")]
+    #[error("{layer} ({blob}): not a valid zstd stream")]
     Decompress {
+        /// The layer, e.g. `layer 2`.
         layer: String,
+        /// The compressed blob, by digest.
         blob: String,
+        /// The zstd decoder's error.
         #[source]
         source: io::Error,
     },
     /// The first zstd frame does not say how large its content is, and
     /// nothing else does.
     #[error("{layer} ({blob}): the zstd frame header has no content size")]
-    NoContentSize { layer: String, blob: String },
+    NoContentSize {
+        /// The layer, e.g. `layer 2`.
+        layer: String,
+        /// The compressed blob, by digest.
+        blob: String,
+    },
     /// The decompressed size is not the expected one.
     #[error("{layer} ({blob}): decompresses to {actual} bytes, expected {expected}")]
     SizeMismatch {
+        /// The layer, e.g. `layer 2`.
         layer: String,
+        /// The compressed blob, by digest.
         blob: String,
+        /// The size the config or frame header gives.
         expected: u64,
+        /// The size decompression gave (or `more`).
         actual: String,
     },
     /// The compressed bytes do not have the layer's digest.
     #[error("{layer} ({blob}): content has digest sha256:{actual}")]
     DigestMismatch {
+        /// The layer, e.g. `layer 2`.
         layer: String,
+        /// The compressed blob, by digest.
         blob: String,
+        /// The hex SHA-256 of the compressed bytes.
         actual: String,
     },
     /// A decompressed chunk does not match its hash in the config.
-    #[error("{layer} ({blob}): {source}")]
+    #[error("{layer} ({blob}): checking its chunks")]
     BadChunk {
+        /// The layer, e.g. `layer 2`.
         layer: String,
+        /// The compressed blob, by digest.
         blob: String,
+        /// Which chunk, and where it lies.
         #[source]
         source: BadChunk,
     },
@@ -389,14 +409,10 @@ impl Lock {
             .open(path)
             .map_err(io_err(path, "opening the lock file"))?;
         loop {
-            // SAFETY: flock on a descriptor we own; no memory is involved.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                return Ok(Lock { _file: file });
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(io_err(path, "locking")(e));
+            match rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive) {
+                Ok(()) => return Ok(Lock { _file: file }),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(errno) => return Err(io_err(path, "locking")(errno.into())),
             }
         }
     }

@@ -80,7 +80,7 @@ pub enum ComposeError {
     #[error(transparent)]
     Spec(#[from] SpecError),
     /// A payload or layer the layout names is not in the image.
-    #[error("partition {index} ({name}): {field}: {source}")]
+    #[error("partition {index} ({name}): {field}")]
     Image {
         /// 1-based partition number.
         index: usize,
@@ -93,7 +93,7 @@ pub enum ComposeError {
         source: Box<ImageError>,
     },
     /// A host file cannot be opened.
-    #[error("partition {index} ({name}): {field}: {}: {source}", path.display())]
+    #[error("partition {index} ({name}): {field}: opening {}", path.display())]
     HostFile {
         /// 1-based partition number.
         index: usize,
@@ -127,7 +127,7 @@ pub enum ComposeError {
     },
     /// A FAT32 partition that cannot be built (too small for its files, bad
     /// names, a size outside FAT32's range).
-    #[error("partition {index} ({name}): {field}: FAT32: {source}")]
+    #[error("partition {index} ({name}): {field}: building the FAT32 file system")]
     Fat32 {
         /// 1-based partition number.
         index: usize,

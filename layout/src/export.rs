@@ -10,7 +10,6 @@ use crate::blockmap::BlockMap;
 use crate::source::Source;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt as _;
 use std::path::PathBuf;
 use thiserror::Error;
@@ -19,18 +18,31 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ExportError {
     /// Reading a source file failed.
-    #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
+    #[error("reading {path}")]
+    Read {
+        /// The source file.
+        path: PathBuf,
+        /// Why it failed.
+        source: io::Error,
+    },
     /// A source file is shorter than the extent that maps it.
     #[error("{path} ends at byte {at}, {missing} bytes before the extent that maps it")]
     Truncated {
+        /// The source file.
         path: PathBuf,
+        /// Where the file ends.
         at: u64,
+        /// Bytes the extent needs past that end.
         missing: u64,
     },
     /// Writing the output failed.
-    #[error("writing the image at offset {offset}: {source}")]
-    Write { offset: u64, source: io::Error },
+    #[error("writing the image at offset {offset}")]
+    Write {
+        /// The image offset being written.
+        offset: u64,
+        /// Why it failed.
+        source: io::Error,
+    },
 }
 
 /// How the bytes of an export were produced.
@@ -112,45 +124,31 @@ fn copy_range(
     dst_off: u64,
     len: u64,
 ) -> Result<(u64, u64), CopyError> {
-    let (mut off_in, mut off_out) = (src_off as libc::loff_t, dst_off as libc::loff_t);
+    use rustix::io::Errno;
+    let (mut off_in, mut off_out) = (src_off, dst_off);
     let mut left = len;
     while left > 0 {
         let chunk = left.min(1 << 30) as usize;
-        // SAFETY: a plain syscall on two open descriptors; the offsets are
-        // locals that the kernel advances.
-        let n = unsafe {
-            libc::copy_file_range(
-                src.as_raw_fd(),
-                &mut off_in,
-                dst.as_raw_fd(),
-                &mut off_out,
-                chunk,
-                0,
-            )
-        };
-        if n > 0 {
-            left -= n as u64;
-            continue;
-        }
-        if n == 0 {
-            return Err(CopyError::Truncated {
-                at: off_in as u64,
-                missing: left,
-            });
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
+        // The kernel advances the two offsets, which are ours alone.
+        match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), chunk) {
+            Ok(0) => {
+                return Err(CopyError::Truncated {
+                    at: off_in,
+                    missing: left,
+                })
+            }
+            Ok(n) => left -= n as u64,
+            Err(Errno::INTR) => continue,
             // The kernel cannot copy between these files (different file
             // system types on old kernels, special files): copy through
             // memory.
-            Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL) => {
-                copy_through_memory(src, off_in as u64, dst, off_out as u64, left)?;
+            Err(Errno::XDEV | Errno::NOSYS | Errno::OPNOTSUPP | Errno::INVAL) => {
+                copy_through_memory(src, off_in, dst, off_out, left)?;
                 return Ok((len - left, left));
             }
             // Reads and writes fail alike here; blame the write only when
             // the source is fine.
-            _ => return Err(CopyError::Write(err)),
+            Err(errno) => return Err(CopyError::Write(errno.into())),
         }
     }
     Ok((len, 0))

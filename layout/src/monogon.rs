@@ -36,31 +36,48 @@ pub const MAX_NAME_LEN: usize = 80;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// The config is not JSON of the expected shape.
-    #[error("{file}: bad Monogon OS image config JSON: {source}")]
+    #[error("{file}: bad Monogon OS image config JSON")]
     Json {
+        /// The config blob, by digest.
         file: String,
+        /// The parser's error, with line and column.
         #[source]
         source: serde_json::Error,
     },
     /// `format_version` is not [`FORMAT_VERSION`].
     #[error("{file}: format_version is {found:?}; this reader only understands \"1\"")]
-    FormatVersion { file: String, found: String },
+    FormatVersion {
+        /// The config blob, by digest.
+        file: String,
+        /// The version found.
+        found: String,
+    },
     /// `format_version` is not there at all.
     #[error("{file}: format_version is missing; this reader only understands \"1\"")]
-    MissingFormatVersion { file: String },
+    MissingFormatVersion {
+        /// The config blob, by digest.
+        file: String,
+    },
     /// A payload name breaks the naming rules.
     #[error("{file}: payloads[{index}].name {name:?} is invalid: {why}")]
     BadName {
+        /// The config blob, by digest.
         file: String,
+        /// The payload's 0-based index in `payloads`.
         index: usize,
+        /// The payload's name.
         name: String,
+        /// Which rule it breaks.
         why: &'static str,
     },
     /// Two payloads have the same name.
     #[error("{file}: payloads[{index}].name {name:?} is used twice")]
     DuplicateName {
+        /// The config blob, by digest.
         file: String,
+        /// The payload's 0-based index in `payloads`.
         index: usize,
+        /// The payload's name.
         name: String,
     },
     /// `hash_chunk_size` is zero or too large.
@@ -68,9 +85,13 @@ pub enum ConfigError {
         "{file}: payloads[{index}] ({name:?}).hash_chunk_size is {size}; must be 1..={MAX_HASH_CHUNK_SIZE}"
     )]
     ChunkSize {
+        /// The config blob, by digest.
         file: String,
+        /// The payload's 0-based index in `payloads`.
         index: usize,
+        /// The payload's name.
         name: String,
+        /// The hash chunk size given.
         size: u64,
     },
     /// The number of chunk hashes does not match the size and chunk size.
@@ -78,12 +99,19 @@ pub enum ConfigError {
         "{file}: payloads[{index}] ({name:?}) has {found} chunk hashes; size {size} in chunks of {chunk_size} needs {expected}"
     )]
     ChunkCount {
+        /// The config blob, by digest.
         file: String,
+        /// The payload's 0-based index in `payloads`.
         index: usize,
+        /// The payload's name.
         name: String,
+        /// The payload's size in bytes.
         size: u64,
+        /// Its hash chunk size.
         chunk_size: u64,
+        /// Hashes the config lists.
         found: usize,
+        /// Hashes the size and chunk size need.
         expected: u64,
     },
     /// A chunk hash is not unpadded standard base64 of 32 bytes.
@@ -91,10 +119,15 @@ pub enum ConfigError {
         "{file}: payloads[{index}] ({name:?}).chunk_hashes_sha256[{chunk}] is not unpadded base64 of a SHA-256 hash: {value:?}"
     )]
     ChunkHash {
+        /// The config blob, by digest.
         file: String,
+        /// The payload's 0-based index in `payloads`.
         index: usize,
+        /// The payload's name.
         name: String,
+        /// The hash's 0-based index.
         chunk: usize,
+        /// The text found.
         value: String,
     },
 }

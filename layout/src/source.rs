@@ -164,13 +164,21 @@ impl BlobFile {
 #[derive(Clone, Debug)]
 pub enum Source {
     /// Bytes of a read-only file, from `offset` on.
-    File { file: Arc<BlobFile>, offset: u64 },
+    File {
+        /// The open file.
+        file: Arc<BlobFile>,
+        /// Where in it the extent's first byte lies.
+        offset: u64,
+    },
     /// Bytes in memory, from `offset` on: generated (partition table,
     /// file system metadata) or, with `inline`, given inline (an image
     /// layer's `data`, a layout's inline content).
     Bytes {
+        /// The bytes, shared by every extent cut from them.
         data: Arc<[u8]>,
+        /// Where in `data` the extent's first byte lies.
         offset: usize,
+        /// Whether the bytes came inline from the image or layout, not generated here.
         inline: bool,
     },
     /// Zeros.

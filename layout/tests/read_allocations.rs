@@ -31,18 +31,23 @@ fn note() {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         note();
-        System.alloc(layout)
+        // SAFETY: our caller upholds alloc's contract; System gets it as is.
+        unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         note();
-        System.alloc_zeroed(layout)
+        // SAFETY: as for alloc.
+        unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         note();
-        System.realloc(ptr, layout, new_size)
+        // SAFETY: `ptr` came from this allocator, i.e. from System, with
+        // `layout`; the caller upholds realloc's contract.
+        unsafe { System.realloc(ptr, layout, new_size) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
+        // SAFETY: `ptr` came from System with `layout` (see realloc).
+        unsafe { System.dealloc(ptr, layout) }
     }
 }
 

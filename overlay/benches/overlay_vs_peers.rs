@@ -14,6 +14,13 @@
 //! fresh overlay and the base's own `ReadAt` in lockstep, request by request,
 //! from a warm page cache.
 
+// Measurement code, not product code: a setup that fails ends the run.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "bench code: a failed setup ends the run"
+)]
+
 use blockio::{BaseIdentity, ReadAt};
 use overlay::{CreateOptions, Overlay};
 use std::fs::File;

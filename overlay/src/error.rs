@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum OverlayError {
     /// A system call on the overlay file failed.
-    #[error("overlay {path}: {what}: {source}")]
+    #[error("overlay {path}: {what}")]
     Io {
         /// The overlay file.
         path: PathBuf,
@@ -23,7 +23,7 @@ pub enum OverlayError {
         source: io::Error,
     },
     /// Reading the base disk failed (for a read or a copy-up).
-    #[error("overlay {path}: reading the base at offset {offset}: {source}")]
+    #[error("overlay {path}: reading the base at offset {offset}")]
     Base {
         /// The overlay file.
         path: PathBuf,

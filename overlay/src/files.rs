@@ -1,11 +1,18 @@
 //! The overlay file's neighbours on the host: advisory locks, durable
 //! renames, and the temporary files a create or reset builds before it
 //! renames them into place.
+//!
+//! Temporary files are named and swept (`remove_stale_temps`) rather than
+//! made with `O_TMPFILE` and `linkat`: `linkat` cannot replace an existing
+//! file, and a reset must replace the overlay atomically, so a rename from
+//! a named file is needed anyway; `O_TMPFILE` is also missing on some file
+//! systems (older NFS, FUSE), and linking one into place needs
+//! `CAP_DAC_READ_SEARCH` or `/proc`. Locks and `fallocate` go through
+//! rustix: the same system calls, without `unsafe` of our own.
 
 use crate::error::{io_err, OverlayError};
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -21,29 +28,27 @@ const BUSY_GRACE: Duration = Duration::from_secs(2);
 /// Takes an advisory lock on the file so two processes never write one
 /// overlay (the lock dies with the process, so a killed backend leaves none).
 pub(crate) fn lock_file(file: &File, path: &Path, exclusive: bool) -> Result<(), OverlayError> {
+    use rustix::fs::FlockOperation;
+    use rustix::io::Errno;
     let op = if exclusive {
-        libc::LOCK_EX
+        FlockOperation::NonBlockingLockExclusive
     } else {
-        libc::LOCK_SH
-    } | libc::LOCK_NB;
+        FlockOperation::NonBlockingLockShared
+    };
     let deadline = Instant::now() + BUSY_GRACE;
     loop {
-        // SAFETY: plain system call on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) if Instant::now() < deadline => {
+        match rustix::fs::flock(file, op) {
+            Ok(()) => return Ok(()),
+            Err(Errno::INTR) => continue,
+            Err(Errno::WOULDBLOCK) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
             }
-            Some(libc::EWOULDBLOCK) => {
+            Err(Errno::WOULDBLOCK) => {
                 return Err(OverlayError::Busy {
                     path: path.to_owned(),
                 })
             }
-            _ => return Err(io_err(path, "locking the file")(err)),
+            Err(errno) => return Err(io_err(path, "locking the file")(io::Error::from(errno))),
         }
     }
 }

@@ -2,6 +2,12 @@
 //!
 //! `FORMAT.md` describes every field; this module is the only code that
 //! knows byte positions. Decoding never trusts a field before checking it.
+//!
+//! Fields are read and written by offset with `from_le_bytes`/`to_le_bytes`,
+//! not through zerocopy structs: the code has no `unsafe` to remove, the
+//! offsets read side by side with `FORMAT.md`, and every field needs a
+//! check after decoding anyway (checksums, versions, ranges), which a
+//! byte-layout derive does not give.
 
 use blockio::BaseIdentity;
 use sha2::{Digest, Sha256};

@@ -572,15 +572,11 @@ impl Shadow {
 /// Allocates the whole file, so writes through the mapping never fault on a
 /// full file system.
 fn reserve(file: &File, len: usize) -> io::Result<()> {
-    // SAFETY: plain system call on a descriptor we own.
-    let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
-    if r == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
-        _ => Err(e),
+    use rustix::fs::FallocateFlags;
+    use rustix::io::Errno;
+    match rustix::fs::fallocate(file, FallocateFlags::empty(), 0, len as u64) {
+        Ok(()) | Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) => Ok(()),
+        Err(errno) => Err(errno.into()),
     }
 }
 

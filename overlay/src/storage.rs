@@ -160,32 +160,25 @@ impl Storage for FileStorage {
         if len == 0 {
             return Ok(());
         }
-        let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        use rustix::fs::FallocateFlags;
+        use rustix::io::Errno;
+        // The kernel takes signed offsets: a range past i64::MAX is refused
+        // here rather than wrapped.
+        if libc::off_t::try_from(offset).is_err() || libc::off_t::try_from(len).is_err() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "range too large",
             ));
-        };
+        }
         loop {
-            // SAFETY: plain system call on a file descriptor we own.
-            let r = unsafe {
-                libc::fallocate(
-                    self.file.as_raw_fd(),
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    off,
-                    l,
-                )
-            };
-            if r == 0 {
-                return Ok(());
-            }
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) => continue,
+            let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            match rustix::fs::fallocate(&self.file, flags, offset, len) {
+                Ok(()) => return Ok(()),
+                Err(Errno::INTR) => continue,
                 // A file system without holes: the blocks keep their old
                 // bytes, which is fine because the map says zero.
-                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => return Ok(()),
-                _ => return Err(err),
+                Err(Errno::OPNOTSUPP) | Err(Errno::NOSYS) => return Ok(()),
+                Err(errno) => return Err(errno.into()),
             }
         }
     }

@@ -1,6 +1,13 @@
 //! Bad input: every damaged or mismatched overlay file is refused with a
 //! clear error that names the file, and its bytes are left unchanged.
 
+// Test code: a failed unwrap is a failed test, with its line.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the test failing"
+)]
+
 mod common;
 
 use common::identity;

@@ -1,5 +1,12 @@
 //! `Overlay::changes`: the runs that no longer read from the base.
 
+// Test code: a failed unwrap is a failed test, with its line.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the test failing"
+)]
+
 use blockio::BaseIdentity;
 use overlay::{Change, CreateOptions, Overlay, BLOCK_SIZE};
 use std::io::IoSlice;

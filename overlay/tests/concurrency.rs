@@ -1,5 +1,11 @@
 //! Several threads on one overlay, as one worker per virtqueue would be.
 
+// Test code: a failed unwrap is a failed test, with its line.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the test failing"
+)]
 // `&Vec<u8>` is a sized `ReadAt`, which `&dyn ReadAt` needs.
 #![allow(clippy::ptr_arg)]
 

@@ -6,6 +6,12 @@
 //! be there, and every byte must hold a value it had at the last completed
 //! flush or was given since.
 
+// Test code: a failed unwrap is a failed test, with its line.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the test failing"
+)]
 // `&Vec<u8>` is a sized `ReadAt`, which `&dyn ReadAt` needs.
 #![allow(clippy::ptr_arg)]
 
@@ -83,7 +89,8 @@ fn run_until_death(
             }
         };
         if let Err(e) = result {
-            assert!(e.to_string().contains("simulated crash"), "{e}");
+            let msg = blockio::error_chain(&e).to_string();
+            assert!(msg.contains("simulated crash"), "{msg}");
             return true;
         }
     }

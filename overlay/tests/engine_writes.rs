@@ -4,6 +4,13 @@
 //! to the blocking operations, as completions come off an io_uring.
 //! Compared step by step with a plain in-memory disk.
 
+// Test code: a failed unwrap is a failed test, with its line.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the test failing"
+)]
+
 mod common;
 
 use common::{identity, read_all, Model, Rng, BS};

@@ -2,6 +2,13 @@
 //! base: an aligned write reads nothing, an unaligned one at most one 4 KiB
 //! block per unaligned end.
 
+// Test code: a failed unwrap is a failed test, with its line.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the test failing"
+)]
+
 mod common;
 
 use blockio::ReadAt;

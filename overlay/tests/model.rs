@@ -2,6 +2,13 @@
 //! reopens and resets through a real overlay file, compared after every step
 //! with a plain in-memory disk over a random base.
 
+// Test code: a failed unwrap is a failed test, with its line.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the test failing"
+)]
+
 mod common;
 
 use common::{identity, read_all, split, Model, Rng, BS};

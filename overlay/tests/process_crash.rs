@@ -8,6 +8,12 @@
 //! tmpfs) keeps exactly them. A host crash *without* that flush falls back
 //! to the contract of `tests/crash.rs`.
 
+// Test code: a failed unwrap is a failed test, with its line.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the test failing"
+)]
 // `&Vec<u8>` is a sized `ReadAt`, which `&dyn ReadAt` needs.
 #![allow(clippy::ptr_arg)]
 
@@ -87,7 +93,8 @@ fn run_until_death(
         match result {
             Ok(()) => since_flush.extend(gives),
             Err(e) => {
-                assert!(e.to_string().contains("simulated crash"), "{e}");
+                let msg = blockio::error_chain(&e).to_string();
+                assert!(msg.contains("simulated crash"), "{msg}");
                 since_flush.extend(gives.iter().cloned());
                 return Some(gives);
             }

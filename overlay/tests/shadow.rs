@@ -12,6 +12,13 @@
 //! The rest: shadow maps that do not match are never used and never panic;
 //! reset and rebase; clean closes; read-only opens.
 
+// Test code: a failed unwrap is a failed test, with its line.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the test failing"
+)]
+
 use overlay::storage::{FileId, FileStorage, Storage};
 use overlay::{CreateOptions, OpenOptions, Overlay, ShadowStatus};
 use std::collections::BTreeMap;

@@ -1,6 +1,13 @@
 //! Zeroing and discarding whole blocks give the file's space back to the
 //! host (`fallocate` punch-hole).
 
+// Test code: a failed unwrap is a failed test, with its line.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a panic is the test failing"
+)]
+
 mod common;
 
 use common::{fresh_overlay, BS};

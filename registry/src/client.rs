@@ -403,7 +403,7 @@ impl Client {
                         what = %at,
                         attempt,
                         retry_in_ms = delay.as_millis() as u64,
-                        error = %e,
+                        error = %blockio::error_chain(&e),
                         "registry fetch failed; retrying"
                     );
                     std::thread::sleep(delay);
@@ -412,7 +412,7 @@ impl Client {
                 }
                 Err(e) => {
                     ClientStats::add(&self.stats.failures, 1);
-                    tracing::warn!(what = %at, attempts = attempt, error = %e, "registry fetch failed");
+                    tracing::warn!(what = %at, attempts = attempt, error = %blockio::error_chain(&e), "registry fetch failed");
                     return Err(if attempt > 1 {
                         RegistryError::GaveUp {
                             attempts: attempt,
@@ -567,7 +567,7 @@ fn root_certs(
 ) -> Result<Vec<ureq::tls::Certificate<'static>>, RegistryError> {
     let native = rustls_native_certs::load_native_certs();
     for e in &native.errors {
-        tracing::debug!(error = %e, "a system CA certificate could not be loaded");
+        tracing::debug!(error = %blockio::error_chain(&e), "a system CA certificate could not be loaded");
     }
     let mut roots: Vec<_> = native
         .certs

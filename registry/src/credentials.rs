@@ -38,7 +38,7 @@ pub enum CredentialsError {
     #[error("credentials must be USER:PASSWORD (no ':' found)")]
     NoColon,
     /// An auth file that exists but cannot be read.
-    #[error("auth file {path}: {source}")]
+    #[error("reading the auth file {path}")]
     Read {
         /// The file.
         path: PathBuf,

@@ -105,7 +105,7 @@ pub enum RegistryError {
         reason: String,
     },
     /// No HTTP answer: connection refused or reset, DNS, timeout, TLS.
-    #[error("{at}: {url}: {source}")]
+    #[error("{at}: requesting {url}")]
     Transport {
         /// What was asked for.
         at: At,
@@ -125,7 +125,7 @@ pub enum RegistryError {
         got: u64,
     },
     /// Reading the body failed part way.
-    #[error("{at}: reading the body failed after {got} bytes: {source}")]
+    #[error("{at}: reading the body failed after {got} bytes")]
     Body {
         /// What was asked for.
         at: At,
@@ -189,7 +189,7 @@ pub enum RegistryError {
         size: u64,
     },
     /// Writing a streamed body to its destination failed.
-    #[error("{at}: writing the body: {source}")]
+    #[error("{at}: writing the body")]
     Write {
         /// What was asked for.
         at: At,
@@ -197,7 +197,7 @@ pub enum RegistryError {
         source: std::io::Error,
     },
     /// A transient failure that persisted through every retry.
-    #[error("{source} (gave up after {attempts} attempts)")]
+    #[error("gave up after {attempts} attempts")]
     GaveUp {
         /// Attempts made.
         attempts: u32,

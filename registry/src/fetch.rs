@@ -455,7 +455,7 @@ impl Client {
                 ) if attempt < self.opts.retries => {
                     attempt += 1;
                     crate::stats::ClientStats::add(&self.stats().retries, 1);
-                    tracing::warn!(what = %at, attempt, error = %e, "blob arrived corrupt; fetching it again");
+                    tracing::warn!(what = %at, attempt, error = %blockio::error_chain(&e), "blob arrived corrupt; fetching it again");
                 }
                 Err(e) => {
                     let _ = file.set_len(0);

@@ -21,7 +21,7 @@ pub enum PullError {
     #[error(transparent)]
     Registry(#[from] RegistryError),
     /// The layout directory could not be written.
-    #[error("{path}: {op}: {source}")]
+    #[error("{path}: {op}")]
     Io {
         /// The file or directory.
         path: PathBuf,

@@ -95,7 +95,7 @@ pub enum RefError {
         tag: String,
     },
     /// A digest that is not `sha256:<64 hex>`.
-    #[error("image reference {reference:?}: {source}")]
+    #[error("image reference {reference:?}: its digest")]
     Digest {
         /// The whole reference.
         reference: String,
@@ -433,7 +433,9 @@ mod tests {
         let e = ImageRef::parse("docker://h.io/a@sha256:abc").unwrap_err();
         assert!(e.to_string().contains("sha256:abc"), "{e}");
         let e = ImageRef::parse("docker://h.io/a@md5:abc").unwrap_err();
-        assert!(e.to_string().contains("only sha256"), "{e}");
+        let chain = blockio::error_chain(&e).to_string();
+        assert!(chain.contains("a@md5:abc"), "{chain}");
+        assert!(chain.contains("only sha256"), "{chain}");
     }
 
     #[test]

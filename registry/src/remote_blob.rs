@@ -82,10 +82,12 @@ impl RemoteBlob {
 impl ChunkFetch for RemoteBlob {
     fn fetch(&self, offset: u64, buf: &mut [u8]) -> Result<(), FetchError> {
         self.read_at(offset, buf).map_err(|e| {
+            // The chunk cache keeps only this text: the causes go with it.
+            let text = blockio::error_chain(&e).to_string();
             if e.is_retryable() {
-                FetchError::Transient(e.to_string())
+                FetchError::Transient(text)
             } else {
-                FetchError::Permanent(e.to_string())
+                FetchError::Permanent(text)
             }
         })
     }

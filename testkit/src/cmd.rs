@@ -30,9 +30,11 @@ pub struct Ran {
     pub command: String,
     /// Where it ran.
     pub dir: PathBuf,
+    /// How it ended.
     pub status: ExitStatus,
     /// stdout and stderr, lossily decoded (the tests compare text).
     pub stdout: String,
+    /// See [`stdout`](Self::stdout).
     pub stderr: String,
 }
 

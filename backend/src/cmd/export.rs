@@ -6,7 +6,6 @@ use crate::cmd::image_args::ImageArgs;
 use anyhow::Context as _;
 use std::fs::{File, OpenOptions};
 use std::io::IoSliceMut;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
@@ -36,6 +35,7 @@ pub struct Args {
     force: bool,
 }
 
+/// Runs `ocidisk export`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     // Open everything before creating the output, so a bad argument leaves
     // no file behind.
@@ -116,21 +116,13 @@ fn apply_overlay(
 /// Makes `[offset, offset + len)` of `file` read as zeros, releasing the
 /// space where the file system can.
 fn punch_hole(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    // SAFETY: a plain syscall on an open descriptor.
-    let rc = unsafe {
-        libc::fallocate(
-            file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
-        return Err(err);
+    use rustix::fs::FallocateFlags;
+    let flags = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+    match rustix::fs::fallocate(file, flags, offset, len) {
+        Ok(()) => return Ok(()),
+        // No holes here: write the zeros.
+        Err(rustix::io::Errno::OPNOTSUPP) => {}
+        Err(errno) => return Err(errno.into()),
     }
     let zeros = vec![0u8; (1 << 20).min(len as usize)];
     let mut done = 0;

@@ -232,7 +232,9 @@ fn compose_for(
 
 /// A composed disk and the VM overlay that belongs to it.
 pub struct VmDisk {
+    /// The disk composed from the image.
     pub disk: Disk,
+    /// The overlay that keeps the VM's writes to it.
     pub overlay: Overlay,
 }
 

@@ -50,6 +50,7 @@ struct ExtentReport {
     zero_bytes: u64,
 }
 
+/// Runs `ocidisk inspect`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let disk = args.image.compose(&args.disk_id)?;
     let report = report(&disk);

@@ -38,6 +38,7 @@ pub struct Args {
     registry: RegistryArgs,
 }
 
+/// Runs `ocidisk pull`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let r = match ImageRef::parse(&args.image)? {
         ImageRef::Registry(r) => r,

@@ -12,6 +12,13 @@
 //! name, given its mode, and only then renamed into place, so a launcher that
 //! waits for the path never connects too early. `ready socket=PATH` on stdout
 //! says the same to launchers that read lines.
+//!
+//! Signals are blocked in every thread before the first one starts and taken
+//! by one thread with `sigwait`, by hand rather than with signal-hook: no
+//! handler ever runs, so no thread is interrupted mid-syscall (io_uring
+//! waits, vhost-user reads) and nothing needs to be async-signal-safe.
+//! signal-hook's handler-and-pipe design would bring back exactly that, for
+//! the sake of the three small `unsafe` blocks in `Signals`.
 
 use crate::cmd::image_args::ImageArgs;
 use crate::device::engine::{EngineChoice, EngineConfig};
@@ -34,6 +41,7 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 /// Arguments of `ocidisk serve`.
 #[derive(clap::Args)]
 pub struct Args {
+    /// The image and layout to serve.
     #[command(flatten)]
     pub image: ImageArgs,
     /// The VM's overlay file, which keeps what the guest writes: created if
@@ -62,6 +70,7 @@ pub struct Args {
     /// flushed writes count). See overlay/FORMAT.md, "the shadow map".
     #[arg(long, value_name = "DIR", default_value = overlay::DEFAULT_SHADOW_DIR, requires = "overlay")]
     pub shadow_dir: Option<PathBuf>,
+    /// How to serve: socket, queues, engine, metrics.
     #[command(flatten)]
     pub serve: ServeOptions,
 }
@@ -693,11 +702,10 @@ fn bind_in_place(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
 fn bind_with_mode(path: &Path, mode: u32) -> io::Result<UnixListener> {
     // The umask is process-wide; only the signal thread runs now, and it
     // creates no files.
-    // SAFETY: umask only changes the file-creation mask.
-    let old = unsafe { libc::umask(!mode & 0o777) };
+    use rustix::fs::Mode;
+    let old = rustix::process::umask(Mode::from_bits_truncate(!mode & 0o777));
     let bound = UnixListener::bind(path);
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old) };
+    rustix::process::umask(old);
     let listener = bound?;
     // The umask can only take bits away; set the mode exactly.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;

@@ -144,6 +144,7 @@ fn fetch(addr: &str) -> anyhow::Result<Snapshot> {
     Ok(s)
 }
 
+/// Runs `ocidisk stats`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     if !(args.interval.is_finite() && (0.01..=3600.0).contains(&args.interval)) {
         bail!(

@@ -413,7 +413,7 @@ impl RequestContext<'_> {
         }
         let head = request.head();
         if let Err(err) = &result {
-            tracing::debug!(head, "request failed: {err}");
+            tracing::debug!(head, "request failed: {}", blockio::error_chain(err));
         }
         let (status, data_in) = match result {
             Ok(n) => (S_OK, n),

@@ -197,7 +197,7 @@ pub enum RequestError {
     #[error("the data spans more than {MAX_SLICES} memory slices")]
     TooManySlices,
     /// The disk failed.
-    #[error("I/O error: {0}")]
+    #[error("I/O error")]
     Io(#[from] io::Error),
 }
 

@@ -134,62 +134,105 @@ pub const fn region_size(num_queues: u16, queue_size: u16) -> u64 {
     num_queues as u64 * queue_region_size(queue_size)
 }
 
+/// Why an inflight region from the frontend cannot be used; each names the
+/// field of the message or the queue and the value at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum InflightError {
+    /// The frontend asked for a region for no queues or too many.
     #[error("inflight region for {0} queues: expected 1 to {MAX_QUEUES}")]
     NumQueues(u16),
+    /// The frontend asked for a region for empty or oversized rings.
     #[error("inflight region queue size {0}: expected 1 to {MAX_QUEUE_SIZE}")]
     QueueSize(u16),
+    /// The region handed back is not the size its queues need.
     #[error(
         "inflight region of {mmap_size} bytes, expected {expected} for {num_queues} queues of {queue_size}"
     )]
     MmapSize {
+        /// The size the frontend gave.
         mmap_size: u64,
+        /// The size `num_queues` rings of `queue_size` need.
         expected: u64,
+        /// Queues the frontend says the region covers.
         num_queues: u16,
+        /// Descriptors per ring the frontend says.
         queue_size: u16,
     },
+    /// The region's offset in its file cannot be mapped.
     #[error("inflight region mmap_offset {0} is not a multiple of the page size")]
     MmapOffset(u64),
+    /// The file handed over does not hold the whole region.
     #[error(
         "inflight region file of {file_len} bytes is shorter than mmap_offset {mmap_offset} + mmap_size {mmap_size}"
     )]
     FileTooShort {
+        /// The file's length.
         file_len: u64,
+        /// Where the region starts in it.
         mmap_offset: u64,
+        /// The region's size.
         mmap_size: u64,
     },
-    #[error("inflight region: {what}: {source}")]
+    /// Creating, sizing or mapping the region failed.
+    #[error("inflight region: {what}")]
     Io {
+        /// What was being done, e.g. `mapping it`.
         what: &'static str,
+        /// Why it failed.
         source: std::io::Error,
     },
+    /// A ring larger than the region's per-queue slots.
     #[error(
         "queue {queue}: ring of {ring_size} descriptors, the inflight region holds 1 to {capacity}"
     )]
     RingSize {
+        /// The queue's index.
         queue: u16,
+        /// Its ring's size.
         ring_size: u16,
+        /// Descriptors the region holds per queue.
         capacity: u16,
     },
+    /// A queue's region header has a layout version we do not know.
     #[error("queue {queue}: unsupported inflight region version {version} (expected 0 or 1)")]
-    Version { queue: u16, version: u16 },
+    Version {
+        /// The queue's index.
+        queue: u16,
+        /// The version in its header.
+        version: u16,
+    },
+    /// A queue's region was written for a ring of another size.
     #[error("queue {queue}: inflight region desc_num {desc_num} differs from the ring's size {ring_size}")]
     DescNum {
+        /// The queue's index.
         queue: u16,
+        /// The ring size its header records.
         desc_num: u16,
+        /// The ring's size now.
         ring_size: u16,
     },
+    /// A queue's region names a last batch head outside the ring.
     #[error(
         "queue {queue}: inflight region last_batch_head {head} is not below desc_num {desc_num}"
     )]
     LastBatchHead {
+        /// The queue's index.
         queue: u16,
+        /// The head it records.
         head: u16,
+        /// The ring size it records.
         desc_num: u16,
     },
+    /// A descriptor's inflight flag is neither 0 nor 1.
     #[error("queue {queue}: inflight region flag of head {head} is {value} (expected 0 or 1)")]
-    Flag { queue: u16, head: u16, value: u8 },
+    Flag {
+        /// The queue's index.
+        queue: u16,
+        /// The descriptor head.
+        head: u16,
+        /// The byte found.
+        value: u8,
+    },
 }
 
 fn io_error(what: &'static str) -> InflightError {
@@ -360,6 +403,7 @@ impl InflightRegion {
         })
     }
 
+    /// Queues the region covers.
     pub fn num_queues(&self) -> u16 {
         self.num_queues
     }

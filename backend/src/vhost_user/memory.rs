@@ -27,32 +27,72 @@ pub const MAX_MEM_SLOTS: u64 = 256;
 /// Why a region cannot be mapped.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
+    /// A region of no bytes.
     #[error("memory region at guest address {gpa:#x}: size 0")]
-    Empty { gpa: u64 },
+    Empty {
+        /// The region's guest physical address.
+        gpa: u64,
+    },
+    /// A region that reaches past the end of the file that backs it.
     #[error(
         "memory region at guest address {gpa:#x}: {size:#x} bytes at file offset {offset:#x} \
          pass the end of its file of {file_len:#x} bytes"
     )]
     PastEndOfFile {
+        /// The region's guest physical address.
         gpa: u64,
+        /// Its size in bytes.
         size: u64,
+        /// Where it starts in its file.
         offset: u64,
+        /// The file's length.
         file_len: u64,
     },
+    /// A region whose end does not fit in 64 bits.
     #[error(
         "memory region at guest address {gpa:#x}: {size:#x} bytes wrap around the address space"
     )]
-    Wraps { gpa: u64, size: u64 },
+    Wraps {
+        /// The region's guest physical address.
+        gpa: u64,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// A region backed by something that cannot be mapped safely.
     #[error("memory region at guest address {gpa:#x}: its file is not a regular file or memfd")]
-    NotAFile { gpa: u64 },
+    NotAFile {
+        /// The region's guest physical address.
+        gpa: u64,
+    },
+    /// mmap refused the region.
     #[error("memory region at guest address {gpa:#x}: cannot map it: {reason}")]
-    Map { gpa: u64, reason: String },
+    Map {
+        /// The region's guest physical address.
+        gpa: u64,
+        /// vm-memory's error, as text.
+        reason: String,
+    },
+    /// The region does not fit with the others (vm-memory refused it).
     #[error("memory region at guest address {gpa:#x}: {reason}")]
-    Layout { gpa: u64, reason: String },
+    Layout {
+        /// The region's guest physical address.
+        gpa: u64,
+        /// vm-memory's error, as text.
+        reason: String,
+    },
+    /// REM_MEM_REG named a region that is not mapped.
     #[error("no memory region at guest address {gpa:#x} of {size:#x} bytes to remove")]
-    NoSuchRegion { gpa: u64, size: u64 },
+    NoSuchRegion {
+        /// The guest physical address named.
+        gpa: u64,
+        /// The size named.
+        size: u64,
+    },
+    /// More regions than the slots we announce.
     #[error("more than {MAX_MEM_SLOTS} memory regions")]
     TooMany,
+    /// A ring address the frontend gave in its own address space that no
+    /// region covers.
     #[error("the frontend address {0:#x} lies in no memory region")]
     UnknownAddress(u64),
 }
@@ -60,9 +100,14 @@ pub enum MemoryError {
 /// What a frontend says about one region.
 #[derive(Debug, Clone, Copy)]
 pub struct RegionInfo {
+    /// Where the region lies in guest physical memory.
     pub guest_phys_addr: u64,
+    /// Its size in bytes.
     pub memory_size: u64,
+    /// Where it lies in the frontend's own address space (ring addresses
+    /// are given in these).
     pub user_addr: u64,
+    /// Where it starts in the file descriptor sent with it.
     pub mmap_offset: u64,
 }
 

@@ -106,26 +106,32 @@ impl Vring {
         self.queue.event_idx_enabled()
     }
 
+    /// Sets the eventfd the driver kicks when it adds requests.
     pub fn set_kick(&mut self, kick: Option<File>) {
         self.kick = kick;
     }
 
+    /// The eventfd the driver kicks, if the frontend sent one.
     pub fn kick(&self) -> Option<&File> {
         self.kick.as_ref()
     }
 
+    /// Sets the eventfd that tells the driver requests completed.
     pub fn set_call(&mut self, call: Option<File>) {
         self.call = call;
     }
 
+    /// Sets the eventfd that tells the frontend the ring is broken.
     pub fn set_err(&mut self, err: Option<File>) {
         self.err = err;
     }
 
+    /// Enables or disables the ring (SET_VRING_ENABLE).
     pub fn set_enabled(&mut self, on: bool) {
         self.enabled = on;
     }
 
+    /// Whether [`start`](Self::start) ran since the ring was last stopped.
     pub fn started(&self) -> bool {
         self.started
     }

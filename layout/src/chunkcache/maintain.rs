@@ -27,9 +27,11 @@ pub struct Entry {
     pub size: u64,
     /// Bytes of host storage the blob file takes (it is sparse).
     pub allocated: u64,
-    /// Chunks in all, verified, and present but not yet verified.
+    /// Chunks in all.
     pub chunks: u64,
+    /// Chunks checked against their hash (or the blob's digest).
     pub verified: u64,
+    /// Chunks fetched but not yet checked.
     pub present: u64,
     /// When a server last opened it, seconds since the epoch.
     pub last_used: u64,

@@ -52,44 +52,74 @@ pub const DEFAULT_CHUNK_SIZE: u64 = 1 << 20;
 #[derive(Debug, Error)]
 pub enum ChunkCacheError {
     /// A file operation on the cache failed.
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}")]
     Io {
+        /// The cache file at fault.
         path: PathBuf,
+        /// What was being done with it, e.g. `opening the cached blob`.
         op: &'static str,
+        /// Why it failed.
         #[source]
         source: std::io::Error,
     },
     /// A record (or the blob file beside it) is not what this blob needs.
     #[error("{path}: {why}")]
-    BadRecord { path: PathBuf, why: String },
+    BadRecord {
+        /// The cache file at fault.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// The blob's description is unusable.
     #[error("blob {digest}: {why}")]
-    BadSpec { digest: String, why: String },
+    BadSpec {
+        /// The blob's digest.
+        digest: String,
+        /// What is wrong with its description.
+        why: String,
+    },
     /// A chunk could not be fetched within the attempt budget, or the
     /// fetcher said trying again would not help.
     #[error(
         "blob {digest}: fetching bytes {offset}..{end} failed after {attempts} attempt(s): {last}"
     )]
     Fetch {
+        /// The blob's digest.
         digest: String,
+        /// First byte of the range.
         offset: u64,
+        /// End of the range (exclusive).
         end: u64,
+        /// Attempts made.
         attempts: u32,
+        /// The last attempt's error.
         last: String,
     },
     /// A blob without chunk hashes, fetched whole, does not match its digest
     /// (every chunk is marked absent again).
     #[error("blob {digest}: fetched in full, its SHA-256 is {actual}; every chunk will be fetched again")]
-    DigestMismatch { digest: String, actual: String },
+    DigestMismatch {
+        /// The blob's digest.
+        digest: String,
+        /// The SHA-256 of the bytes fetched.
+        actual: String,
+    },
     /// A process has the blob open (`ocidisk cache prune` leaves it).
     #[error("{path}: in use by a running server")]
-    InUse { path: PathBuf },
+    InUse {
+        /// The cache file at fault.
+        path: PathBuf,
+    },
     /// A range outside the blob was asked for.
     #[error("blob {digest}: bytes {offset}..{end} lie outside its {size} bytes")]
     OutOfRange {
+        /// The blob's digest.
         digest: String,
+        /// First byte of the range.
         offset: u64,
+        /// End of the range (exclusive).
         end: u64,
+        /// The blob's size in bytes.
         size: u64,
     },
 }
@@ -101,7 +131,8 @@ impl From<ChunkCacheError> for std::io::Error {
             ChunkCacheError::OutOfRange { .. } => std::io::ErrorKind::InvalidInput,
             _ => std::io::ErrorKind::Other,
         };
-        std::io::Error::new(kind, e.to_string())
+        // Flattened with its causes: an io::Error carries one message.
+        std::io::Error::new(kind, blockio::error_chain(&e).to_string())
     }
 }
 
@@ -155,12 +186,19 @@ pub struct FetchCounters {
 /// A snapshot of [`FetchCounters`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FetchTotals {
+    /// Chunk ranges fetched from the registry.
     pub fetches: u64,
+    /// Bytes those fetches brought.
     pub bytes: u64,
+    /// Fetch attempts that failed and were tried again.
     pub retries: u64,
+    /// Fetches that failed for good.
     pub failures: u64,
+    /// Reads served from chunks already in the cache.
     pub hits: u64,
+    /// Reads that had to fetch first.
     pub misses: u64,
+    /// Time spent in successful fetches, in microseconds.
     pub fetch_micros: u64,
 }
 

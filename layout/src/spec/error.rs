@@ -8,7 +8,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum SpecError {
     /// The layout file cannot be read.
-    #[error("{}: {source}", file.display())]
+    #[error("reading the layout file {}", file.display())]
     Read {
         /// The layout file.
         file: PathBuf,
@@ -40,7 +40,7 @@ pub enum SpecError {
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum Problem {
     /// Not a size.
-    #[error("{0}")]
+    #[error(transparent)]
     BadSize(#[from] SizeError),
     /// No disk size in the file nor given otherwise.
     #[error("missing: give disk_size in the layout or --disk-size")]

@@ -300,15 +300,24 @@ fn compose_errors_name_the_partition() -> Result<()> {
     };
     assert_eq!((*len, *size), (3 * MIB + 77, 2 * MIB));
     assert!(
-        err.to_string()
+        blockio::error_chain(&err)
+            .to_string()
             .contains("partition 1 (p): partitions[0].content"),
         "{err}"
     );
 
     let err = compose_error(&f, &part("content = \"payload:nope\"", "2MiB"));
     assert!(matches!(err, ComposeError::Image { index: 1, .. }), "{err}");
-    assert!(err.to_string().contains("nope"), "{err}");
-    assert!(err.to_string().contains("partitions[0].content"), "{err}");
+    assert!(
+        blockio::error_chain(&err).to_string().contains("nope"),
+        "{err}"
+    );
+    assert!(
+        blockio::error_chain(&err)
+            .to_string()
+            .contains("partitions[0].content"),
+        "{err}"
+    );
     let err = compose_error(&f, &part("content = \"layer:3\"", "2MiB"));
     assert!(matches!(err, ComposeError::Image { .. }), "{err}");
     let digest = format!("layer:sha256:{}", "0".repeat(64));
@@ -326,13 +335,19 @@ fn compose_errors_name_the_partition() -> Result<()> {
         "fat32 = { label = \"X\", files = [{ path = \"k\", content = \"payload:kernel.efi\" }] }";
     let err = compose_error(&f, &part(fat, "8MiB"));
     assert!(matches!(err, ComposeError::Fat32 { index: 1, .. }), "{err}");
-    assert!(err.to_string().contains("partitions[0].fat32:"), "{err}");
+    assert!(
+        blockio::error_chain(&err)
+            .to_string()
+            .contains("partitions[0].fat32:"),
+        "{err}"
+    );
     // A FAT32 file that is missing from the image.
     let fat = "fat32 = { label = \"X\", files = [{ path = \"k\", content = \"payload:gone\" }] }";
     let err = compose_error(&f, &part(fat, "40MiB"));
     assert!(matches!(err, ComposeError::Image { index: 1, .. }), "{err}");
     assert!(
-        err.to_string()
+        blockio::error_chain(&err)
+            .to_string()
             .contains("partitions[0].fat32.files[0].content"),
         "{err}"
     );
@@ -358,15 +373,16 @@ fn layout_file_errors_name_the_file() -> Result<()> {
     let missing = dir.path().join("none.toml");
     let err = LayoutSpec::from_file(&missing, None).unwrap_err();
     assert!(matches!(err, SpecError::Read { .. }));
+    // What was being done and the file, then the I/O error.
+    let chain = blockio::error_chain(&err).to_string();
     assert!(
-        err.to_string().starts_with(&missing.display().to_string()),
-        "{err}"
+        chain.starts_with(&format!("reading the layout file {}: ", missing.display())),
+        "{chain}"
     );
 
     let layout = write_layout(dir.path(), "disk_size = \"5GiB\"\n[[partitions]]\nname = \"a\"\ntype = \"linux\"\nsize = \"rest\"\ncolour = \"red\"\n")?;
-    let err = LayoutSpec::from_file(&layout, None)
-        .unwrap_err()
-        .to_string();
+    let err = LayoutSpec::from_file(&layout, None).unwrap_err();
+    let err = blockio::error_chain(&err).to_string();
     assert!(
         err.starts_with(&layout.display().to_string()) && err.contains("colour"),
         "{err}"
@@ -376,9 +392,8 @@ fn layout_file_errors_name_the_file() -> Result<()> {
         dir.path(),
         "disk_size = \"5GiB\"\n[[partitions]]\nname = \"a\"\ntype = \"linux\"\nsize = \"huge\"\n",
     )?;
-    let err = LayoutSpec::from_file(&layout, None)
-        .unwrap_err()
-        .to_string();
+    let err = LayoutSpec::from_file(&layout, None).unwrap_err();
+    let err = blockio::error_chain(&err).to_string();
     assert!(
         err.contains("partitions[0].size") && err.contains("huge"),
         "{err}"
@@ -442,7 +457,7 @@ fn a_generic_image_by_layer_index_and_digest() -> Result<()> {
         None,
     )?;
     let err = compose(&image, &spec, &node()).unwrap_err();
-    let msg = err.to_string();
+    let msg = blockio::error_chain(&err).to_string();
     assert!(
         msg.contains("not a Monogon OS image") && msg.contains("rootfs"),
         "{msg}"

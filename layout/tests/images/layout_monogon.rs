@@ -263,10 +263,18 @@ fn disk_sizes_other_than_the_default() -> Result<()> {
     // Too small: system B does not fit; the error names the field.
     let err = compose(&f.image, &spec(2 * GIB), &node("n")).unwrap_err();
     assert!(matches!(err, ComposeError::Spec(_)), "{err}");
-    assert!(err.to_string().contains("partitions[2].size"), "{err}");
+    assert!(
+        blockio::error_chain(&err)
+            .to_string()
+            .contains("partitions[2].size"),
+        "{err}"
+    );
     // Not a whole number of blocks.
     let err = compose(&f.image, &spec(5 * GIB + 1), &node("n")).unwrap_err();
-    assert!(err.to_string().contains("disk_size"), "{err}");
+    assert!(
+        blockio::error_chain(&err).to_string().contains("disk_size"),
+        "{err}"
+    );
     Ok(())
 }
 
@@ -280,7 +288,7 @@ fn missing_payloads_and_loaders_are_errors_naming_the_partition() -> Result<()> 
     let before = ocidisk_testkit::oci_writer::snapshot(&f.built.dir)?;
     let err = compose(&f.image, &preset(), &node("n")).unwrap_err();
     assert!(matches!(err, ComposeError::Image { index: 2, .. }), "{err}");
-    let msg = err.to_string();
+    let msg = blockio::error_chain(&err).to_string();
     assert!(
         msg.contains("METROPOLIS-SYSTEM-A") && msg.contains("system"),
         "{msg}"
@@ -297,7 +305,9 @@ fn missing_payloads_and_loaders_are_errors_naming_the_partition() -> Result<()> 
         "{err}"
     );
     assert!(
-        err.to_string().contains(&missing.display().to_string()),
+        blockio::error_chain(&err)
+            .to_string()
+            .contains(&missing.display().to_string()),
         "{err}"
     );
 

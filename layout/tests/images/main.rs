@@ -7,6 +7,12 @@
 //! `read_allocations` stays its own binary: it replaces the global
 //! allocator.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test code: a failed setup is a failed test"
+)]
+
 mod fat32_images;
 mod layout_file;
 mod layout_monogon;

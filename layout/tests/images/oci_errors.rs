@@ -97,7 +97,7 @@ impl Fixture {
 }
 
 fn has(e: &ImageError, parts: &[&str]) {
-    let s = e.to_string();
+    let s = blockio::error_chain(e).to_string();
     // Shown with --nocapture, to read the messages users get.
     eprintln!("error: {s}");
     for p in parts {

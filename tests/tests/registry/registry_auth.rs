@@ -70,18 +70,26 @@ fn basic_auth_with_given_credentials() {
         matches!(e, RegistryError::Unauthorized { status: 401, .. }),
         "{e}"
     );
-    assert!(e.to_string().contains("no credentials were given"), "{e}");
+    assert!(
+        blockio::error_chain(&e)
+            .to_string()
+            .contains("no credentials were given"),
+        "{e}"
+    );
 
     let e = Client::new(opts(Some("alice:wrong")))
         .unwrap()
         .resolve(&r, None)
         .unwrap_err();
     assert!(
-        e.to_string().contains("credentials or token refused"),
+        blockio::error_chain(&e)
+            .to_string()
+            .contains("credentials or token refused"),
         "{e}"
     );
     assert!(
-        e.to_string()
+        blockio::error_chain(&e)
+            .to_string()
             .contains(&format!("{}/team/os: manifest v1", reg.addr)),
         "{e}"
     );
@@ -143,7 +151,10 @@ fn basic_auth_from_the_auth_files_skopeo_reads_in_its_order() {
     )
     .unwrap();
     let e = read_first_kib(&client(), &r, &img).unwrap_err();
-    assert!(e.to_string().contains("refused"), "{e}");
+    assert!(
+        blockio::error_chain(&e).to_string().contains("refused"),
+        "{e}"
+    );
 
     // $XDG_RUNTIME_DIR's file comes before it…
     std::fs::write(&xdg, auth_json(&reg.addr, "alice:s3cret")).unwrap();
@@ -157,7 +168,12 @@ fn basic_auth_from_the_auth_files_skopeo_reads_in_its_order() {
     std::fs::write(&explicit, "{").unwrap();
     let e = read_first_kib(&client(), &r, &img).unwrap_err();
     assert!(matches!(e, RegistryError::Credentials(_)), "{e}");
-    assert!(e.to_string().contains("explicit-auth.json"), "{e}");
+    assert!(
+        blockio::error_chain(&e)
+            .to_string()
+            .contains("explicit-auth.json"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -172,7 +188,7 @@ fn bearer_tokens_are_fetched_with_credentials_and_renewed_when_they_expire() {
         .resolve(&r, None)
         .unwrap_err();
     assert!(matches!(e, RegistryError::Unauthorized { .. }), "{e}");
-    let msg = e.to_string();
+    let msg = blockio::error_chain(&e).to_string();
     assert!(
         msg.contains(&format!("token from http://{}/token", gate.addr)),
         "{msg}"
@@ -214,7 +230,9 @@ fn bearer_tokens_are_fetched_with_credentials_and_renewed_when_they_expire() {
     gate.add("/blobs/", Fault::Unauthorized, None);
     let e = read_first_kib(&client, &r, &img).unwrap_err();
     assert!(
-        e.to_string().contains("credentials or token refused"),
+        blockio::error_chain(&e)
+            .to_string()
+            .contains("credentials or token refused"),
         "{e}"
     );
     assert_eq!(gate.tokens_issued(), 3);
@@ -291,7 +309,7 @@ fn tls_with_a_test_ca_given_as_an_extra_ca_file() {
         .unwrap()
         .resolve(&r, None)
         .unwrap_err();
-    let msg = e.to_string();
+    let msg = blockio::error_chain(&e).to_string();
     assert!(msg.contains(&format!("https://{}/v2/", reg.addr)), "{msg}");
     assert!(
         msg.to_lowercase().contains("certificate") || msg.contains("UnknownIssuer"),
@@ -315,7 +333,12 @@ fn tls_with_a_test_ca_given_as_an_extra_ca_file() {
     })
     .unwrap_err();
     assert!(matches!(e, RegistryError::CaFile { .. }), "{e}");
-    assert!(e.to_string().contains("not-a-ca.pem"), "{e}");
+    assert!(
+        blockio::error_chain(&e)
+            .to_string()
+            .contains("not-a-ca.pem"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -345,7 +368,8 @@ fn registry_token_auth_with_jwts_from_a_token_server() {
         .unwrap_err();
     assert!(matches!(e, RegistryError::Unauthorized { .. }), "{e}");
     assert!(
-        e.to_string()
+        blockio::error_chain(&e)
+            .to_string()
             .contains(&format!("token from {}", tokens.realm())),
         "{e}"
     );

@@ -195,12 +195,14 @@ fn image_index_by_platform_and_by_ref_name() {
         ..quick()
     })
     .unwrap();
-    let e = s390.resolve(&r, None).unwrap_err().to_string();
+    let e = s390.resolve(&r, None).unwrap_err();
+    let e = blockio::error_chain(&e).to_string();
     assert!(e.contains("no manifest for platform linux/s390x"), "{e}");
     assert!(e.contains("(linux/arm64/v8)"), "{e}");
     assert!(e.contains(&format!("{}/os/node", reg.addr)), "{e}");
 
-    let e = client.resolve(&r, Some("nope")).unwrap_err().to_string();
+    let e = client.resolve(&r, Some("nope")).unwrap_err();
+    let e = blockio::error_chain(&e).to_string();
     assert!(e.contains("reference \"nope\""), "{e}");
 }
 
@@ -215,7 +217,7 @@ fn missing_manifest_and_blob_are_not_found_without_retries() {
     assert!(matches!(e, RegistryError::NotFound { .. }), "{e}");
     assert_eq!(e.status(), Some(404));
     assert!(!e.is_retryable());
-    let msg = e.to_string();
+    let msg = blockio::error_chain(&e).to_string();
     assert!(
         msg.contains(&format!("{}/os/node: manifest v2", reg.addr)),
         "{msg}"
@@ -228,7 +230,9 @@ fn missing_manifest_and_blob_are_not_found_without_retries() {
     let e = client.read_range(&r, &absent, 0, &mut buf).unwrap_err();
     assert!(matches!(e, RegistryError::NotFound { .. }), "{e}");
     assert!(
-        e.to_string().contains(&format!("blob {absent} bytes 0-9")),
+        blockio::error_chain(&e)
+            .to_string()
+            .contains(&format!("blob {absent} bytes 0-9")),
         "{e}"
     );
     // A blob of another repository is not this one's.
@@ -255,7 +259,10 @@ fn plain_http_only_for_loopback_or_declared_insecure_registries() {
     let r = rref(&format!("docker://{}/os/node:v1", proxy.addr));
     let e = Client::new(quick()).unwrap().resolve(&r, None).unwrap_err();
     assert!(matches!(e, RegistryError::InsecureRefused { .. }), "{e}");
-    assert!(e.to_string().contains(&proxy.addr), "{e}");
+    assert!(
+        blockio::error_chain(&e).to_string().contains(&proxy.addr),
+        "{e}"
+    );
 
     let client = Client::new(ClientOptions {
         insecure_registries: vec![proxy.addr.clone()],
@@ -372,7 +379,8 @@ fn remote_blob_reads_within_its_size_only() {
     let e = blob.read_at(system.blob.size - 4095, &mut buf).unwrap_err();
     assert!(matches!(e, RegistryError::OutOfRange { .. }), "{e}");
     assert!(
-        e.to_string()
+        blockio::error_chain(&e)
+            .to_string()
             .contains(&format!("outside the blob's {} bytes", system.blob.size)),
         "{e}"
     );

@@ -83,7 +83,7 @@ fn dropped_connections_are_retried_then_given_up() {
         matches!(e, RegistryError::GaveUp { attempts: 4, .. }),
         "{e}"
     );
-    let msg = e.to_string();
+    let msg = blockio::error_chain(&e).to_string();
     eprintln!("the error: {msg}");
     let (d, _) = s.system();
     assert!(
@@ -110,7 +110,7 @@ fn server_errors_are_retried_then_given_up_naming_the_status() {
     s.proxy.add("/blobs/", Fault::Status(502), None);
     let e = s.read(0, 10).unwrap_err();
     assert_eq!(e.status(), Some(502));
-    let msg = e.to_string();
+    let msg = blockio::error_chain(&e).to_string();
     eprintln!("the error: {msg}");
     assert!(
         msg.contains("HTTP 502: INJECTED fault proxy answered 502"),
@@ -161,7 +161,7 @@ fn a_very_slow_registry_times_out_and_is_retried() {
     s.proxy
         .add("/blobs/", Fault::Delay(Duration::from_millis(2500)), None);
     let e = s.read(0, 4096).unwrap_err();
-    let msg = e.to_string();
+    let msg = blockio::error_chain(&e).to_string();
     eprintln!("the error: {msg}");
     assert!(
         msg.contains("timeout") || msg.contains("timed out"),
@@ -239,12 +239,15 @@ fn corrupt_manifests_and_configs_are_refetched_or_refused() {
         "{e}"
     );
     assert!(
-        e.to_string().contains(&format!("expected {}", m.digest())),
+        blockio::error_chain(&e)
+            .to_string()
+            .contains(&format!("expected {}", m.digest())),
         "{e}"
     );
     let e = s.client.resolve(&got.reference, None).unwrap_err();
     assert!(
-        e.to_string()
+        blockio::error_chain(&e)
+            .to_string()
             .contains(&format!("manifest {}: digest mismatch", m.digest())),
         "{e}"
     );
@@ -252,7 +255,7 @@ fn corrupt_manifests_and_configs_are_refetched_or_refused() {
     s.proxy.clear();
     s.proxy.add(&m.config.digest, Fault::Corrupt(3), None);
     let e = s.client.resolve(&s.r, None).unwrap_err();
-    let msg = e.to_string();
+    let msg = blockio::error_chain(&e).to_string();
     eprintln!("the error: {msg}");
     assert!(
         msg.contains(&format!("config {}: digest mismatch", m.config.digest)),
@@ -269,7 +272,8 @@ fn a_corrupt_whole_blob_is_never_accepted() {
     let e = s.client.get_blob(&s.r, &d, None, &mut out).unwrap_err();
     assert!(matches!(e, RegistryError::DigestMismatch { .. }), "{e}");
     assert!(
-        e.to_string()
+        blockio::error_chain(&e)
+            .to_string()
             .contains(&format!("blob {d}: digest mismatch")),
         "{e}"
     );
@@ -309,7 +313,7 @@ fn an_unreachable_registry_gives_up_after_bounded_retries() {
         matches!(e, RegistryError::GaveUp { attempts: 4, .. }),
         "{e}"
     );
-    let msg = e.to_string();
+    let msg = blockio::error_chain(&e).to_string();
     eprintln!("the error: {msg}");
     assert!(
         msg.contains(&format!("127.0.0.1:{port}/os/node: manifest v1")),

@@ -205,7 +205,7 @@ fn remote_blob_fills_the_chunk_cache() {
         matches!(e, ChunkCacheError::Fetch { attempts: 1, .. }),
         "{e}"
     );
-    assert!(e.to_string().contains("404"), "{e}");
+    assert!(blockio::error_chain(&e).to_string().contains("404"), "{e}");
 }
 
 /// Serving from the registry with an empty cache gives the same disk,

@@ -575,6 +575,40 @@ fn missing_index_json() -> Result<()> {
     )
 }
 
+/// An error two causes deep (the command's context, the image error, the
+/// I/O error under it) prints each cause once, in order, on one line: no
+/// library error repeats its source in its own message.
+#[test]
+fn each_cause_is_printed_once() -> Result<()> {
+    let f = Fixture::sample()?;
+    let index = f.built.dir.join("index.json");
+    std::fs::remove_file(&index)?;
+    std::fs::create_dir(&index)?;
+    let index = path_str(&index)?;
+    let stderr = fails(
+        f.args("inspect", &[]),
+        &["opening image", index, "reading", "not a regular file"],
+    )?;
+    ensure!(
+        stderr.lines().count() == 1,
+        "more than one line: {stderr:?}"
+    );
+    for part in [index, "not a regular file"] {
+        ensure!(
+            stderr.matches(part).count() == 1,
+            "{part:?} appears more than once: {stderr:?}"
+        );
+    }
+    // The chain, outermost first, joined with ": ".
+    let at = |part: &str| stderr.find(part);
+    ensure!(
+        at("opening image") < at(&format!("{index}: reading"))
+            && at(&format!("{index}: reading: ")) < at("not a regular file"),
+        "causes out of order: {stderr:?}"
+    );
+    Ok(())
+}
+
 /// A layout file of one empty partition, for options that apply to the
 /// monogon preset only.
 fn plain_layout_file(f: &Fixture) -> Result<PathBuf> {

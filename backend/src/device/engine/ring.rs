@@ -20,14 +20,20 @@ pub struct Ring {
 pub enum Io<'a> {
     /// `preadv` into `iovecs` from `fd` at `offset`.
     Read {
+        /// The file to read.
         fd: RawFd,
+        /// Where in it to start.
         offset: u64,
+        /// The buffers to fill, in order.
         iovecs: &'a [libc::iovec],
     },
     /// `pwritev` from `iovecs` to `fd` at `offset`.
     Write {
+        /// The file to write.
         fd: RawFd,
+        /// Where in it to start.
         offset: u64,
+        /// The buffers to write, in order.
         iovecs: &'a [libc::iovec],
     },
 }

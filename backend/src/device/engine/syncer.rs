@@ -142,7 +142,10 @@ fn run(shared: &Shared) {
         }
         // Everything taken above completed its own I/O before it was
         // handed over, so this one flush covers all of it.
-        let outcome = shared.disk.flush().map_err(|e| e.to_string());
+        let outcome = shared
+            .disk
+            .flush()
+            .map_err(|e| blockio::error_chain(&e).to_string());
         if let Err(err) = &outcome {
             tracing::warn!("flushing the disk failed: {err}");
         }
