@@ -373,7 +373,7 @@ fn from_cache(
     if let Target::Tag(tag) = &r.target {
         let when = resolved_at.map_or_else(|| "an unknown time".to_owned(), rfc3339);
         tracing::warn!(
-            registry_error = %err,
+            registry_error = %blockio::error_chain(&err),
             tag = %tag,
             digest = %digest,
             resolved_at = %when,
@@ -381,7 +381,7 @@ fn from_cache(
         );
     } else {
         tracing::warn!(
-            registry_error = %err,
+            registry_error = %blockio::error_chain(&err),
             digest = %digest,
             "registry unreachable: serving {r} from the cache"
         );
