@@ -244,6 +244,44 @@ impl CachedBlob {
         self.record.sync()
     }
 
+    /// Chunks in the blob.
+    pub fn chunks(&self) -> u64 {
+        self.record.chunks()
+    }
+
+    /// Whether the blob carries chunk hashes (each chunk checked on its
+    /// own); without them it can only be checked whole.
+    pub fn has_chunk_hashes(&self) -> bool {
+        self.spec.chunk_hashes.is_some()
+    }
+
+    /// Fetches one chunk if it is missing (for a blob with chunk hashes:
+    /// also one present but not yet verified); says whether this call
+    /// fetched it. A blob without chunk hashes is not checked here: call
+    /// [`fetch_all`](Self::fetch_all) once its chunks are in. Safe to call
+    /// from many threads: the fill protocol serializes each chunk.
+    pub fn fetch_chunk(&self, chunk: u64) -> Result<bool, ChunkCacheError> {
+        if chunk >= self.record.chunks() {
+            let cs = self.record.chunk_size();
+            return Err(ChunkCacheError::OutOfRange {
+                digest: self.spec.digest.clone(),
+                offset: chunk.saturating_mul(cs),
+                end: chunk.saturating_add(1).saturating_mul(cs),
+                size: self.spec.size,
+            });
+        }
+        let state = self.record.state(chunk);
+        let missing = if self.spec.chunk_hashes.is_some() {
+            !self.readable(state)
+        } else {
+            state == ABSENT
+        };
+        if !missing {
+            return Ok(false);
+        }
+        self.fill(chunk)
+    }
+
     /// Fetches the chunks `ranges` touch, in the order given (a recorded
     /// boot's reads, so that a first boot finds what it needs first).
     /// Ranges are clamped to the blob; stops at the first failure.
@@ -256,13 +294,16 @@ impl CachedBlob {
         self.record.sync()
     }
 
-    /// Fills one chunk under its lock (steps 1–5 of the protocol).
-    fn fill(&self, chunk: u64) -> Result<(), ChunkCacheError> {
+    /// Fills one chunk under its lock (steps 1–5 of the protocol); says
+    /// whether it fetched the chunk (not when another filler had, or the
+    /// chunk hash verified what was present).
+    fn fill(&self, chunk: u64) -> Result<bool, ChunkCacheError> {
         let _lock = self.record.lock_chunk(chunk)?;
         let state = self.record.state(chunk);
-        if self.readable(state) {
-            // Another filler finished while we waited.
-            return Ok(());
+        if self.readable(state) || (state == PRESENT && self.spec.chunk_hashes.is_none()) {
+            // Another filler finished while we waited (a present chunk of
+            // a blob without chunk hashes waits for the whole check).
+            return Ok(false);
         }
         let range = self.chunk_range(chunk);
         let mut buf = vec![0u8; (range.end - range.start) as usize];
@@ -275,7 +316,7 @@ impl CachedBlob {
                     .map_err(|source| self.io_err("reading the cached blob", source))?;
                 if Sha256::digest(&buf).as_slice() == expected {
                     self.record.set(chunk, VERIFIED);
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         }
@@ -295,7 +336,7 @@ impl CachedBlob {
             PRESENT
         };
         self.record.set(chunk, new);
-        Ok(())
+        Ok(true)
     }
 
     fn expected_hash(&self, chunk: u64) -> Option<&[u8; 32]> {

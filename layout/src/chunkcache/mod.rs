@@ -28,11 +28,13 @@
 
 mod blob;
 mod fetch;
+mod inflight;
 mod maintain;
 pub mod record;
 
 pub use blob::{BlobStatus, CachedBlob};
 pub use fetch::{ChunkFetch, FetchError};
+pub use inflight::{fetch_chunks, ChunkRef, InFlightReport};
 pub use maintain::{Entry, PrunePolicy, PruneReport};
 
 use sha2::{Digest as _, Sha256};
