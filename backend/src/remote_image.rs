@@ -64,7 +64,8 @@ pub fn open(
     cache_dir: &Path,
     opts: &OpenOptions,
 ) -> anyhow::Result<(Image, RemoteCounters)> {
-    let (image, counters, _) = open_blobs(r, manifest_ref, client_opts, attempts, cache_dir, opts)?;
+    let (image, counters, _) =
+        open_blobs(r, manifest_ref, client_opts, attempts, cache_dir, opts, 0)?;
     Ok((image, counters))
 }
 
@@ -100,7 +101,7 @@ pub fn fill_cache(
         ..OpenOptions::default()
     };
     let (image, counters, blobs) =
-        open_blobs(r, manifest_ref, client_opts, attempts, cache_dir, &opts)?;
+        open_blobs(r, manifest_ref, client_opts, attempts, cache_dir, &opts, 0)?;
     let chunks: u64 = blobs.iter().map(|b| b.status().chunks).sum();
     // Every chunk, `jobs` at once; then each blob's whole check (for those
     // without chunk hashes) and a sync of its record.
@@ -131,7 +132,8 @@ pub fn fill_cache(
 }
 
 /// [`open`], also yielding every layer's cached blob (for `pull
-/// --prefetch`, which maps a trace's reads to their chunks).
+/// --prefetch`, which maps a trace's reads to their chunks); `readahead`
+/// chunks are fetched ahead of sequential reads (0: none).
 pub fn open_blobs(
     r: &RegistryRef,
     manifest_ref: Option<&str>,
@@ -139,6 +141,7 @@ pub fn open_blobs(
     attempts: u32,
     cache_dir: &Path,
     opts: &OpenOptions,
+    readahead: u64,
 ) -> anyhow::Result<(Image, RemoteCounters, Vec<Arc<CachedBlob>>)> {
     let client = Arc::new(Client::new(client_opts.for_chunk_cache()).context("registry client")?);
     let resolved = client
@@ -147,6 +150,7 @@ pub fn open_blobs(
     let settings = ChunkCacheSettings {
         max_attempts: attempts.max(1),
         trust_unverified: opts.trust_unverified,
+        readahead,
         ..ChunkCacheSettings::default()
     };
     let cache = ChunkCache::new(cache_dir, settings);

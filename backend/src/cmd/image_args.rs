@@ -133,6 +133,7 @@ impl ImageArgs {
                     self.registry.retries.saturating_add(1),
                     &cache_dir,
                     &opts,
+                    self.registry.readahead,
                 )?;
                 // Opened once per command; a second open keeps the first
                 // counters, which every blob of the host's cache shares.

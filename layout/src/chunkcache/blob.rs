@@ -1,6 +1,7 @@
 //! One blob of the chunk cache: the fill protocol and the gate that reads
 //! of it pass (see the module documentation of [`super`]).
 
+use super::readahead::{Detector, Readahead};
 use super::record::{ByteLock, Record, ABSENT, PRESENT, VERIFIED, WHOLE_LOCK};
 use super::{
     BlobSpec, ChunkCache, ChunkCacheError, ChunkCacheSettings, ChunkFetch, FetchCounters,
@@ -15,7 +16,7 @@ use std::ops::Range;
 use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 /// A blob of the cache, possibly only partly present. It is the
@@ -39,6 +40,14 @@ pub struct CachedBlob {
     /// the read path counts a hit once per chunk, so that it stays an
     /// atomic load after that instead of a shared counter's increment.
     seen: Box<[AtomicBool]>,
+    /// This blob, for the readahead queue (which must not keep it alive).
+    me: Weak<CachedBlob>,
+    /// The cache's background fetchers, when readahead is on.
+    readahead: Option<Arc<Readahead>>,
+    /// Whether reads walk the blob sequentially.
+    detector: Detector,
+    /// Chunks waiting in the readahead queue or being fetched by it.
+    queued: Box<[AtomicBool]>,
 }
 
 /// How much of a blob is in the cache.
@@ -125,12 +134,20 @@ impl CachedBlob {
                 op: "opening the cached blob",
                 source,
             })?;
-        let seen = (0..record.chunks())
-            .map(|_| AtomicBool::new(false))
-            .collect();
-        Ok(Arc::new(CachedBlob {
+        let flags = || (0..record.chunks()).map(|_| AtomicBool::new(false)).collect();
+        let seen = flags();
+        let queued = flags();
+        // Only chunks that can be read one by one are worth reading ahead.
+        let readahead = cache
+            .readahead()
+            .filter(|_| spec.chunk_hashes.is_some() || cache.settings().trust_unverified);
+        Ok(Arc::new_cyclic(|me| CachedBlob {
             _in_use: in_use,
             seen,
+            me: me.clone(),
+            readahead,
+            detector: Detector::default(),
+            queued,
             spec,
             hex,
             data_path,
@@ -212,6 +229,12 @@ impl CachedBlob {
             });
         };
         let cs = self.record.chunk_size();
+        if let Some(ra) = &self.readahead {
+            let last = (end - 1) / cs;
+            if self.detector.note(offset / cs, last) {
+                self.read_ahead(ra, last);
+            }
+        }
         for chunk in offset / cs..end.div_ceil(cs) {
             if self.readable(self.record.state(chunk)) {
                 let seen = &self.seen[chunk as usize];
@@ -228,6 +251,32 @@ impl CachedBlob {
             self.fill(chunk)?;
         }
         Ok(())
+    }
+
+    /// Queues the chunks after `last` (up to the readahead window) that are
+    /// neither readable nor queued already; stops when the queue is full.
+    fn read_ahead(&self, ra: &Readahead, last: u64) {
+        let end = last.saturating_add(ra.window).min(self.record.chunks().saturating_sub(1));
+        for chunk in last + 1..=end {
+            if self.readable(self.record.state(chunk)) {
+                continue;
+            }
+            let queued = &self.queued[chunk as usize];
+            if queued.swap(true, Ordering::Relaxed) {
+                continue;
+            }
+            if !ra.offer(self.me.clone(), chunk) {
+                queued.store(false, Ordering::Relaxed);
+                break;
+            }
+        }
+    }
+
+    /// A readahead job for `chunk` ended (fetched, found, or failed).
+    pub(super) fn readahead_done(&self, chunk: u64) {
+        if let Some(q) = self.queued.get(chunk as usize) {
+            q.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Fetches every missing chunk, in order, and for a blob without chunk
