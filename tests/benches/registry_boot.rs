@@ -229,7 +229,12 @@ fn main() -> Result<()> {
         local.push(b);
     }
 
-    let (n1, n2, cp, lo) = (median(&node1), median(&node2), median(&copied), median(&local));
+    let (n1, n2, cp, lo) = (
+        median(&node1),
+        median(&node2),
+        median(&copied),
+        median(&local),
+    );
     let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
     println!(
         "registry_boot: the sample image ({image_bytes} bytes of blobs), UEFI boot under {}, \
@@ -274,6 +279,8 @@ fn main() -> Result<()> {
         n2.ranged,
         verdict(n2.ranged == 0)
     );
-    println!("| (for comparison) skopeo copy + serve, time to init ÷ warm local | {copy_ratio:.2} × | |");
+    println!(
+        "| (for comparison) skopeo copy + serve, time to init ÷ warm local | {copy_ratio:.2} × | |"
+    );
     Ok(())
 }

@@ -184,7 +184,13 @@ fn main() -> anyhow::Result<()> {
             proxy.forget();
             let t = Instant::now();
             let st = std::process::Command::new(&ocidisk)
-                .args(["export", "--image", &remote, "--registry-readahead", &ra.to_string()])
+                .args([
+                    "export",
+                    "--image",
+                    &remote,
+                    "--registry-readahead",
+                    &ra.to_string(),
+                ])
                 .arg("--layout")
                 .arg(&layout)
                 .arg("--cache")
@@ -193,7 +199,10 @@ fn main() -> anyhow::Result<()> {
                 .arg(&out)
                 .stdout(std::process::Stdio::null())
                 .status()?;
-            anyhow::ensure!(st.success(), "ocidisk export --registry-readahead {ra} failed");
+            anyhow::ensure!(
+                st.success(),
+                "ocidisk export --registry-readahead {ra} failed"
+            );
             times.push(t.elapsed());
             bytes.push(proxy.body_bytes().0);
             std::fs::remove_file(&out)?;
@@ -219,7 +228,9 @@ fn main() -> anyhow::Result<()> {
     }
     println!();
     for (ra, b) in export_bytes {
-        println!("export with --registry-readahead {ra}: {b} layer bytes through the proxy (median)");
+        println!(
+            "export with --registry-readahead {ra}: {b} layer bytes through the proxy (median)"
+        );
     }
     let s = client.stats().snapshot();
     println!(

@@ -35,7 +35,11 @@ pub struct RegistryArgs {
     /// Chunks of a registry blob fetched ahead, on a few background
     /// threads, when reads walk it sequentially (a read of chunk k after
     /// reads of k-2 and k-1); 0 disables. Random reads never trigger it.
-    #[arg(long = "registry-readahead", value_name = "CHUNKS", default_value_t = 4)]
+    #[arg(
+        long = "registry-readahead",
+        value_name = "CHUNKS",
+        default_value_t = 4
+    )]
     pub readahead: u64,
     /// The platform chosen from an image index, `OS/ARCH[/VARIANT]`.
     #[arg(long, value_name = "OS/ARCH[/VARIANT]", default_value = "linux/amd64")]

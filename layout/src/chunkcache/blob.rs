@@ -134,7 +134,11 @@ impl CachedBlob {
                 op: "opening the cached blob",
                 source,
             })?;
-        let flags = || (0..record.chunks()).map(|_| AtomicBool::new(false)).collect();
+        let flags = || {
+            (0..record.chunks())
+                .map(|_| AtomicBool::new(false))
+                .collect()
+        };
         let seen = flags();
         let queued = flags();
         // Only chunks that can be read one by one are worth reading ahead.
@@ -256,7 +260,9 @@ impl CachedBlob {
     /// Queues the chunks after `last` (up to the readahead window) that are
     /// neither readable nor queued already; stops when the queue is full.
     fn read_ahead(&self, ra: &Readahead, last: u64) {
-        let end = last.saturating_add(ra.window).min(self.record.chunks().saturating_sub(1));
+        let end = last
+            .saturating_add(ra.window)
+            .min(self.record.chunks().saturating_sub(1));
         for chunk in last + 1..=end {
             if self.readable(self.record.state(chunk)) {
                 continue;

@@ -3,8 +3,9 @@
 //! before the reader asks for them, so a cold sequential read is not one
 //! round trip per chunk on the queue's thread.
 //!
-//! Only a sequential walk triggers it: a read of chunk `k` right after
-//! reads of `k-2` and `k-1` (see [`Detector`]). A random-read workload
+//! Only a sequential walk triggers it: a read going on into chunk `k`
+//! after reads that went on into `k-1` and, before that, ended in `k-2`
+//! (see [`Detector`]); one large read alone does not. A random-read workload
 //! reads no chunk it would not have read anyway (two adjacent steps in a
 //! row are needed, which random reads over more than a handful of chunks
 //! almost never make).
@@ -38,9 +39,7 @@ impl Readahead {
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..threads.max(1) {
             let rx = Arc::clone(&rx);
-            std::thread::Builder::new()
-                .name(format!("readahead-{i}"))
-                .spawn(move || worker(&rx))?;
+            spawn_without_signals(format!("readahead-{i}"), move || worker(&rx))?;
         }
         Ok(Arc::new(Readahead { tx, window }))
     }
@@ -51,6 +50,25 @@ impl Readahead {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
         }
+    }
+}
+
+/// Spawns a thread with every signal blocked: the cache may be opened
+/// before a server sets up its signal handling (which blocks SIGTERM and
+/// friends so that only its signal thread sees them), and a background
+/// thread must never be the one a SIGTERM is delivered to.
+fn spawn_without_signals(name: String, f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    // SAFETY: the sigset_t values are local and initialised by
+    // sigfillset/pthread_sigmask before use; the calling thread's mask is
+    // restored before returning, and the new thread inherits the full one.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+        let spawned = std::thread::Builder::new().name(name).spawn(f);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        spawned.map(|_| ())
     }
 }
 
@@ -92,13 +110,15 @@ impl Detector {
         if prev == Some(last) {
             return false;
         }
-        let steps = old >> CHUNK_BITS;
-        // A read spanning chunks is a step of its own; one starting where
-        // the previous ended (or right after) continues the walk.
-        let within = last.saturating_sub(first);
+        // A read that goes on from where the previous one ended (into
+        // the following chunk) is one step of a walk; anything else
+        // starts over. One large read is no walk by itself: it says
+        // nothing about what comes next.
         let steps = match prev {
-            Some(p) if p == first || p + 1 == first => (steps + within + u64::from(p + 1 == first)).min(15),
-            _ => within.min(15),
+            Some(p) if p + 1 == first || (p == first && last > p) => {
+                ((old >> CHUNK_BITS) + 1).min(15)
+            }
+            _ => 0,
         };
         let new = (steps << CHUNK_BITS) | ((last + 1) & CHUNK_MASK);
         // Another queue's read may have moved it meanwhile: either note
@@ -127,8 +147,15 @@ mod tests {
         assert!(!d.note(10, 10));
         assert!(d.note(11, 11));
 
-        // Large sequential reads that span chunks count each chunk.
+        // Large sequential reads: one step per read, not per chunk.
         let d = Detector::default();
+        assert!(!d.note(0, 2), "one large read is no walk");
+        assert!(!d.note(3, 5));
+        assert!(d.note(6, 8));
+        // A read that starts in the chunk the last one ended in and goes
+        // on into the next continues the walk too.
+        let d = Detector::default();
+        assert!(!d.note(0, 0));
         assert!(!d.note(0, 1));
         assert!(d.note(1, 2));
 

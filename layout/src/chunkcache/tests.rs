@@ -435,7 +435,11 @@ fn random_reads_fetch_nothing_ahead() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let c = if i % 10 == 1 { (prev + 1) % 2048 } else { x % 2048 };
+        let c = if i % 10 == 1 {
+            (prev + 1) % 2048
+        } else {
+            x % 2048
+        };
         blob.ensure_range(c * 4096 + 8, 512).unwrap();
         read.insert(c);
         prev = c;
@@ -464,7 +468,13 @@ fn a_failed_readahead_leaves_the_read_to_the_reader() {
     }
     // The reader's own read of chunk 4 fetches it and gets it right.
     blob.ensure_range(4 * 4096, 4096).unwrap();
-    let fetches_of_4 = f.log.lock().unwrap().iter().filter(|&&o| o == 4 * 4096).count();
+    let fetches_of_4 = f
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|&&o| o == 4 * 4096)
+        .count();
     assert!(fetches_of_4 >= 2, "{:?}", f.log.lock().unwrap());
     assert!(blob.status().verified >= 5);
 }
