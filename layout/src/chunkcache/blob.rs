@@ -48,6 +48,10 @@ pub struct CachedBlob {
     detector: Detector,
     /// Chunks waiting in the readahead queue or being fetched by it.
     queued: Box<[AtomicBool]>,
+    /// Chunks readahead fetched that no read has reached yet: reaching one
+    /// keeps the window moving (reads of chunks that were in the cache
+    /// already, say another server's, never start a readahead).
+    ahead: Box<[AtomicBool]>,
 }
 
 /// How much of a blob is in the cache.
@@ -141,6 +145,7 @@ impl CachedBlob {
         };
         let seen = flags();
         let queued = flags();
+        let ahead = flags();
         // Only chunks that can be read one by one are worth reading ahead.
         let readahead = cache
             .readahead()
@@ -152,6 +157,7 @@ impl CachedBlob {
             readahead,
             detector: Detector::default(),
             queued,
+            ahead,
             spec,
             hex,
             data_path,
@@ -234,8 +240,15 @@ impl CachedBlob {
         };
         let cs = self.record.chunk_size();
         if let Some(ra) = &self.readahead {
-            let last = (end - 1) / cs;
-            if self.detector.note(offset / cs, last) {
+            let (first, last) = (offset / cs, (end - 1) / cs);
+            // Only a sequential walk that is fetching (a miss, or a chunk
+            // readahead brought) reads further ahead.
+            if self.detector.note(first, last)
+                && (first..=last).any(|c| {
+                    !self.readable(self.record.state(c))
+                        || self.ahead[c as usize].swap(false, Ordering::Relaxed)
+                })
+            {
                 self.read_ahead(ra, last);
             }
         }
@@ -278,8 +291,14 @@ impl CachedBlob {
         }
     }
 
-    /// A readahead job for `chunk` ended (fetched, found, or failed).
-    pub(super) fn readahead_done(&self, chunk: u64) {
+    /// A readahead job for `chunk` ended: `fetched` it, or found it
+    /// there, or failed.
+    pub(super) fn readahead_done(&self, chunk: u64, fetched: bool) {
+        if fetched {
+            if let Some(a) = self.ahead.get(chunk as usize) {
+                a.store(true, Ordering::Relaxed);
+            }
+        }
         if let Some(q) = self.queued.get(chunk as usize) {
             q.store(false, Ordering::Relaxed);
         }

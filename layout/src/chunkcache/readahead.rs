@@ -3,12 +3,14 @@
 //! before the reader asks for them, so a cold sequential read is not one
 //! round trip per chunk on the queue's thread.
 //!
-//! Only a sequential walk triggers it: a read going on into chunk `k`
-//! after reads that went on into `k-1` and, before that, ended in `k-2`
-//! (see [`Detector`]); one large read alone does not. A random-read workload
-//! reads no chunk it would not have read anyway (two adjacent steps in a
-//! row are needed, which random reads over more than a handful of chunks
-//! almost never make).
+//! Only a sequential walk that is fetching (it misses, or reaches a chunk
+//! readahead brought) triggers it, so reads of what is cached already (a
+//! second server on the host) fetch nothing more. A walk is a read going
+//! on into chunk `k` after reads that went on into `k-1` and, before
+//! that, ended in `k-2` (see [`Detector`]); one large read alone is none.
+//! A random-read workload reads no chunk it would not have read anyway
+//! (two adjacent steps in a row are needed, which random reads over more
+//! than a handful of chunks almost never make).
 //!
 //! The queue is bounded and jobs that do not fit are dropped; the threads
 //! are few and fixed. A background fetch goes through the same fill
@@ -81,10 +83,14 @@ fn worker(rx: &Mutex<Receiver<(Weak<CachedBlob>, u64)>>) {
         let Ok((blob, chunk)) = job else { return };
         // A blob dropped meanwhile (its server went away) needs nothing.
         let Some(blob) = blob.upgrade() else { continue };
-        if let Err(e) = blob.fetch_chunk(chunk) {
-            tracing::debug!(chunk, "readahead: {e}");
-        }
-        blob.readahead_done(chunk);
+        let fetched = match blob.fetch_chunk(chunk) {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                tracing::debug!(chunk, "readahead: {e}");
+                false
+            }
+        };
+        blob.readahead_done(chunk, fetched);
     }
 }
 

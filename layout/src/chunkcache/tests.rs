@@ -478,3 +478,31 @@ fn a_failed_readahead_leaves_the_read_to_the_reader() {
     assert!(fetches_of_4 >= 2, "{:?}", f.log.lock().unwrap());
     assert!(blob.status().verified >= 5);
 }
+
+#[test]
+fn a_sequential_walk_over_cached_chunks_fetches_nothing_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(16 * 4096);
+    // Chunks 0..4 cached by an earlier reader without readahead.
+    {
+        let plain = ChunkCache::new(dir.path(), quick());
+        let blob = plain.open_blob(spec(&d, 4096, true), fetcher(&d)).unwrap();
+        blob.ensure_range(0, 4 * 4096).unwrap();
+    }
+    let cache = ChunkCache::new(dir.path(), with_readahead(4));
+    let f = fetcher(&d);
+    let blob = cache.open_blob(spec(&d, 4096, true), f.clone()).unwrap();
+    for c in 0..4u64 {
+        blob.ensure_range(c * 4096, 4096).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        f.calls.load(Ordering::SeqCst),
+        0,
+        "{:?}",
+        f.log.lock().unwrap()
+    );
+    // Walking on past them, it misses, and reads ahead from there.
+    blob.ensure_range(4 * 4096, 4096).unwrap();
+    wait_verified(&blob, 9);
+}
