@@ -31,7 +31,6 @@
 //! `OCIDISK_ACCEL` as for the other guest benchmarks.
 
 use anyhow::{bail, ensure, Context, Result};
-use ocidisk::metrics::Snapshot;
 use ocidisk_tests::blkio_client::ocidisk_bench_binary;
 use ocidisk_tests::guest::{Assets, VhostUserServer, VmConfig};
 use ocidisk_tests::registry::proxy::Proxy;
@@ -139,11 +138,17 @@ impl Bench {
             vm.logs()
         );
         let to_init = to_init.with_context(|| format!("{tag}: no init marker\n{}", vm.logs()))?;
-        let snap: Snapshot = serde_json::from_slice(
+        // The JSON `--stats-json` writes: `queues[].base_read_bytes`.
+        let snap: serde_json::Value = serde_json::from_slice(
             &std::fs::read(&stats).with_context(|| format!("reading {}", stats.display()))?,
         )
         .with_context(|| format!("parsing {}", stats.display()))?;
-        let read = snap.queues.iter().map(|q| q.base_read_bytes).sum();
+        let read = snap["queues"]
+            .as_array()
+            .with_context(|| format!("{}: no queues", stats.display()))?
+            .iter()
+            .map(|q| q["base_read_bytes"].as_u64().unwrap_or(0))
+            .sum();
         Ok(Boot {
             to_init,
             to_off,
