@@ -3,7 +3,9 @@
 //! fetches nothing), or with `--output` into an OCI image layout
 //! directory, every blob checked against its digest, so that `inspect`,
 //! `export` and `serve --image DIR` can use it. Blobs (or chunks) already
-//! there are not fetched again.
+//! there are not fetched again. Into the cache, `--jobs` chunks are in
+//! flight at once; `--prefetch TRACE` fetches only what a recorded boot
+//! read, in the order it read it (see [`crate::prefetch`]).
 
 use crate::cmd::image_args::ImageArgs;
 use crate::cmd::registry_args::RegistryArgs;
@@ -43,7 +45,7 @@ pub struct Args {
     #[arg(long, value_name = "TRACE", conflicts_with = "output")]
     prefetch: Option<PathBuf>,
     /// Chunks fetched at once (into the chunk cache).
-    #[arg(long, value_name = "N", default_value_t = 4,
+    #[arg(long, value_name = "N", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     jobs: u32,
     /// With `--prefetch`: the layout serve had, `monogon` or a TOML file.
