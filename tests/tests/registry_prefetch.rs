@@ -5,6 +5,8 @@
 //! chunks that run read, in the order it first read them; a server on that
 //! cache then serves the same reads without fetching a chunk. A trace of
 //! another disk, or a file that is no trace, is refused with a clear error.
+//! And what helps a first boot while serving: readahead of a sequential
+//! walk, which random reads never trigger.
 //!
 //! Needs the `ocidisk` binary: `cargo build -p ocidisk` first.
 
@@ -299,4 +301,72 @@ fn a_trace_of_another_disk_or_no_trace_is_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(s(&missing)), "{err}");
+}
+
+/// Serving: a sequential walk over a registry blob's chunks has the next
+/// ones (`--registry-readahead`, 4 by default) fetched before it reads
+/// them; random reads fetch exactly the chunks they read.
+#[test]
+fn serve_reads_ahead_of_a_sequential_walk_and_never_of_random_reads() {
+    let f = Fixture::new();
+    let proxy = Proxy::start(&f.reg.addr).unwrap();
+    let image = format!("docker://{}/os/node:v1", proxy.addr);
+    let serve = |name: &str, cache: &Path| {
+        let socket = f.path(&format!("{name}.sock"));
+        let args = [
+            "--image",
+            &image,
+            "--layout",
+            s(&f.layout),
+            "--cache",
+            s(cache),
+            "--readonly",
+        ];
+        let server = Server::start(&socket, &args).unwrap();
+        let client = BlkioClient::connect_read_only(&socket, 1, 1 << 20).unwrap();
+        (server, client)
+    };
+    let fetched = |proxy: &Proxy| {
+        let mut c = f.system_chunk_requests(proxy);
+        c.sort_unstable();
+        c
+    };
+
+    // Chunks 0, 1, 2 read one after the other: 3 to 6 follow unasked.
+    let (server, mut client) = serve("seq", &f.path("cache-seq"));
+    for c in 0..3 {
+        client.queue().read(SYSTEM_PART + c * MIB, 4096).unwrap();
+    }
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while fetched(&proxy) != (0..7).collect::<Vec<u64>>() {
+        assert!(
+            std::time::Instant::now() < until,
+            "readahead did not fetch chunks 3..=6: {:?}",
+            fetched(&proxy)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // They are served from the cache: no more fetches.
+    for c in 3..7 {
+        client.queue().read(SYSTEM_PART + c * MIB, 4096).unwrap();
+    }
+    drop(client);
+    assert!(server.terminate().unwrap().success());
+
+    // Random reads on a new cache: exactly the chunks read.
+    proxy.forget();
+    let (server, mut client) = serve("random", &f.path("cache-random"));
+    let order = [9u64, 3, 7, 0, 11, 5, 1, 10];
+    for c in order {
+        client
+            .queue()
+            .read(SYSTEM_PART + c * MIB + 8192, 4096)
+            .unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut want = order.to_vec();
+    want.sort_unstable();
+    assert_eq!(fetched(&proxy), want);
+    drop(client);
+    assert!(server.terminate().unwrap().success());
 }
