@@ -21,7 +21,9 @@
 //!   then `serve --image DIR` (the time includes the copy);
 //! - *warm local*: `serve --image DIR` of the local layout, in the page
 //!   cache;
-//! - *node 2*: `serve --image docker://…` on node 1's cache.
+//! - *node 2*: `serve --image docker://…` on node 1's cache;
+//! - *prefetched*: `pull --prefetch` of node 1's `--trace` into an empty
+//!   cache, then `serve` on it (the time includes the pull).
 //!
 //! Every cell runs `OCIDISK_BENCH_REPS` times (3 by default); the table
 //! gives medians and the ratios the issue sets as targets: bytes fetched ≤
@@ -74,7 +76,14 @@ struct Bench {
 impl Bench {
     /// Serves `image` on `cache`, boots a guest from it and waits for its
     /// power-off; times count from `started`.
-    fn boot(&mut self, name: &str, image: &str, cache: &Path, started: Instant) -> Result<Boot> {
+    fn boot(
+        &mut self,
+        name: &str,
+        image: &str,
+        cache: &Path,
+        extra: &[&str],
+        started: Instant,
+    ) -> Result<Boot> {
         self.runs += 1;
         let work = self.work.path();
         let tag = format!("{name}-{}", self.runs);
@@ -82,21 +91,23 @@ impl Bench {
         let stats = work.join(format!("{tag}.stats.json"));
         let cache_s = cache.to_str().context("UTF-8 path")?;
         let stats_s = stats.to_str().context("UTF-8 path")?;
+        let mut args = vec![
+            "--layout",
+            "monogon",
+            "--disk-size",
+            "5GiB",
+            "--cache",
+            cache_s,
+            "--stats-json",
+            stats_s,
+        ];
+        args.extend_from_slice(extra);
         let server = VhostUserServer::ocidisk_serve(
             &self.ocidisk,
             Path::new(image),
             &work.join(format!("{tag}.overlay")),
             &socket,
-            &[
-                "--layout",
-                "monogon",
-                "--disk-size",
-                "5GiB",
-                "--cache",
-                cache_s,
-                "--stats-json",
-                stats_s,
-            ],
+            &args,
             work,
         )?;
         let mut cfg = VmConfig::uefi(&socket);
@@ -195,15 +206,54 @@ fn main() -> Result<()> {
         .sum::<Result<u64>>()?;
 
     let (mut node1, mut node2, mut copied, mut local) = (vec![], vec![], vec![], vec![]);
+    let mut prefetched = vec![];
     for rep in 0..reps {
         let work = bench.work.path().to_owned();
         let cache = work.join(format!("cache-{rep}"));
+        let trace = work.join(format!("node1-{rep}.trace"));
+        let trace_s = trace.to_str().context("UTF-8 path")?.to_owned();
         for (cell, out) in [(1, &mut node1), (2, &mut node2)] {
             proxy.forget();
-            let mut b = bench.boot(&format!("node{cell}"), &remote, &cache, Instant::now())?;
+            // Node 1 records its reads for the prefetch cell.
+            let extra: &[&str] = if cell == 1 {
+                &["--trace", &trace_s]
+            } else {
+                &[]
+            };
+            let mut b = bench.boot(
+                &format!("node{cell}"),
+                &remote,
+                &cache,
+                extra,
+                Instant::now(),
+            )?;
             (b.ranged, b.whole) = proxy.body_bytes();
             out.push(b);
         }
+
+        // `pull --prefetch` of node 1's trace into an empty cache, then a
+        // boot on it: the time counts the pull.
+        proxy.forget();
+        let started = Instant::now();
+        let pf_cache = work.join(format!("cache-prefetched-{rep}"));
+        let st = std::process::Command::new(&bench.ocidisk)
+            .args([
+                "pull",
+                &remote,
+                "--prefetch",
+                &trace_s,
+                "--disk-size",
+                "5GiB",
+                "--cache",
+            ])
+            .arg(&pf_cache)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("running ocidisk pull --prefetch")?;
+        ensure!(st.success(), "ocidisk pull --prefetch failed: {st}");
+        let mut b = bench.boot("prefetched", &remote, &pf_cache, &[], started)?;
+        (b.ranged, b.whole) = proxy.body_bytes();
+        prefetched.push(b);
 
         proxy.forget();
         let started = Instant::now();
@@ -219,6 +269,7 @@ fn main() -> Result<()> {
             "copied",
             dir.to_str().context("UTF-8 path")?,
             &work.join(format!("cache-copied-{rep}")),
+            &[],
             started,
         )?;
         (b.ranged, b.whole) = proxy.body_bytes();
@@ -229,6 +280,7 @@ fn main() -> Result<()> {
             "local",
             image,
             &work.join(format!("cache-local-{rep}")),
+            &[],
             Instant::now(),
         )?;
         local.push(b);
@@ -240,6 +292,7 @@ fn main() -> Result<()> {
         median(&copied),
         median(&local),
     );
+    let pf = median(&prefetched);
     let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
     println!(
         "registry_boot: the sample image ({image_bytes} bytes of blobs), UEFI boot under {}, \
@@ -254,6 +307,7 @@ fn main() -> Result<()> {
         ("skopeo copy + serve of the copy", cp),
         ("warm local layout", lo),
         ("node 2: registry, node 1's cache", n2),
+        ("pull --prefetch (node 1's trace) + serve", pf),
     ] {
         println!(
             "| {what} | {} | {} | {} | {} | {} |",
