@@ -21,5 +21,6 @@ pub mod device;
 pub mod disk;
 pub mod fuzzing;
 pub mod metrics;
+pub mod prefetch;
 pub mod remote_image;
 pub mod vhost_user;

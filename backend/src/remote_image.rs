@@ -15,8 +15,8 @@
 
 use anyhow::Context as _;
 use layout::chunkcache::{
-    BlobSpec, CachedBlob, ChunkCache, ChunkCacheSettings, ChunkHashes, FetchCounters, FetchTotals,
-    MetaPin,
+    fetch_chunks, BlobSpec, CachedBlob, ChunkCache, ChunkCacheSettings, ChunkHashes, ChunkRef,
+    FetchCounters, FetchTotals, MetaPin,
 };
 use layout::oci::{BlobData, Fetched, Image, ImageError, LayerBlob, LayerRequest, OpenOptions};
 use registry::{Client, ClientStats, Digest, RegistryRef, RemoteBlob, StatsSnapshot, Target};
@@ -74,7 +74,8 @@ pub fn open(
     cache_dir: &Path,
     opts: &OpenOptions,
 ) -> anyhow::Result<(Image, RemoteCounters)> {
-    let (image, counters, _) = open_blobs(r, manifest_ref, client_opts, attempts, cache_dir, opts)?;
+    let (image, counters, _) =
+        open_blobs(r, manifest_ref, client_opts, attempts, cache_dir, opts, 0)?;
     Ok((image, counters))
 }
 
@@ -96,22 +97,36 @@ pub struct FillReport {
 /// Fetches every layer of `r` into the chunk cache under `cache_dir`
 /// (`ocidisk pull` without `--output`): every chunk checked against its
 /// hash, blobs without chunk hashes against their digest, zstd layers
-/// decompressed into the cache too. A server started afterwards on the
-/// same cache fetches no layer bytes.
+/// decompressed into the cache too, with `jobs` chunks in flight. A server
+/// started afterwards on the same cache fetches no layer bytes.
 pub fn fill_cache(
     r: &RegistryRef,
     manifest_ref: Option<&str>,
     client_opts: registry::ClientOptions,
     attempts: u32,
     cache_dir: &Path,
+    jobs: usize,
 ) -> anyhow::Result<FillReport> {
     let opts = OpenOptions {
         cache_dir: Some(cache_dir.to_owned()),
         ..OpenOptions::default()
     };
     let (image, counters, blobs) =
-        open_blobs(r, manifest_ref, client_opts, attempts, cache_dir, &opts)?;
+        open_blobs(r, manifest_ref, client_opts, attempts, cache_dir, &opts, 0)?;
     let chunks: u64 = blobs.iter().map(|b| b.status().chunks).sum();
+    // Every chunk, `jobs` at once; then each blob's whole check (for those
+    // without chunk hashes) and a sync of its record.
+    let all: Vec<ChunkRef> = blobs
+        .iter()
+        .flat_map(|b| {
+            (0..b.chunks()).map(|chunk| ChunkRef {
+                blob: Arc::clone(b),
+                chunk,
+            })
+        })
+        .collect();
+    fetch_chunks(&all, jobs)
+        .with_context(|| format!("fetching {} into {}", r, cache_dir.display()))?;
     for blob in &blobs {
         blob.fetch_all()
             .with_context(|| format!("fetching {} into {}", r, cache_dir.display()))?;
@@ -127,14 +142,17 @@ pub fn fill_cache(
     })
 }
 
-/// [`open`], also yielding every layer's cached blob.
-fn open_blobs(
+/// [`open`], also yielding every layer's cached blob (for `pull
+/// --prefetch`, which maps a trace's reads to their chunks); `readahead`
+/// chunks are fetched ahead of sequential reads (0: none).
+pub fn open_blobs(
     r: &RegistryRef,
     manifest_ref: Option<&str>,
     client_opts: registry::ClientOptions,
     attempts: u32,
     cache_dir: &Path,
     opts: &OpenOptions,
+    readahead: u64,
 ) -> anyhow::Result<(Image, RemoteCounters, Vec<Arc<CachedBlob>>)> {
     let platform = client_opts.platform.to_string();
     // Resolution gets the user's full retry setting; chunk fetches one
@@ -144,6 +162,7 @@ fn open_blobs(
     let settings = ChunkCacheSettings {
         max_attempts: attempts.max(1),
         trust_unverified: opts.trust_unverified,
+        readahead,
         ..ChunkCacheSettings::default()
     };
     let cache = ChunkCache::new(cache_dir, settings);

@@ -13,7 +13,13 @@
 //!   threads sharing one client (what a chunk cache does on misses);
 //! - the whole payload streamed with its digest checked (`get_blob`);
 //! - the image into an OCI layout with `pull_to_layout`, against
-//!   `skopeo copy docker://… oci:…` of the same image (a separate process).
+//!   `skopeo copy docker://… oci:…` of the same image (a separate process);
+//! - `ocidisk pull --cache` (the binary: `cargo build --release -p
+//!   ocidisk` first) into an empty chunk cache with 1, 4 and 8 chunks in
+//!   flight;
+//! - a cold `ocidisk export --image docker://…` of a disk holding the image
+//!   (a sequential read of every chunk), with `--registry-readahead` 0, 4
+//!   and 8, and the layer bytes that crossed the fault proxy.
 //!
 //! Each cell runs `OCIDISK_BENCH_REPS` times (3 by default) and prints the
 //! median as a markdown table. Times include the registry's own work
@@ -102,9 +108,27 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|l| l.blob.size as usize)
         .sum();
+    let ocidisk = ocidisk_tests::blkio_client::ocidisk_bench_binary()?;
+    let reference = format!("docker://{}/bench/os:v1", reg.addr);
     let mut tp = Vec::new();
     let mut ts = Vec::new();
+    let mut tj: Vec<(usize, Vec<Duration>)> = [1, 4, 8].iter().map(|&j| (j, Vec::new())).collect();
     for i in 0..reps {
+        // `ocidisk pull` into an empty chunk cache: every 1 MiB chunk
+        // fetched, checked against its hash and fdatasync'ed, with
+        // `--jobs` chunks in flight.
+        for (jobs, times) in &mut tj {
+            let cache = reg.dir.path().join(format!("cache-{jobs}-{i}"));
+            let t = Instant::now();
+            let st = std::process::Command::new(&ocidisk)
+                .args(["pull", &reference, "--jobs", &jobs.to_string(), "--cache"])
+                .arg(&cache)
+                .stdout(std::process::Stdio::null())
+                .status()?;
+            anyhow::ensure!(st.success(), "ocidisk pull --jobs {jobs} failed");
+            times.push(t.elapsed());
+        }
+
         let out = reg.dir.path().join(format!("pulled-{i}"));
         let t = Instant::now();
         let image = client.resolve(&r, None)?;
@@ -127,6 +151,70 @@ fn main() -> anyhow::Result<()> {
         median(ts),
         total,
     ));
+    for (jobs, times) in tj {
+        rows.push((
+            format!("ocidisk pull --cache, --jobs {jobs} (whole image, chunk by chunk)"),
+            median(times),
+            total,
+        ));
+    }
+
+    // A cold `ocidisk export --image docker://…` (a sequential read of the
+    // whole disk, every chunk a miss) without and with readahead, through
+    // the fault proxy, which counts the layer bytes it forwards.
+    let proxy = ocidisk_tests::registry::proxy::Proxy::start(&reg.addr)?;
+    let layout = reg.dir.path().join("export.toml");
+    std::fs::write(
+        &layout,
+        format!(
+            "disk_size = \"{}MiB\"\n[[partitions]]\nname = \"kernel\"\ntype = \"linux\"\nsize = \"1MiB\"\n\
+             content = \"payload:kernel.efi\"\n[[partitions]]\nname = \"system\"\ntype = \"linux\"\n\
+             size = \"rest\"\ncontent = \"payload:system\"\n",
+            mib + 4
+        ),
+    )?;
+    let remote = format!("docker://{}/bench/os:v1", proxy.addr);
+    let mut export_bytes = Vec::new();
+    for ra in [0u64, 4, 8] {
+        let mut times = Vec::new();
+        let mut bytes = Vec::new();
+        for i in 0..reps {
+            let cache = reg.dir.path().join(format!("export-cache-{ra}-{i}"));
+            let out = reg.dir.path().join(format!("export-{ra}-{i}.raw"));
+            proxy.forget();
+            let t = Instant::now();
+            let st = std::process::Command::new(&ocidisk)
+                .args([
+                    "export",
+                    "--image",
+                    &remote,
+                    "--registry-readahead",
+                    &ra.to_string(),
+                ])
+                .arg("--layout")
+                .arg(&layout)
+                .arg("--cache")
+                .arg(&cache)
+                .arg("--output")
+                .arg(&out)
+                .stdout(std::process::Stdio::null())
+                .status()?;
+            anyhow::ensure!(
+                st.success(),
+                "ocidisk export --registry-readahead {ra} failed"
+            );
+            times.push(t.elapsed());
+            bytes.push(proxy.body_bytes().0);
+            std::fs::remove_file(&out)?;
+        }
+        bytes.sort_unstable();
+        export_bytes.push((ra, bytes[bytes.len() / 2]));
+        rows.push((
+            format!("ocidisk export --image docker://…, cold cache, --registry-readahead {ra}"),
+            median(times),
+            (mib + 4) << 20,
+        ));
+    }
 
     println!("registry_fetch: {mib} MiB payload, loopback docker-registry, median of {reps}\n");
     println!("| what | time | MiB/s |");
@@ -136,6 +224,12 @@ fn main() -> anyhow::Result<()> {
         println!(
             "| {what} | {:.1} ms | {mibs:.0} |",
             t.as_secs_f64() * 1000.0
+        );
+    }
+    println!();
+    for (ra, b) in export_bytes {
+        println!(
+            "export with --registry-readahead {ra}: {b} layer bytes through the proxy (median)"
         );
     }
     let s = client.stats().snapshot();

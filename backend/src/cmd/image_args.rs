@@ -6,6 +6,7 @@ use crate::remote_image::{self, RemoteCounters};
 use anyhow::Context as _;
 use clap::Args;
 use layout::cache::Cache;
+use layout::chunkcache::CachedBlob;
 use layout::compose::{compose, ComposeOptions, Disk};
 use layout::oci::{Image, OpenOptions};
 use layout::spec::{parse_content, ContentSpec, LayoutSpec, MonogonPreset, SpecError};
@@ -73,6 +74,10 @@ pub struct ImageArgs {
     /// The counters of a registry image once opened (for `/metrics`).
     #[arg(skip)]
     pub remote: Arc<OnceLock<RemoteCounters>>,
+    /// A registry image's layers as chunk cache blobs once opened (for
+    /// `pull --prefetch`, which maps disk reads to their chunks).
+    #[arg(skip)]
+    pub remote_blobs: Arc<OnceLock<Vec<Arc<CachedBlob>>>>,
 }
 
 /// How payloads are verified (`--verify`).
@@ -121,17 +126,19 @@ impl ImageArgs {
                     Some(d) => d.clone(),
                     None => Cache::default_dir()?,
                 };
-                let (image, counters) = remote_image::open(
+                let (image, counters, blobs) = remote_image::open_blobs(
                     &r,
                     self.reference.as_deref(),
                     self.registry.client_options()?,
                     self.registry.retries.saturating_add(1),
                     &cache_dir,
                     &opts,
+                    self.registry.readahead,
                 )?;
                 // Opened once per command; a second open keeps the first
                 // counters, which every blob of the host's cache shares.
                 let _ = self.remote.set(counters);
+                let _ = self.remote_blobs.set(blobs);
                 image
             }
         };

@@ -3,12 +3,17 @@
 //! fetches nothing), or with `--output` into an OCI image layout
 //! directory, every blob checked against its digest, so that `inspect`,
 //! `export` and `serve --image DIR` can use it. Blobs (or chunks) already
-//! there are not fetched again.
+//! there are not fetched again. Into the cache, `--jobs` chunks are in
+//! flight at once; `--prefetch TRACE` fetches only what a recorded boot
+//! read, in the order it read it (see [`crate::prefetch`]).
 
+use crate::cmd::image_args::ImageArgs;
 use crate::cmd::registry_args::RegistryArgs;
 use anyhow::Context as _;
-use registry::{Client, ImageRef, Target};
-use std::path::PathBuf;
+use layout::chunkcache::fetch_chunks;
+use registry::{Client, ImageRef, RegistryRef, Target};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Arguments of `ocidisk pull`.
 #[derive(clap::Args)]
@@ -34,6 +39,32 @@ pub struct Args {
     /// of the other commands); the tag by default.
     #[arg(long, value_name = "NAME")]
     ref_name: Option<String>,
+    /// Fetch only the chunks a recorded `serve --trace FILE` run read, in
+    /// the order it first read them (so that a first boot finds what it
+    /// needs first). Give the layout arguments that serve had.
+    #[arg(long, value_name = "TRACE", conflicts_with = "output")]
+    prefetch: Option<PathBuf>,
+    /// Chunks fetched at once (into the chunk cache).
+    #[arg(long, value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    jobs: u32,
+    /// With `--prefetch`: the layout serve had, `monogon` or a TOML file.
+    #[arg(
+        long,
+        value_name = "monogon|FILE",
+        default_value = "monogon",
+        requires = "prefetch"
+    )]
+    layout: String,
+    /// With `--prefetch`: the disk size serve had.
+    #[arg(long, value_name = "SIZE", requires = "prefetch")]
+    disk_size: Option<String>,
+    /// With `--prefetch`: the A/B loader serve had (monogon preset).
+    #[arg(long, value_name = "FILE", requires = "prefetch")]
+    abloader: Option<PathBuf>,
+    /// With `--prefetch`: the ESP files serve had (monogon preset).
+    #[arg(long = "esp-file", value_name = "PATH=CONTENT", requires = "prefetch")]
+    esp_files: Vec<String>,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -53,12 +84,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Some(d) => d.clone(),
             None => layout::cache::Cache::default_dir()?,
         };
+        if let Some(trace) = &args.prefetch {
+            return prefetch(&args, &r, trace, &cache);
+        }
         let report = crate::remote_image::fill_cache(
             &r,
             args.reference.as_deref(),
             args.registry.client_options()?,
             args.registry.retries.saturating_add(1),
             &cache,
+            args.jobs as usize,
         )?;
         println!(
             "pulled {} into the cache {}: manifest {}, {} layers, {} chunks fetched ({} bytes), {} already cached",
@@ -93,6 +128,78 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         report.present_blobs,
         stats.bytes,
         stats.retries
+    );
+    Ok(())
+}
+
+/// `pull --prefetch TRACE`: composes the disk serve would (its layout
+/// arguments), maps the trace's reads to chunks and fetches them in
+/// first-read order, `--jobs` at once.
+fn prefetch(args: &Args, r: &RegistryRef, trace: &Path, cache: &Path) -> anyhow::Result<()> {
+    let disk_size = args
+        .disk_size
+        .as_deref()
+        .map(layout::spec::parse_size)
+        .transpose()
+        .context("--disk-size")?;
+    let image_args = ImageArgs {
+        image: args.image.clone(),
+        reference: args.reference.clone(),
+        layout: args.layout.clone(),
+        disk_size,
+        abloader: args.abloader.clone(),
+        esp_files: args.esp_files.clone(),
+        cache: Some(cache.to_owned()),
+        verify: None,
+        trust_unverified: false,
+        registry: args.registry.clone(),
+        remote: Default::default(),
+        remote_blobs: Default::default(),
+    };
+    // The disk id only seeds GUIDs; where each byte comes from does not
+    // depend on it.
+    let disk = image_args.compose("")?;
+    let blobs = image_args.remote_blobs.get().cloned().unwrap_or_default();
+    let partitions = crate::cmd::serve::trace_partitions(&disk.partitions);
+    let plan = crate::prefetch::plan(trace, &disk, &partitions, &blobs)?;
+    if plan.dropped > 0 {
+        tracing::warn!(
+            trace = %trace.display(),
+            dropped = plan.dropped,
+            "the traced server dropped records: their reads are not prefetched"
+        );
+    }
+    let report = fetch_chunks(&plan.chunks, args.jobs as usize)
+        .with_context(|| format!("prefetching {r} into {}", cache.display()))?;
+    // Blobs checked only whole: their digest, now that every chunk is in.
+    let mut touched: Vec<&Arc<layout::chunkcache::CachedBlob>> = Vec::new();
+    for c in &plan.chunks {
+        if !c.blob.has_chunk_hashes() && !touched.iter().any(|b| Arc::ptr_eq(b, &c.blob)) {
+            touched.push(&c.blob);
+        }
+    }
+    for blob in touched {
+        blob.fetch_all()
+            .with_context(|| format!("checking {} in {}", blob.spec().digest, cache.display()))?;
+    }
+    let bytes = image_args
+        .remote
+        .get()
+        .map(|c| c.cache.totals().bytes)
+        .unwrap_or(0);
+    println!(
+        "prefetched {} into the cache {} in the order trace {} (disk {:?}) read it: {} reads of {} bytes ({} not from a registry blob), {} chunks: {} fetched ({} bytes), {} already cached",
+        r,
+        cache.display(),
+        trace.display(),
+        plan.label,
+        plan.reads,
+        plan.read_bytes,
+        plan.unbacked_bytes,
+        plan.chunks.len(),
+        report.fetched,
+        bytes,
+        report.cached
     );
     Ok(())
 }

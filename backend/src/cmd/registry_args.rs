@@ -32,6 +32,15 @@ pub struct RegistryArgs {
         default_value_t = 30
     )]
     pub timeout: u64,
+    /// Chunks of a registry blob fetched ahead, on a few background
+    /// threads, when reads walk it sequentially (a read of chunk k after
+    /// reads of k-2 and k-1); 0 disables. Random reads never trigger it.
+    #[arg(
+        long = "registry-readahead",
+        value_name = "CHUNKS",
+        default_value_t = 4
+    )]
+    pub readahead: u64,
     /// The platform chosen from an image index, `OS/ARCH[/VARIANT]`.
     #[arg(long, value_name = "OS/ARCH[/VARIANT]", default_value = "linux/amd64")]
     pub platform: String,

@@ -240,7 +240,7 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
 }
 
 /// The partition table as a trace header records it.
-fn trace_partitions(parts: &[layout::PartitionInfo]) -> Vec<TracePartition> {
+pub(crate) fn trace_partitions(parts: &[layout::PartitionInfo]) -> Vec<TracePartition> {
     parts
         .iter()
         .map(|p| TracePartition {

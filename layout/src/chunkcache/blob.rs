@@ -1,6 +1,7 @@
 //! One blob of the chunk cache: the fill protocol and the gate that reads
 //! of it pass (see the module documentation of [`super`]).
 
+use super::readahead::{Detector, Readahead};
 use super::record::{ByteLock, Record, ABSENT, PRESENT, VERIFIED, WHOLE_LOCK};
 use super::{
     BlobSpec, ChunkCache, ChunkCacheError, ChunkCacheSettings, ChunkFetch, FetchCounters,
@@ -15,7 +16,7 @@ use std::ops::Range;
 use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 /// A blob of the cache, possibly only partly present. It is the
@@ -39,6 +40,18 @@ pub struct CachedBlob {
     /// the read path counts a hit once per chunk, so that it stays an
     /// atomic load after that instead of a shared counter's increment.
     seen: Box<[AtomicBool]>,
+    /// This blob, for the readahead queue (which must not keep it alive).
+    me: Weak<CachedBlob>,
+    /// The cache's background fetchers, when readahead is on.
+    readahead: Option<Arc<Readahead>>,
+    /// Whether reads walk the blob sequentially.
+    detector: Detector,
+    /// Chunks waiting in the readahead queue or being fetched by it.
+    queued: Box<[AtomicBool]>,
+    /// Chunks readahead fetched that no read has reached yet: reaching one
+    /// keeps the window moving (reads of chunks that were in the cache
+    /// already, say another server's, never start a readahead).
+    ahead: Box<[AtomicBool]>,
 }
 
 /// How much of a blob is in the cache.
@@ -125,12 +138,26 @@ impl CachedBlob {
                 op: "opening the cached blob",
                 source,
             })?;
-        let seen = (0..record.chunks())
-            .map(|_| AtomicBool::new(false))
-            .collect();
-        Ok(Arc::new(CachedBlob {
+        let flags = || {
+            (0..record.chunks())
+                .map(|_| AtomicBool::new(false))
+                .collect()
+        };
+        let seen = flags();
+        let queued = flags();
+        let ahead = flags();
+        // Only chunks that can be read one by one are worth reading ahead.
+        let readahead = cache
+            .readahead()
+            .filter(|_| spec.chunk_hashes.is_some() || cache.settings().trust_unverified);
+        Ok(Arc::new_cyclic(|me| CachedBlob {
             _in_use: in_use,
             seen,
+            me: me.clone(),
+            readahead,
+            detector: Detector::default(),
+            queued,
+            ahead,
             spec,
             hex,
             data_path,
@@ -212,6 +239,19 @@ impl CachedBlob {
             });
         };
         let cs = self.record.chunk_size();
+        if let Some(ra) = &self.readahead {
+            let (first, last) = (offset / cs, (end - 1) / cs);
+            // Only a sequential walk that is fetching (a miss, or a chunk
+            // readahead brought) reads further ahead.
+            if self.detector.note(first, last)
+                && (first..=last).any(|c| {
+                    !self.readable(self.record.state(c))
+                        || self.ahead[c as usize].swap(false, Ordering::Relaxed)
+                })
+            {
+                self.read_ahead(ra, last);
+            }
+        }
         for chunk in offset / cs..end.div_ceil(cs) {
             if self.readable(self.record.state(chunk)) {
                 let seen = &self.seen[chunk as usize];
@@ -230,6 +270,40 @@ impl CachedBlob {
         Ok(())
     }
 
+    /// Queues the chunks after `last` (up to the readahead window) that are
+    /// neither readable nor queued already; stops when the queue is full.
+    fn read_ahead(&self, ra: &Readahead, last: u64) {
+        let end = last
+            .saturating_add(ra.window)
+            .min(self.record.chunks().saturating_sub(1));
+        for chunk in last + 1..=end {
+            if self.readable(self.record.state(chunk)) {
+                continue;
+            }
+            let queued = &self.queued[chunk as usize];
+            if queued.swap(true, Ordering::Relaxed) {
+                continue;
+            }
+            if !ra.offer(self.me.clone(), chunk) {
+                queued.store(false, Ordering::Relaxed);
+                break;
+            }
+        }
+    }
+
+    /// A readahead job for `chunk` ended: `fetched` it, or found it
+    /// there, or failed.
+    pub(super) fn readahead_done(&self, chunk: u64, fetched: bool) {
+        if fetched {
+            if let Some(a) = self.ahead.get(chunk as usize) {
+                a.store(true, Ordering::Relaxed);
+            }
+        }
+        if let Some(q) = self.queued.get(chunk as usize) {
+            q.store(false, Ordering::Relaxed);
+        }
+    }
+
     /// Fetches every missing chunk, in order, and for a blob without chunk
     /// hashes checks the whole (for `ocidisk pull`).
     pub fn fetch_all(&self) -> Result<(), ChunkCacheError> {
@@ -244,6 +318,44 @@ impl CachedBlob {
         self.record.sync()
     }
 
+    /// Chunks in the blob.
+    pub fn chunks(&self) -> u64 {
+        self.record.chunks()
+    }
+
+    /// Whether the blob carries chunk hashes (each chunk checked on its
+    /// own); without them it can only be checked whole.
+    pub fn has_chunk_hashes(&self) -> bool {
+        self.spec.chunk_hashes.is_some()
+    }
+
+    /// Fetches one chunk if it is missing (for a blob with chunk hashes:
+    /// also one present but not yet verified); says whether this call
+    /// fetched it. A blob without chunk hashes is not checked here: call
+    /// [`fetch_all`](Self::fetch_all) once its chunks are in. Safe to call
+    /// from many threads: the fill protocol serializes each chunk.
+    pub fn fetch_chunk(&self, chunk: u64) -> Result<bool, ChunkCacheError> {
+        if chunk >= self.record.chunks() {
+            let cs = self.record.chunk_size();
+            return Err(ChunkCacheError::OutOfRange {
+                digest: self.spec.digest.clone(),
+                offset: chunk.saturating_mul(cs),
+                end: chunk.saturating_add(1).saturating_mul(cs),
+                size: self.spec.size,
+            });
+        }
+        let state = self.record.state(chunk);
+        let missing = if self.spec.chunk_hashes.is_some() {
+            !self.readable(state)
+        } else {
+            state == ABSENT
+        };
+        if !missing {
+            return Ok(false);
+        }
+        self.fill(chunk)
+    }
+
     /// Fetches the chunks `ranges` touch, in the order given (a recorded
     /// boot's reads, so that a first boot finds what it needs first).
     /// Ranges are clamped to the blob; stops at the first failure.
@@ -256,13 +368,16 @@ impl CachedBlob {
         self.record.sync()
     }
 
-    /// Fills one chunk under its lock (steps 1–5 of the protocol).
-    fn fill(&self, chunk: u64) -> Result<(), ChunkCacheError> {
+    /// Fills one chunk under its lock (steps 1–5 of the protocol); says
+    /// whether it fetched the chunk (not when another filler had, or the
+    /// chunk hash verified what was present).
+    fn fill(&self, chunk: u64) -> Result<bool, ChunkCacheError> {
         let _lock = self.record.lock_chunk(chunk)?;
         let state = self.record.state(chunk);
-        if self.readable(state) {
-            // Another filler finished while we waited.
-            return Ok(());
+        if self.readable(state) || (state == PRESENT && self.spec.chunk_hashes.is_none()) {
+            // Another filler finished while we waited (a present chunk of
+            // a blob without chunk hashes waits for the whole check).
+            return Ok(false);
         }
         // A record someone truncated cannot take the new state: say so
         // before fetching rather than after.
@@ -278,7 +393,7 @@ impl CachedBlob {
                     .map_err(|source| self.io_err("reading the cached blob", source))?;
                 if Sha256::digest(&buf).as_slice() == expected {
                     self.record.set(chunk, VERIFIED)?;
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         }
@@ -297,7 +412,8 @@ impl CachedBlob {
         } else {
             PRESENT
         };
-        self.record.set(chunk, new)
+        self.record.set(chunk, new)?;
+        Ok(true)
     }
 
     fn expected_hash(&self, chunk: u64) -> Option<&[u8; 32]> {

@@ -28,12 +28,15 @@
 
 mod blob;
 mod fetch;
+mod inflight;
 mod maintain;
 mod meta;
+mod readahead;
 pub mod record;
 
 pub use blob::{BlobStatus, CachedBlob};
 pub use fetch::{ChunkFetch, FetchError};
+pub use inflight::{fetch_chunks, ChunkRef, InFlightReport};
 pub use maintain::{Entry, PrunePolicy, PruneReport};
 pub use meta::{MetaPin, MetaPruneReport, RefRecord};
 
@@ -149,6 +152,10 @@ pub struct ChunkCacheSettings {
     /// Serve chunks of blobs without chunk hashes before the whole blob is
     /// checked against its digest.
     pub trust_unverified: bool,
+    /// Chunks fetched ahead, on background threads, of reads that walk a
+    /// blob sequentially (0: none). Only blobs whose chunks can be read one
+    /// by one (with chunk hashes, or `trust_unverified`) are read ahead.
+    pub readahead: u64,
 }
 
 impl Default for ChunkCacheSettings {
@@ -158,6 +165,7 @@ impl Default for ChunkCacheSettings {
             retry_delay: Duration::from_millis(200),
             max_retry_delay: Duration::from_secs(5),
             trust_unverified: false,
+            readahead: 0,
         }
     }
 }
@@ -249,17 +257,43 @@ pub struct ChunkCache {
     dir: PathBuf,
     settings: ChunkCacheSettings,
     counters: Arc<FetchCounters>,
+    /// Background fetchers, started with the cache when readahead is on.
+    readahead: Option<Arc<readahead::Readahead>>,
 }
+
+/// Background readahead threads per cache: enough to keep a few fetches
+/// in flight, few enough not to crowd the queue threads.
+const READAHEAD_THREADS: u64 = 4;
 
 impl ChunkCache {
     /// The chunk cache under `dir` (today's `--cache` directory; its files
     /// go to `dir/chunks/`).
     pub fn new(dir: impl Into<PathBuf>, settings: ChunkCacheSettings) -> ChunkCache {
+        let readahead = match settings.readahead {
+            0 => None,
+            window => {
+                let threads = window.min(READAHEAD_THREADS) as usize;
+                match readahead::Readahead::start(window, threads) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        // Reads still work, one chunk at a time.
+                        tracing::warn!("cannot start readahead threads, reading without: {e}");
+                        None
+                    }
+                }
+            }
+        };
         ChunkCache {
             dir: dir.into(),
             settings,
             counters: Arc::default(),
+            readahead,
         }
+    }
+
+    /// The background fetchers, when readahead is on.
+    fn readahead(&self) -> Option<Arc<readahead::Readahead>> {
+        self.readahead.clone()
     }
 
     /// The counters of every blob opened through this cache.

@@ -19,11 +19,23 @@ struct MemFetch {
     /// What the next calls do, front first: `Some(err)` fails, `None`
     /// corrupts the bytes; once empty, calls succeed.
     faults: Mutex<Vec<Option<FetchError>>>,
+    /// Offsets whose next fetch fails for good (once each).
+    fail_once_at: Mutex<Vec<u64>>,
+    /// Offsets fetched, in order.
+    log: Mutex<Vec<u64>>,
 }
 
 impl ChunkFetch for MemFetch {
     fn fetch(&self, offset: u64, buf: &mut [u8]) -> Result<(), FetchError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        self.log.lock().unwrap().push(offset);
+        {
+            let mut fail = self.fail_once_at.lock().unwrap();
+            if let Some(i) = fail.iter().position(|&o| o == offset) {
+                fail.remove(i);
+                return Err(FetchError::Permanent(format!("injected at {offset}")));
+            }
+        }
         let start = offset as usize;
         buf.copy_from_slice(&self.data[start..start + buf.len()]);
         let mut faults = self.faults.lock().unwrap();
@@ -397,4 +409,143 @@ fn a_truncated_record_fails_new_chunks_and_keeps_known_ones() {
         10,
         "not grown back"
     );
+}
+
+fn with_readahead(window: u64) -> ChunkCacheSettings {
+    ChunkCacheSettings {
+        readahead: window,
+        ..quick()
+    }
+}
+
+/// Waits until `blob` has `n` verified chunks (readahead runs in the
+/// background); fails after 10 s.
+fn wait_verified(blob: &CachedBlob, n: u64) {
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while blob.status().verified < n {
+        assert!(
+            std::time::Instant::now() < until,
+            "{:?}, waiting for {n} verified",
+            blob.status()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn sequential_reads_fetch_ahead_and_each_chunk_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ChunkCache::new(dir.path(), with_readahead(3));
+    let d = data(32 * 4096);
+    let f = fetcher(&d);
+    let blob = cache.open_blob(spec(&d, 4096, true), f.clone()).unwrap();
+    // Chunks 0, 1, 2 read in order: the walk is sequential at chunk 2, so
+    // 3, 4, 5 come in the background without a read of them.
+    for c in 0..3u64 {
+        blob.ensure_range(c * 4096 + 100, 200).unwrap();
+    }
+    wait_verified(&blob, 6);
+    // (Chunk 2's own fetch may come after those it set off.)
+    let mut fetched: Vec<u64> = f.log.lock().unwrap().clone();
+    fetched.sort_unstable();
+    assert_eq!(fetched, (0..6).map(|c| c * 4096).collect::<Vec<u64>>());
+    // Reading on to the end fetches every chunk exactly once.
+    for c in 3..32u64 {
+        blob.ensure_range(c * 4096, 4096).unwrap();
+    }
+    wait_verified(&blob, 32);
+    std::thread::sleep(Duration::from_millis(50));
+    let mut all = f.log.lock().unwrap().clone();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(f.calls.load(Ordering::SeqCst) as usize, all.len());
+    assert_eq!(all.len(), 32);
+}
+
+#[test]
+fn random_reads_fetch_nothing_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ChunkCache::new(dir.path(), with_readahead(8));
+    let d = data(2048 * 4096);
+    let f = fetcher(&d);
+    let blob = cache.open_blob(spec(&d, 4096, true), f.clone()).unwrap();
+    // A pseudo-random walk over few of the chunks (so that anything read
+    // ahead would show), with a single adjacent step now and then.
+    let mut x = 12345u64;
+    let mut prev = 0;
+    let mut read = std::collections::BTreeSet::new();
+    for i in 0..300 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let c = if i % 10 == 1 {
+            (prev + 1) % 2048
+        } else {
+            x % 2048
+        };
+        blob.ensure_range(c * 4096 + 8, 512).unwrap();
+        read.insert(c);
+        prev = c;
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(f.calls.load(Ordering::SeqCst) as usize, read.len());
+    assert_eq!(blob.status().verified as usize, read.len());
+}
+
+#[test]
+fn a_failed_readahead_leaves_the_read_to_the_reader() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ChunkCache::new(dir.path(), with_readahead(2));
+    let d = data(8 * 4096);
+    let f = fetcher(&d);
+    let blob = cache.open_blob(spec(&d, 4096, true), f.clone()).unwrap();
+    f.fail_once_at.lock().unwrap().push(4 * 4096);
+    for c in 0..3u64 {
+        blob.ensure_range(c * 4096, 4096).unwrap();
+    }
+    // Chunk 3 arrives ahead; chunk 4's background fetch fails (logged only).
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while f.fail_once_at.lock().unwrap().len() == 1 || blob.status().verified < 4 {
+        assert!(std::time::Instant::now() < until, "{:?}", blob.status());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The reader's own read of chunk 4 fetches it and gets it right.
+    blob.ensure_range(4 * 4096, 4096).unwrap();
+    let fetches_of_4 = f
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|&&o| o == 4 * 4096)
+        .count();
+    assert!(fetches_of_4 >= 2, "{:?}", f.log.lock().unwrap());
+    assert!(blob.status().verified >= 5);
+}
+
+#[test]
+fn a_sequential_walk_over_cached_chunks_fetches_nothing_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = data(16 * 4096);
+    // Chunks 0..4 cached by an earlier reader without readahead.
+    {
+        let plain = ChunkCache::new(dir.path(), quick());
+        let blob = plain.open_blob(spec(&d, 4096, true), fetcher(&d)).unwrap();
+        blob.ensure_range(0, 4 * 4096).unwrap();
+    }
+    let cache = ChunkCache::new(dir.path(), with_readahead(4));
+    let f = fetcher(&d);
+    let blob = cache.open_blob(spec(&d, 4096, true), f.clone()).unwrap();
+    for c in 0..4u64 {
+        blob.ensure_range(c * 4096, 4096).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        f.calls.load(Ordering::SeqCst),
+        0,
+        "{:?}",
+        f.log.lock().unwrap()
+    );
+    // Walking on past them, it misses, and reads ahead from there.
+    blob.ensure_range(4 * 4096, 4096).unwrap();
+    wait_verified(&blob, 9);
 }

@@ -85,6 +85,10 @@ struct Shared {
     seen: Mutex<Vec<Seen>>,
     bearer: Option<Mutex<Bearer>>,
     tokens_issued: AtomicU64,
+    /// Body bytes sent back for requests with a Range header (layer
+    /// chunks) and without one (manifests, configs, whole blobs).
+    ranged_bytes: AtomicU64,
+    whole_bytes: AtomicU64,
     stop: AtomicBool,
 }
 
@@ -135,6 +139,8 @@ impl Proxy {
             seen: Mutex::new(Vec::new()),
             bearer: bearer.map(Mutex::new),
             tokens_issued: AtomicU64::new(0),
+            ranged_bytes: AtomicU64::new(0),
+            whole_bytes: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
         let s = shared.clone();
@@ -173,9 +179,21 @@ impl Proxy {
         lock(&self.shared.seen).clone()
     }
 
-    /// Forgets the requests seen so far.
+    /// Forgets the requests seen so far (and the bytes counted).
     pub fn forget(&self) {
         lock(&self.shared.seen).clear();
+        self.shared.ranged_bytes.store(0, Ordering::Relaxed);
+        self.shared.whole_bytes.store(0, Ordering::Relaxed);
+    }
+
+    /// Response body bytes forwarded since the start (or the last
+    /// [`forget`](Self::forget)): `(with a Range header, without)`, i.e.
+    /// layer chunks, and manifests and configs (and whole blobs).
+    pub fn body_bytes(&self) -> (u64, u64) {
+        (
+            self.shared.ranged_bytes.load(Ordering::Relaxed),
+            self.shared.whole_bytes.load(Ordering::Relaxed),
+        )
     }
 
     /// Invalidates every token issued (they "expire").
@@ -443,6 +461,16 @@ fn handle(s: &Shared, mut conn: TcpStream) -> Result<()> {
             *b ^= 0xff;
         }
     }
+    let sent = match fault {
+        Some(Fault::Truncate(n)) => n.min(body.len()),
+        _ => body.len(),
+    } as u64;
+    let counter = if req.header("range").is_some() && !strip_range {
+        &s.ranged_bytes
+    } else {
+        &s.whole_bytes
+    };
+    counter.fetch_add(sent, Ordering::Relaxed);
     if let Some(Fault::Truncate(n)) = fault {
         let mut out = format!("HTTP/1.1 {status} {}\r\n", reason(status));
         for (k, v) in &headers {

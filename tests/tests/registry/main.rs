@@ -14,5 +14,6 @@ mod registry_auth;
 mod registry_client;
 mod registry_faults;
 mod registry_offline;
+mod registry_prefetch;
 mod registry_pull;
 mod registry_serve;

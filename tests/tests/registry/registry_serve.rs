@@ -394,7 +394,15 @@ fn metrics_count_registry_fetches_and_cache_hits() {
     let port = ocidisk_tests::registry::free_port().unwrap();
     let addr = format!("127.0.0.1:{port}");
     let remote = f.remote(&proxy.addr);
-    let extra = ["--metrics", addr.as_str(), "--registry-retries", "1"];
+    // Readahead off: the counts below are of the reads' own fetches.
+    let extra = [
+        "--metrics",
+        addr.as_str(),
+        "--registry-retries",
+        "1",
+        "--registry-readahead",
+        "0",
+    ];
     let (server, mut client) = f.serve("metrics", &remote, &f.cache(), &extra);
     let q = client.queue();
     // Chunks 0..=2 of `system`, one of them with a failed first attempt.
@@ -608,7 +616,16 @@ fn ten_servers_on_one_cache_fetch_each_chunk_once() {
     let proxy = Proxy::start(&f.reg.addr).unwrap();
     let remote = f.remote(&proxy.addr);
     let servers: Vec<(Server, BlkioClient)> = (0..10)
-        .map(|i| f.serve(&format!("n{i}"), &remote, &f.cache(), &[]))
+        // Readahead off: exactly the chunks read are fetched (a server
+        // that exits mid-readahead leaves its chunk to the next one).
+        .map(|i| {
+            f.serve(
+                &format!("n{i}"),
+                &remote,
+                &f.cache(),
+                &["--registry-readahead", "0"],
+            )
+        })
         .collect();
     let good = f.system();
     std::thread::scope(|scope| {
@@ -650,7 +667,10 @@ fn a_server_killed_mid_fetch_resumes_without_refetching() {
     let proxy = Proxy::start(&f.reg.addr).unwrap();
     let remote = f.remote(&proxy.addr);
     let good = f.system();
-    let (server, mut client) = f.serve("first", &remote, &f.cache(), &[]);
+    // Readahead off: the only fetch after the first read is the one the
+    // kill interrupts.
+    let no_ra = ["--registry-readahead", "0"];
+    let (server, mut client) = f.serve("first", &remote, &f.cache(), &no_ra);
     let got = client.queue().read(SYSTEM_PART, 3 * MIB as usize).unwrap();
     assert!(got == good[..3 * MIB as usize]);
 
@@ -677,7 +697,7 @@ fn a_server_killed_mid_fetch_resumes_without_refetching() {
     proxy.clear();
     proxy.forget();
 
-    let (server, mut client) = f.serve("second", &remote, &f.cache(), &[]);
+    let (server, mut client) = f.serve("second", &remote, &f.cache(), &no_ra);
     let q = client.queue();
     let got = q.read(SYSTEM_PART, 3 * MIB as usize).unwrap();
     assert!(got == good[..3 * MIB as usize]);
