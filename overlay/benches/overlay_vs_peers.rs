@@ -42,14 +42,14 @@ impl ReadAt for FileBase {
     }
 }
 
-struct Rng(u64);
+/// Seeded randomness (fastrand's generator), reproducible from a seed.
+struct Rng(fastrand::Rng);
 impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(fastrand::Rng::with_seed(seed))
+    }
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.u64(..)
     }
 }
 
@@ -269,7 +269,7 @@ fn main() {
     let base_path = dir.join("base.raw");
     {
         let f = File::create(&base_path).unwrap();
-        let mut rng = Rng(1);
+        let mut rng = Rng::new(1);
         let chunk: Vec<u8> = (0..1 << 20).map(|_| rng.next() as u8).collect();
         for off in (0..size).step_by(1 << 20) {
             f.write_all_at(&chunk, off).unwrap();
@@ -278,7 +278,7 @@ fn main() {
     }
     let base = FileBase(File::open(&base_path).unwrap(), size);
     let mut buf = vec![0u8; 1 << 20];
-    let mut rng = Rng(2);
+    let mut rng = Rng::new(2);
     buf.iter_mut().for_each(|b| *b = rng.next() as u8);
 
     let total = 64u64 << 20;

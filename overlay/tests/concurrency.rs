@@ -32,7 +32,7 @@ fn disjoint_unaligned_ranges_share_blocks() {
     const UNIT: u64 = 1000;
     for round in 0..6 {
         let (_dir, ov) = fresh_overlay(blocks, "conc");
-        let mut rng = Rng(round);
+        let mut rng = Rng::new(round);
         let base = rng.bytes((blocks * BS) as usize);
         let units = blocks * BS / UNIT;
         let written: Vec<Vec<(u64, Vec<u8>)>> = std::thread::scope(|s| {
@@ -40,7 +40,7 @@ fn disjoint_unaligned_ranges_share_blocks() {
                 .map(|t| {
                     let (ov, base) = (&ov, &base);
                     s.spawn(move || {
-                        let mut rng = Rng(round * 100 + t);
+                        let mut rng = Rng::new(round * 100 + t);
                         let mut mine = Vec::new();
                         // Ascending, like the other threads: they collide.
                         for u in (t..units).step_by(THREADS as usize) {
@@ -88,7 +88,7 @@ fn overlapping_writes_never_resurrect_the_base() {
         let reader = {
             let (ov, base) = (&ov, &base);
             s.spawn(move || {
-                let mut rng = Rng(9);
+                let mut rng = Rng::new(9);
                 for _ in 0..300 {
                     let off = rng.below(blocks * BS - 3 * BS);
                     let mut buf = vec![0u8; 3 * BS as usize];
@@ -104,7 +104,7 @@ fn overlapping_writes_never_resurrect_the_base() {
             .map(|t| {
                 let (ov, base) = (&ov, &base);
                 s.spawn(move || {
-                    let mut rng = Rng(t);
+                    let mut rng = Rng::new(t);
                     let data = vec![t as u8 + 1; 3 * BS as usize];
                     let mut ranges = Vec::new();
                     for i in 0..300 {
@@ -125,7 +125,7 @@ fn overlapping_writes_never_resurrect_the_base() {
         reader.join().unwrap();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let disk = read_all(&ov, &base, &mut Rng(0));
+    let disk = read_all(&ov, &base, &mut Rng::new(0));
     let mut touched = vec![false; disk.len()];
     for (a, b) in covered.iter().flatten() {
         touched[*a as usize..*b as usize].fill(true);
@@ -148,7 +148,7 @@ fn concurrent_flushes_then_crash() {
     for seed in 0..12 {
         let blocks = 64;
         let size = blocks * BS;
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let base = rng.bytes(size as usize);
         let storage = MemStorage::new();
         let path = Path::new("mem");
@@ -180,7 +180,7 @@ fn concurrent_flushes_then_crash() {
                 .map(|t| {
                     let (ov, base) = (&ov, &base);
                     s.spawn(move || {
-                        let mut rng = Rng(seed * 100 + t);
+                        let mut rng = Rng::new(seed * 100 + t);
                         let lo = 500 + t * (region + 300);
                         let mut mine = base[lo as usize..(lo + region) as usize].to_vec();
                         let mut flushed = mine.clone();
@@ -261,7 +261,7 @@ fn a_stalled_copy_up_does_not_block_other_stripes() {
     let (entered_tx, entered) = sync_channel(1);
     let (release, release_rx) = channel();
     let base = StallingBase {
-        bytes: Rng(5).bytes((blocks * BS) as usize),
+        bytes: Rng::new(5).bytes((blocks * BS) as usize),
         entered: entered_tx,
         release: std::sync::Mutex::new(release_rx),
     };

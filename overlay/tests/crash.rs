@@ -98,7 +98,7 @@ fn run_until_death(
 }
 
 fn crash_rounds(seed: u64, blocks: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let size = blocks * BS - rng.below(8) * 512;
     let base = rng.bytes(size as usize);
     let mut storage = new_storage(size, "crash");
@@ -148,7 +148,7 @@ fn crashes_across_several_map_pages() {
 #[test]
 fn crash_at_every_step_of_a_flush() {
     for die in 0..40 {
-        let mut rng = Rng(die);
+        let mut rng = Rng::new(die);
         let size = 40 * BS;
         let base = rng.bytes(size as usize);
         let storage = new_storage(size, "crash");
@@ -205,7 +205,7 @@ fn pattern(size: u64) -> Vec<u8> {
 /// An overlay with flushed writes in each of its map pages; returns its
 /// storage, the base and the flushed disk.
 fn written_overlay(seed: u64) -> (Arc<MemStorage>, Vec<u8>, Vec<u8>) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let size = PAGES_BLOCKS * BS;
     let base = pattern(size);
     let storage = new_storage(size, "crash");
@@ -242,7 +242,7 @@ fn crash_at_every_step_of_a_reset_leaves_old_or_pristine() {
             old.snapshot() == old_bytes,
             "step {die}: reset wrote the old file"
         );
-        let mut rng = Rng(die as u64);
+        let mut rng = Rng::new(die as u64);
         for harsh in [true, false] {
             let disk = if committed {
                 new.crash_with(harsh, &mut rng)
@@ -360,7 +360,7 @@ fn crash_at_every_step_of_creation() {
         let storage = MemStorage::new();
         storage.die_after(die);
         let done = Overlay::write_new(&*storage, Path::new("mem.overlay"), &create).is_ok();
-        let mut rng = Rng(die as u64);
+        let mut rng = Rng::new(die as u64);
         for harsh in [true, false] {
             let disk = storage.crash_with(harsh, &mut rng);
             if done {
@@ -389,7 +389,7 @@ fn crash_at_every_step_of_a_rebase() {
     };
     let mut saw = [false; 2];
     for die in 0..6 {
-        let mut rng = Rng(die as u64);
+        let mut rng = Rng::new(die as u64);
         let disk = storage.crash_losing_unsynced();
         disk.die_after(die);
         let done = Overlay::open_on(
@@ -428,7 +428,7 @@ fn crash_at_every_step_of_a_rebase() {
 #[test]
 fn writethrough_writes_survive_a_crash_without_flush() {
     for seed in 0..12 {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let size = (3 + seed % 5) * BS - 512 * (seed % 3);
         let base = rng.bytes(size as usize);
         let storage = new_storage(size, "crash");

@@ -37,7 +37,7 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
 #[test]
 fn engine_writes_completing_in_any_order_keep_the_disk_consistent() {
     for seed in 0..120u64 {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let base: Vec<u8> = rng.bytes((BLOCKS * BS) as usize);
         let (dir, ov) = common::fresh_overlay(BLOCKS, "engine");
         let path = dir.path().join("ov");

@@ -75,7 +75,7 @@ fn run(blocks: u64, short_tail: u64, seed: u64, ops: Vec<Op>) {
 /// never changes), and the whole disk at the end.
 fn run_focused(blocks: u64, short_tail: u64, seed: u64, ops: Vec<Op>, focus: Option<u64>) {
     let size = blocks * BS - short_tail * 512;
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let base = rng.bytes(size as usize);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("disk.overlay");
@@ -194,7 +194,7 @@ proptest! {
 /// pages are exercised.
 #[test]
 fn overlay_matches_across_map_pages() {
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let ops: Vec<Op> = (0..60)
         .map(|i| match i % 9 {
             0..=4 => Op::Write {

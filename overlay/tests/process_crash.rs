@@ -146,7 +146,7 @@ fn shadow_files(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 fn process_crash_rounds(seed: u64, blocks: u64) {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let size = blocks * BS - rng.below(8) * 512;
     let base = rng.bytes(size as usize);
     let mut storage = new_storage(size, "shadow");
@@ -256,7 +256,7 @@ fn process_crash_at_every_step_of_a_flush() {
     let size = blocks * BS;
     let base: Vec<u8> = (0..size).map(|i| (i * 7 / 4096) as u8).collect();
     for die in 0..8 {
-        let mut rng = Rng(die);
+        let mut rng = Rng::new(die);
         let shm = tempfile::tempdir().unwrap();
         let storage = new_storage(size, "shadow");
         let ov = open(&storage, size, Some(shm.path()));
@@ -305,7 +305,7 @@ fn process_crash_at_every_step_of_a_flush() {
 #[test]
 fn a_shadow_map_of_another_boot_is_refused() {
     for seed in 0..20 {
-        let mut rng = Rng(seed);
+        let mut rng = Rng::new(seed);
         let size = (1 + seed % 9) * BS;
         let base = rng.bytes(size as usize);
         let storage = new_storage(size, "shadow");
@@ -352,7 +352,7 @@ fn a_shadow_map_of_another_boot_is_refused() {
 /// the copy's.
 #[test]
 fn a_copy_of_the_file_does_not_find_the_shadow_map() {
-    let mut rng = Rng(5);
+    let mut rng = Rng::new(5);
     let size = 8 * BS;
     let base = rng.bytes(size as usize);
     let storage = new_storage(size, "shadow");
@@ -375,7 +375,7 @@ fn a_copy_of_the_file_does_not_find_the_shadow_map() {
 /// shadow map and keeps to the file's last flushed map.
 #[test]
 fn a_failed_sync_makes_the_shadow_map_unusable() {
-    let mut rng = Rng(8);
+    let mut rng = Rng::new(8);
     let size = 8 * BS;
     let base = rng.bytes(size as usize);
     let storage = new_storage(size, "shadow");

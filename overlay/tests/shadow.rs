@@ -35,17 +35,16 @@ const SIZE: u64 = BLOCKS * BS;
 const P: u64 = 16128;
 const CHILD_ENV: &str = "OVERLAY_SHADOW_CHILD";
 
-struct Rng(u64);
+/// Seeded randomness (fastrand's generator), reproducible from a seed.
+struct Rng(fastrand::Rng);
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+    fn new(seed: u64) -> Rng {
+        Rng(fastrand::Rng::with_seed(seed))
     }
     fn bytes(&mut self, n: u64) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
+        let mut v = vec![0u8; n as usize];
+        self.0.fill(&mut v);
+        v
     }
 }
 
@@ -90,7 +89,7 @@ enum Op {
 /// The child's requests: writes whole and partial (copy-ups), over two map
 /// pages, write-zeroes and discards, overwrites, two flushes.
 fn script() -> Vec<Op> {
-    let mut rng = Rng(99);
+    let mut rng = Rng::new(99);
     vec![
         Op::Write(2 * BS, rng.bytes(3 * BS)),
         Op::Write(8 * BS + 100, rng.bytes(2 * BS + 50)),

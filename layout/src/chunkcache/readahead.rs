@@ -86,7 +86,7 @@ fn worker(rx: &Mutex<Receiver<(Weak<CachedBlob>, u64)>>) {
         let fetched = match blob.fetch_chunk(chunk) {
             Ok(fetched) => fetched,
             Err(e) => {
-                tracing::debug!(chunk, "readahead: {e}");
+                tracing::debug!(chunk, "readahead: {}", blockio::error_chain(&e));
                 false
             }
         };

@@ -351,7 +351,7 @@ fn direct_boot_sees_the_composed_disk_and_its_writes_survive_a_server_restart() 
 }
 
 /// Checks what the sample image's own init reports.
-fn assert_sample_reports(run: &GuestRun, sample: &SampleImage, boot_count: u32) {
+pub(crate) fn assert_sample_reports(run: &GuestRun, sample: &SampleImage, boot_count: u32) {
     let c = &run.console;
     assert_eq!(
         run.get("partitions").unwrap().trim(),
