@@ -17,3 +17,4 @@ mod registry_offline;
 mod registry_prefetch;
 mod registry_pull;
 mod registry_serve;
+mod small_disk;

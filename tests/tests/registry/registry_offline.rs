@@ -6,31 +6,13 @@
 //!
 //! Needs the `ocidisk` binary: `cargo build -p ocidisk` first.
 
+use super::small_disk::{push, s, Pushed, MIB, SYSTEM, SYSTEM_PART};
 use ocidisk_tests::blkio_client::{ocidisk_binary, BlkioClient, Server};
 use ocidisk_tests::oci_writer::BuiltImage;
 use ocidisk_tests::registry::proxy::{Fault, Proxy};
 use ocidisk_tests::registry::{small_image, Registry};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-
-const MIB: u64 = 1 << 20;
-/// The `system` payload's size: twelve chunks and a bit.
-const SYSTEM: usize = (12 << 20) + 4321;
-/// Where the `system` partition starts on the test layout's disk.
-const SYSTEM_PART: u64 = 2 * MIB;
-/// A small disk of both payloads, so that a test can read all of it.
-const LAYOUT: &str = r#"disk_size = "20MiB"
-[[partitions]]
-name = "kernel"
-type = "linux"
-size = "1MiB"
-content = "payload:kernel.efi"
-[[partitions]]
-name = "system"
-type = "linux"
-size = "rest"
-content = "payload:system"
-"#;
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -39,18 +21,14 @@ struct Fixture {
     layout: PathBuf,
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 temp path")
-}
-
 impl Fixture {
     fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let reg = Registry::start_plain().unwrap();
-        let img = small_image(&dir.path().join("src"), SYSTEM, 7, "v1").unwrap();
-        reg.push(&img.dir, None, "os/node:v1").unwrap();
-        let layout = dir.path().join("layout.toml");
-        std::fs::write(&layout, LAYOUT).unwrap();
+        let Pushed {
+            dir,
+            reg,
+            img,
+            layout,
+        } = push(7);
         Fixture {
             dir,
             reg: Some(reg),

@@ -10,30 +10,13 @@
 //!
 //! Needs the `ocidisk` binary: `cargo build -p ocidisk` first.
 
+use super::small_disk::{push, s, Pushed, LAYOUT, MIB, SYSTEM_PART};
 use ocidisk_tests::blkio_client::{ocidisk_binary, BlkioClient, Server};
 use ocidisk_tests::oci_writer::BuiltImage;
 use ocidisk_tests::registry::proxy::Proxy;
-use ocidisk_tests::registry::{small_image, Registry};
+use ocidisk_tests::registry::Registry;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-const MIB: u64 = 1 << 20;
-/// The `system` payload's size: twelve chunks and a bit.
-const SYSTEM: usize = (12 << 20) + 4321;
-/// Where the `system` partition starts on the test layout's disk.
-const SYSTEM_PART: u64 = 2 * MIB;
-const LAYOUT: &str = r#"disk_size = "20MiB"
-[[partitions]]
-name = "kernel"
-type = "linux"
-size = "1MiB"
-content = "payload:kernel.efi"
-[[partitions]]
-name = "system"
-type = "linux"
-size = "rest"
-content = "payload:system"
-"#;
 
 /// The reads, in order: (disk offset, length) and the `system` chunks
 /// each first touches. GPT and the zero fill past the payload's end touch
@@ -56,18 +39,14 @@ struct Fixture {
     layout: PathBuf,
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 temp path")
-}
-
 impl Fixture {
     fn new() -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let reg = Registry::start_plain().unwrap();
-        let img = small_image(&dir.path().join("src"), SYSTEM, 11, "v1").unwrap();
-        reg.push(&img.dir, None, "os/node:v1").unwrap();
-        let layout = dir.path().join("layout.toml");
-        std::fs::write(&layout, LAYOUT).unwrap();
+        let Pushed {
+            dir,
+            reg,
+            img,
+            layout,
+        } = push(11);
         Fixture {
             dir,
             reg,
