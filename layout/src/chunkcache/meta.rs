@@ -18,11 +18,12 @@
 
 use super::record::io_err;
 use super::{ChunkCache, ChunkCacheError};
+use rustix::fs::FlockOperation;
+use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write as _;
-use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -154,7 +155,7 @@ impl ChunkCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(&path, "opening the cached manifest or config")(e)),
         };
-        flock(&file, &path, libc::LOCK_SH)?;
+        flock(&file, &path, FlockOperation::LockShared)?;
         touch(&path);
         // Prune unlinks under its exclusive lock: once we hold ours, the
         // path names our file or nothing.
@@ -280,7 +281,7 @@ impl ChunkCache {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io_err(&path, "opening")(e)),
             };
-            match flock(&file, &path, libc::LOCK_EX | libc::LOCK_NB) {
+            match flock(&file, &path, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => {}
                 Err(ChunkCacheError::InUse { .. }) => {
                     report.kept_in_use.push(digest);
@@ -346,21 +347,21 @@ fn touch(path: &Path) {
     }
 }
 
-fn flock(file: &File, path: &Path, op: libc::c_int) -> Result<(), ChunkCacheError> {
+/// `flock` through rustix, as the layer cache's lock takes it (no unsafe
+/// block of our own); a lock another process holds is [`InUse`].
+///
+/// [`InUse`]: ChunkCacheError::InUse
+fn flock(file: &File, path: &Path, op: FlockOperation) -> Result<(), ChunkCacheError> {
     loop {
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) => {
+        match rustix::fs::flock(file, op) {
+            Ok(()) => return Ok(()),
+            Err(Errno::INTR) => continue,
+            Err(Errno::WOULDBLOCK) => {
                 return Err(ChunkCacheError::InUse {
                     path: path.to_owned(),
                 })
             }
-            _ => return Err(io_err(path, "locking")(e)),
+            Err(errno) => return Err(io_err(path, "locking")(errno.into())),
         }
     }
 }
