@@ -11,8 +11,9 @@
 
 pub use blockio::ReadSources;
 use blockio::{check_range, total_len, total_len_mut, PieceSink, ReadAt};
+use blockio::{IoBuf, IoBufMut};
 use std::fs::File;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io;
 
 /// Where a write can go straight into a file (see
 /// [`BlockDevice::write_target`]).
@@ -42,10 +43,10 @@ pub trait BlockDevice: Send + Sync {
     fn read_only(&self) -> bool;
 
     /// Fills `bufs`, in order, with the bytes at `offset`.
-    fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<ReadSources>;
+    fn read(&self, offset: u64, bufs: &mut [IoBufMut<'_>]) -> io::Result<ReadSources>;
 
     /// Writes `bufs`, in order, at `offset`.
-    fn write(&self, offset: u64, bufs: &[IoSlice<'_>]) -> io::Result<()>;
+    fn write(&self, offset: u64, bufs: &[IoBuf<'_>]) -> io::Result<()>;
 
     /// Makes `[offset, offset + len)` read as zeros. With `unmap`, the disk may
     /// release the space instead of writing zeros.
@@ -142,7 +143,7 @@ impl<B: ReadAt> BlockDevice for ReadOnlyDisk<B> {
         true
     }
 
-    fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<ReadSources> {
+    fn read(&self, offset: u64, bufs: &mut [IoBufMut<'_>]) -> io::Result<ReadSources> {
         let len = total_len_mut(bufs);
         // `ReadAt` refuses a range outside the disk itself.
         self.base.read_vectored_at(offset, bufs)?;
@@ -152,7 +153,7 @@ impl<B: ReadAt> BlockDevice for ReadOnlyDisk<B> {
         })
     }
 
-    fn write(&self, offset: u64, bufs: &[IoSlice<'_>]) -> io::Result<()> {
+    fn write(&self, offset: u64, bufs: &[IoBuf<'_>]) -> io::Result<()> {
         check_range(offset, total_len(bufs), self.base.size())?;
         Err(read_only_error())
     }
@@ -232,13 +233,13 @@ impl BlockDevice for OverlayDisk {
         false
     }
 
-    fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<ReadSources> {
+    fn read(&self, offset: u64, bufs: &mut [IoBufMut<'_>]) -> io::Result<ReadSources> {
         self.overlay
             .read(offset, bufs, &self.base)
             .map_err(overlay_error)
     }
 
-    fn write(&self, offset: u64, bufs: &[IoSlice<'_>]) -> io::Result<()> {
+    fn write(&self, offset: u64, bufs: &[IoBuf<'_>]) -> io::Result<()> {
         self.overlay
             .write(offset, bufs, &self.base)
             .map_err(overlay_error)
@@ -371,19 +372,18 @@ pub mod memory {
         fn read_only(&self) -> bool {
             self.read_only
         }
-        fn read(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<ReadSources> {
+        fn read(&self, offset: u64, bufs: &mut [IoBufMut<'_>]) -> io::Result<ReadSources> {
             self.data().as_slice().read_vectored_at(offset, bufs)?;
             Ok(ReadSources {
                 base: total_len_mut(bufs),
                 overlay: 0,
             })
         }
-        fn write(&self, offset: u64, bufs: &[IoSlice<'_>]) -> io::Result<()> {
+        fn write(&self, offset: u64, bufs: &[IoBuf<'_>]) -> io::Result<()> {
             self.modify(offset, total_len(bufs), |mut dst| {
                 for buf in bufs {
-                    let (head, rest) = dst.split_at_mut(buf.len());
-                    head.copy_from_slice(buf);
-                    dst = rest;
+                    let n = buf.copy_to(dst);
+                    dst = &mut dst[n..];
                 }
             })
         }
@@ -414,13 +414,11 @@ mod tests {
         assert!(disk.read_only());
         assert_eq!(disk.size(), 1024);
         let mut buf = [0u8; 4];
-        disk.read(512, &mut [IoSliceMut::new(&mut buf)]).unwrap();
+        disk.read(512, &mut [IoBufMut::new(&mut buf)]).unwrap();
         assert_eq!(buf, [0, 1, 2, 3]);
-        let err = disk
-            .read(1022, &mut [IoSliceMut::new(&mut buf)])
-            .unwrap_err();
+        let err = disk.read(1022, &mut [IoBufMut::new(&mut buf)]).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
-        let err = disk.write(0, &[IoSlice::new(&buf)]).unwrap_err();
+        let err = disk.write(0, &[IoBuf::new(&buf)]).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
         assert!(disk.write_zeroes(0, 512, false).is_err());
         assert!(disk.discard(0, 512).is_err());

@@ -26,8 +26,9 @@ use crate::device::{BlkBackend, DeviceConfig, GuestMemory};
 use crate::disk::memory::MemoryDisk;
 use crate::vhost_user::vring::Vring;
 use crate::vhost_user::Session;
+use blockio::{IoBuf, IoBufMut};
 use std::io::Write as _;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
@@ -117,7 +118,7 @@ pub fn protocol(data: &[u8]) {
     let Ok((stop, _keep)) = UnixStream::pair() else {
         return;
     };
-    session.run(stop.as_raw_fd());
+    session.run(stop.as_fd());
     session.stop_queues();
 }
 
@@ -248,7 +249,7 @@ impl overlay::storage::Storage for MemoryFile {
         self.bytes().resize(len as usize, 0);
         Ok(())
     }
-    fn read_at(&self, offset: u64, bufs: &mut [std::io::IoSliceMut<'_>]) -> std::io::Result<()> {
+    fn read_at(&self, offset: u64, bufs: &mut [blockio::IoBufMut<'_>]) -> std::io::Result<()> {
         let bytes = self.bytes();
         let mut at = offset;
         for buf in bufs {
@@ -256,12 +257,12 @@ impl overlay::storage::Storage for MemoryFile {
                 .checked_add(buf.len() as u64)
                 .filter(|&e| e <= bytes.len() as u64)
                 .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
-            buf.copy_from_slice(&bytes[at as usize..end as usize]);
+            buf.copy_from(&bytes[at as usize..end as usize]);
             at = end;
         }
         Ok(())
     }
-    fn write_at(&self, offset: u64, bufs: &mut [std::io::IoSlice<'_>]) -> std::io::Result<()> {
+    fn write_at(&self, offset: u64, bufs: &mut [blockio::IoBuf<'_>]) -> std::io::Result<()> {
         let mut bytes = self.bytes();
         let mut at = offset;
         for buf in bufs.iter() {
@@ -272,7 +273,7 @@ impl overlay::storage::Storage for MemoryFile {
             if end as usize > bytes.len() {
                 bytes.resize(end as usize, 0);
             }
-            bytes[at as usize..end as usize].copy_from_slice(buf);
+            buf.copy_to(&mut bytes[at as usize..end as usize]);
             at = end;
         }
         Ok(())
@@ -323,7 +324,7 @@ pub fn overlay_seed() -> Vec<u8> {
 /// it opened.
 pub fn overlay_file(data: &[u8]) -> bool {
     use overlay::{OpenOptions, Overlay};
-    use std::io::{IoSlice, IoSliceMut};
+
     use std::path::Path;
     use std::sync::Arc;
 
@@ -345,16 +346,13 @@ pub fn overlay_file(data: &[u8]) -> bool {
         return false;
     };
     let mut disk = vec![0u8; OVERLAY_DISK_SIZE as usize];
-    if ov
-        .read(0, &mut [IoSliceMut::new(&mut disk)], &base)
-        .is_err()
-    {
+    if ov.read(0, &mut [IoBufMut::new(&mut disk)], &base).is_err() {
         return true;
     }
     // A write that straddles blocks, from a spot the input chooses.
     let at = (data.len() as u64 * 4099) % (OVERLAY_DISK_SIZE - 8192);
     let written = [0xc3u8; 6000];
-    if ov.write(at, &[IoSlice::new(&written)], &base).is_err() || ov.flush().is_err() {
+    if ov.write(at, &[IoBuf::new(&written)], &base).is_err() || ov.flush().is_err() {
         return true;
     }
     drop(ov);
@@ -363,7 +361,7 @@ pub fn overlay_file(data: &[u8]) -> bool {
         Err(e) => panic!("an overlay that took a flushed write does not open again: {e}"),
     };
     let mut back = vec![0u8; written.len()];
-    if let Err(e) = ov.read(at, &mut [IoSliceMut::new(&mut back)], &base) {
+    if let Err(e) = ov.read(at, &mut [IoBufMut::new(&mut back)], &base) {
         panic!("reading back a flushed write: {e}");
     }
     assert!(back == written, "a flushed write at {at} reads back wrong");

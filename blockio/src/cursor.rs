@@ -5,48 +5,48 @@
 //! out the next `len` bytes as a new, small scatter list that borrows the same
 //! memory, so each piece can go to its own `preadv` without copying.
 
+use crate::{IoBuf, IoBufMut};
 use smallvec::SmallVec;
-use std::io::{IoSlice, IoSliceMut};
 use std::mem;
 
 /// A scatter list of readable buffers; short lists stay on the stack.
-pub type IoVecs<'a> = SmallVec<[IoSlice<'a>; 8]>;
+pub type IoVecs<'a> = SmallVec<[IoBuf<'a>; 8]>;
 /// A scatter list of writable buffers; short lists stay on the stack.
-pub type IoVecsMut<'a> = SmallVec<[IoSliceMut<'a>; 8]>;
+pub type IoVecsMut<'a> = SmallVec<[IoBufMut<'a>; 8]>;
 
 /// The total length of a list of readable buffers.
-pub fn total_len(bufs: &[IoSlice<'_>]) -> u64 {
+pub fn total_len(bufs: &[IoBuf<'_>]) -> u64 {
     bufs.iter().map(|b| b.len() as u64).sum()
 }
 
 /// The total length of a list of writable buffers.
-pub fn total_len_mut(bufs: &[IoSliceMut<'_>]) -> u64 {
+pub fn total_len_mut(bufs: &[IoBufMut<'_>]) -> u64 {
     bufs.iter().map(|b| b.len() as u64).sum()
 }
 
 /// Hands out consecutive sub-ranges of a list of writable buffers.
 ///
 /// ```
-/// # use std::io::IoSliceMut;
+/// # use blockio::IoBufMut;
 /// let (mut a, mut b) = ([0u8; 3], [0u8; 5]);
-/// let mut bufs = [IoSliceMut::new(&mut a), IoSliceMut::new(&mut b)];
+/// let mut bufs = [IoBufMut::new(&mut a), IoBufMut::new(&mut b)];
 /// let mut cursor = blockio::IoCursorMut::new(&mut bufs);
 /// let first = cursor.take(4); // all of `a` and one byte of `b`
 /// assert_eq!(first.len(), 2);
 /// assert_eq!(cursor.remaining(), 4);
 /// ```
 pub struct IoCursorMut<'s, 'a> {
-    head: &'s mut [u8],
-    rest: std::slice::IterMut<'s, IoSliceMut<'a>>,
+    head: IoBufMut<'s>,
+    rest: std::slice::IterMut<'s, IoBufMut<'a>>,
     remaining: usize,
 }
 
 impl<'s, 'a: 's> IoCursorMut<'s, 'a> {
     /// A cursor at the start of `bufs`.
-    pub fn new(bufs: &'s mut [IoSliceMut<'a>]) -> Self {
+    pub fn new(bufs: &'s mut [IoBufMut<'a>]) -> Self {
         let remaining = bufs.iter().map(|b| b.len()).sum();
         IoCursorMut {
-            head: &mut [],
+            head: IoBufMut::new(&mut []),
             rest: bufs.iter_mut(),
             remaining,
         }
@@ -65,15 +65,16 @@ impl<'s, 'a: 's> IoCursorMut<'s, 'a> {
         while need > 0 {
             if self.head.is_empty() {
                 match self.rest.next() {
-                    Some(buf) => self.head = &mut buf[..],
+                    Some(buf) => self.head = buf.reborrow(),
                     None => break,
                 }
                 continue;
             }
             let n = need.min(self.head.len());
-            let (piece, tail) = mem::take(&mut self.head).split_at_mut(n);
+            let head = mem::replace(&mut self.head, IoBufMut::new(&mut []));
+            let (piece, tail) = head.split_at(n);
             self.head = tail;
-            out.push(IoSliceMut::new(piece));
+            out.push(piece);
             need -= n;
         }
         out
@@ -82,16 +83,16 @@ impl<'s, 'a: 's> IoCursorMut<'s, 'a> {
 
 /// Hands out consecutive sub-ranges of a list of readable buffers.
 pub struct IoCursor<'s, 'a> {
-    head: &'s [u8],
-    rest: std::slice::Iter<'s, IoSlice<'a>>,
+    head: IoBuf<'a>,
+    rest: std::slice::Iter<'s, IoBuf<'a>>,
     remaining: usize,
 }
 
 impl<'s, 'a: 's> IoCursor<'s, 'a> {
     /// A cursor at the start of `bufs`.
-    pub fn new(bufs: &'s [IoSlice<'a>]) -> Self {
+    pub fn new(bufs: &'s [IoBuf<'a>]) -> Self {
         IoCursor {
-            head: &[],
+            head: IoBuf::new(&[]),
             rest: bufs.iter(),
             remaining: bufs.iter().map(|b| b.len()).sum(),
         }
@@ -103,14 +104,14 @@ impl<'s, 'a: 's> IoCursor<'s, 'a> {
     }
 
     /// The next `len` bytes (fewer if fewer remain) as a scatter list.
-    pub fn take(&mut self, len: usize) -> IoVecs<'s> {
+    pub fn take(&mut self, len: usize) -> IoVecs<'a> {
         let mut out = IoVecs::new();
         let mut need = len.min(self.remaining);
         self.remaining -= need;
         while need > 0 {
             if self.head.is_empty() {
                 match self.rest.next() {
-                    Some(buf) => self.head = buf,
+                    Some(buf) => self.head = *buf,
                     None => break,
                 }
                 continue;
@@ -118,7 +119,7 @@ impl<'s, 'a: 's> IoCursor<'s, 'a> {
             let n = need.min(self.head.len());
             let (piece, tail) = self.head.split_at(n);
             self.head = tail;
-            out.push(IoSlice::new(piece));
+            out.push(piece);
             need -= n;
         }
         out
@@ -130,8 +131,7 @@ impl<'s, 'a: 's> IoCursor<'s, 'a> {
     pub fn copy_to(&mut self, dst: &mut [u8]) -> usize {
         let mut done = 0;
         for piece in self.take(dst.len()) {
-            dst[done..done + piece.len()].copy_from_slice(&piece);
-            done += piece.len();
+            done += piece.copy_to(&mut dst[done..]);
         }
         done
     }
@@ -157,7 +157,7 @@ mod tests {
             }
             let expected: Vec<u8> = storage.concat();
 
-            let reads: Vec<IoSlice> = storage.iter().map(|v| IoSlice::new(v)).collect();
+            let reads: Vec<IoBuf> = storage.iter().map(|v| IoBuf::new(v)).collect();
             let mut cursor = IoCursor::new(&reads);
             let mut seen = Vec::new();
             for &cut in &cuts {
@@ -165,22 +165,22 @@ mod tests {
                 let piece = cursor.take(cut);
                 prop_assert_eq!(total_len(&piece) as usize, cut.min(before));
                 prop_assert!(piece.iter().all(|p| !p.is_empty()));
-                for p in piece.iter() { seen.extend_from_slice(p); }
+                for p in piece.iter() { seen.extend_from_slice(&p.to_vec()); }
             }
-            for p in cursor.take(usize::MAX).iter() { seen.extend_from_slice(p); }
+            for p in cursor.take(usize::MAX).iter() { seen.extend_from_slice(&p.to_vec()); }
             prop_assert_eq!(&seen, &expected);
 
             // The writable cursor hands out the same ranges; fill them with
             // their positions and check every byte landed where it belongs.
             let mut targets: Vec<Vec<u8>> = lens.iter().map(|&l| vec![0u8; l]).collect();
             {
-                let mut writes: Vec<IoSliceMut> =
-                    targets.iter_mut().map(|v| IoSliceMut::new(v)).collect();
+                let mut writes: Vec<IoBufMut> =
+                    targets.iter_mut().map(|v| IoBufMut::new(v)).collect();
                 let mut cursor = IoCursorMut::new(&mut writes);
                 let mut pos = 0usize;
                 for &cut in cuts.iter().chain(std::iter::once(&usize::MAX)) {
                     for mut p in cursor.take(cut) {
-                        for b in p.iter_mut() { *b = expected[pos]; pos += 1; }
+                        pos += p.copy_from(&expected[pos..]);
                     }
                 }
                 prop_assert_eq!(pos, total);

@@ -1,7 +1,8 @@
 //! `preadv`/`pwritev` that finish the job.
 
+use crate::{IoBuf, IoBufMut};
 use std::fs::File;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io;
 use std::os::fd::AsRawFd;
 
 /// The most buffers one `preadv`/`pwritev` call takes (`IOV_MAX` on Linux).
@@ -83,17 +84,17 @@ impl DirectAlign {
 pub fn pread_exact_vectored(
     file: &File,
     offset: u64,
-    mut bufs: &mut [IoSliceMut<'_>],
+    mut bufs: &mut [IoBufMut<'_>],
 ) -> io::Result<()> {
-    IoSliceMut::advance_slices(&mut bufs, 0);
+    IoBufMut::advance_slices(&mut bufs, 0);
     let fd = file.as_raw_fd();
     transfer_all(
         bufs,
         offset,
-        // SAFETY: `IoSliceMut` is ABI-compatible with `iovec` on Unix, and
-        // every buffer is valid for writes for the duration of the call.
-        |iov, cnt, off| unsafe { libc::preadv(fd, iov.as_ptr().cast(), cnt, off) },
-        IoSliceMut::advance_slices,
+        // SAFETY: every buffer is valid for writes for the duration of the
+        // call (`IoBufMut`'s contract).
+        |bufs, cnt, off| unsafe { libc::preadv(fd, IoBufMut::as_iovecs(bufs).as_ptr(), cnt, off) },
+        IoBufMut::advance_slices,
         |offset| {
             io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -105,20 +106,16 @@ pub fn pread_exact_vectored(
 
 /// Writes all of `bufs` to `file` at `offset`, retrying short writes and
 /// `EINTR`.
-pub fn pwrite_all_vectored(
-    file: &File,
-    offset: u64,
-    mut bufs: &mut [IoSlice<'_>],
-) -> io::Result<()> {
-    IoSlice::advance_slices(&mut bufs, 0);
+pub fn pwrite_all_vectored(file: &File, offset: u64, mut bufs: &mut [IoBuf<'_>]) -> io::Result<()> {
+    IoBuf::advance_slices(&mut bufs, 0);
     let fd = file.as_raw_fd();
     transfer_all(
         bufs,
         offset,
-        // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix, and every
-        // buffer is valid for reads for the duration of the call.
-        |iov, cnt, off| unsafe { libc::pwritev(fd, iov.as_ptr().cast(), cnt, off) },
-        IoSlice::advance_slices,
+        // SAFETY: every buffer is valid for reads for the duration of the
+        // call (`IoBuf`'s contract).
+        |bufs, cnt, off| unsafe { libc::pwritev(fd, IoBuf::as_iovecs(bufs).as_ptr(), cnt, off) },
+        IoBuf::advance_slices,
         |_| io::Error::new(io::ErrorKind::WriteZero, "pwritev wrote nothing"),
     )
 }
@@ -153,7 +150,7 @@ fn transfer_all<T>(
 }
 
 /// Fills every buffer with zeros.
-pub fn zero_fill(bufs: &mut [IoSliceMut<'_>]) {
+pub fn zero_fill(bufs: &mut [IoBufMut<'_>]) {
     for buf in bufs {
         buf.fill(0);
     }
@@ -169,12 +166,12 @@ mod tests {
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&[7u8; 100]).unwrap();
         let (a, b) = ([1u8; 3], [2u8; 1500]);
-        pwrite_all_vectored(&file, 10, &mut [IoSlice::new(&a), IoSlice::new(&b)]).unwrap();
+        pwrite_all_vectored(&file, 10, &mut [IoBuf::new(&a), IoBuf::new(&b)]).unwrap();
         let (mut x, mut y) = ([0u8; 12], [0u8; 1500]);
         pread_exact_vectored(
             &file,
             1,
-            &mut [IoSliceMut::new(&mut x), IoSliceMut::new(&mut y)],
+            &mut [IoBufMut::new(&mut x), IoBufMut::new(&mut y)],
         )
         .unwrap();
         assert_eq!(&x[..9], &[7u8; 9]);
@@ -188,7 +185,7 @@ mod tests {
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&[7u8; 100]).unwrap();
         let mut buf = [0u8; 50];
-        let err = pread_exact_vectored(&file, 80, &mut [IoSliceMut::new(&mut buf)]).unwrap_err();
+        let err = pread_exact_vectored(&file, 80, &mut [IoBufMut::new(&mut buf)]).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         assert!(err.to_string().contains("100"), "{err}");
     }
@@ -199,7 +196,7 @@ mod tests {
         pread_exact_vectored(&file, 0, &mut []).unwrap();
         pwrite_all_vectored(&file, 0, &mut []).unwrap();
         let mut empty = [0u8; 0];
-        pread_exact_vectored(&file, 5, &mut [IoSliceMut::new(&mut empty)]).unwrap();
+        pread_exact_vectored(&file, 5, &mut [IoBufMut::new(&mut empty)]).unwrap();
     }
 
     #[test]

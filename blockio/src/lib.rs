@@ -6,6 +6,8 @@
 //! map (blob, generated or zero extents). This crate holds what both splits
 //! need, so that neither copies through a bounce buffer:
 //!
+//! - [`IoBufMut`] and [`IoBuf`]: the buffers of a scatter list, as address
+//!   and length, because guest memory must not become a `&mut [u8]`;
 //! - [`ReadAt`]: something disk-like that fills a scatter list from an offset;
 //! - [`IoCursor`] and [`IoCursorMut`]: walk a scatter list in consecutive
 //!   sub-ranges without allocating for up to eight buffers a piece;
@@ -22,6 +24,7 @@ mod cursor;
 mod error_chain;
 mod file;
 mod identity;
+mod iobuf;
 mod plan;
 mod window;
 
@@ -29,10 +32,11 @@ pub use cursor::{total_len, total_len_mut, IoCursor, IoCursorMut, IoVecs, IoVecs
 pub use error_chain::{error_chain, ErrorChain};
 pub use file::{pread_exact_vectored, pwrite_all_vectored, zero_fill, DirectAlign};
 pub use identity::BaseIdentity;
+pub use iobuf::{IoBuf, IoBufMut};
 pub use plan::{plan_or_sync, PieceSink, ReadPiece, ReadSources};
 pub use window::{IoSplitter, IoWindow};
 
-use std::io::{self, IoSliceMut};
+use std::io;
 
 /// A read-only disk image: a fixed size and a way to read any range of it.
 ///
@@ -50,11 +54,11 @@ pub trait ReadAt: Send + Sync {
     /// is an [`io::ErrorKind::InvalidInput`] error and leaves `bufs`
     /// unspecified. A source that ends early (a truncated blob) is an
     /// [`io::ErrorKind::UnexpectedEof`] error.
-    fn read_vectored_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()>;
+    fn read_vectored_at(&self, offset: u64, bufs: &mut [IoBufMut<'_>]) -> io::Result<()>;
 
     /// Reads into one buffer; see [`read_vectored_at`](Self::read_vectored_at).
     fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.read_vectored_at(offset, &mut [IoSliceMut::new(buf)])
+        self.read_vectored_at(offset, &mut [IoBufMut::new(buf)])
     }
 
     /// Describes how to read `[offset, offset + len)` instead of reading it:
@@ -74,7 +78,7 @@ impl<T: ReadAt + ?Sized> ReadAt for &T {
     fn size(&self) -> u64 {
         (**self).size()
     }
-    fn read_vectored_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+    fn read_vectored_at(&self, offset: u64, bufs: &mut [IoBufMut<'_>]) -> io::Result<()> {
         (**self).read_vectored_at(offset, bufs)
     }
     fn plan_read(&self, offset: u64, len: u64, sink: &mut PieceSink<'_>) -> Option<io::Result<()>> {
@@ -86,7 +90,7 @@ impl<T: ReadAt + ?Sized> ReadAt for std::sync::Arc<T> {
     fn size(&self) -> u64 {
         (**self).size()
     }
-    fn read_vectored_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+    fn read_vectored_at(&self, offset: u64, bufs: &mut [IoBufMut<'_>]) -> io::Result<()> {
         (**self).read_vectored_at(offset, bufs)
     }
     fn plan_read(&self, offset: u64, len: u64, sink: &mut PieceSink<'_>) -> Option<io::Result<()>> {
@@ -99,14 +103,13 @@ impl ReadAt for [u8] {
     fn size(&self) -> u64 {
         self.len() as u64
     }
-    fn read_vectored_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+    fn read_vectored_at(&self, offset: u64, bufs: &mut [IoBufMut<'_>]) -> io::Result<()> {
         let len = total_len_mut(bufs);
         let start = check_range(offset, len, self.size())? as usize;
         let mut src = &self[start..start + len as usize];
         for buf in bufs.iter_mut() {
-            let (head, rest) = src.split_at(buf.len());
-            buf.copy_from_slice(head);
-            src = rest;
+            let n = buf.copy_from(src);
+            src = &src[n..];
         }
         Ok(())
     }
@@ -116,7 +119,7 @@ impl ReadAt for Vec<u8> {
     fn size(&self) -> u64 {
         self.len() as u64
     }
-    fn read_vectored_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+    fn read_vectored_at(&self, offset: u64, bufs: &mut [IoBufMut<'_>]) -> io::Result<()> {
         self.as_slice().read_vectored_at(offset, bufs)
     }
 }
@@ -141,7 +144,7 @@ mod tests {
     fn slice_reads_across_buffers() {
         let disk: Vec<u8> = (0..=255).collect();
         let (mut a, mut b) = ([0u8; 3], [0u8; 5]);
-        disk.read_vectored_at(10, &mut [IoSliceMut::new(&mut a), IoSliceMut::new(&mut b)])
+        disk.read_vectored_at(10, &mut [IoBufMut::new(&mut a), IoBufMut::new(&mut b)])
             .unwrap();
         assert_eq!(a, [10, 11, 12]);
         assert_eq!(b, [13, 14, 15, 16, 17]);

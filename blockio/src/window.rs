@@ -13,16 +13,17 @@
 //! overlapping.
 
 use crate::file::{pread_exact_vectored, IOV_MAX};
+use crate::IoBufMut;
 use std::fs::File;
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::os::fd::AsRawFd as _;
 
 /// Consecutive ranges of a scatter list, each filled in place.
 ///
 /// ```
-/// # use std::io::IoSliceMut;
+/// # use blockio::IoBufMut;
 /// let (mut a, mut b) = ([0u8; 3], [0u8; 5]);
-/// let mut bufs = [IoSliceMut::new(&mut a), IoSliceMut::new(&mut b)];
+/// let mut bufs = [IoBufMut::new(&mut a), IoBufMut::new(&mut b)];
 /// let mut split = blockio::IoSplitter::new(&mut bufs);
 /// split.with_next(4, |w| w.copy_from(&[1, 2, 3, 4])); // all of `a`, one byte of `b`
 /// split.with_next(4, |w| w.zero_fill());
@@ -30,7 +31,7 @@ use std::os::fd::AsRawFd as _;
 /// assert_eq!((a, b), ([1, 2, 3], [4, 0, 0, 0, 0]));
 /// ```
 pub struct IoSplitter<'s, 'a> {
-    bufs: &'s mut [IoSliceMut<'a>],
+    bufs: &'s mut [IoBufMut<'a>],
     /// The buffer the next window starts in.
     index: usize,
     /// Bytes of `bufs[index]` already handed out.
@@ -40,7 +41,7 @@ pub struct IoSplitter<'s, 'a> {
 
 impl<'s, 'a> IoSplitter<'s, 'a> {
     /// A splitter at the start of `bufs`.
-    pub fn new(bufs: &'s mut [IoSliceMut<'a>]) -> Self {
+    pub fn new(bufs: &'s mut [IoBufMut<'a>]) -> Self {
         let remaining = bufs.iter().map(|b| b.len()).sum();
         IoSplitter {
             bufs,
@@ -82,26 +83,20 @@ impl<'s, 'a> IoSplitter<'s, 'a> {
         let keep = self.bufs[last].len() - (avail - need);
         (self.index, self.skip) = (last, keep);
 
-        let first_whole = raw_parts(&mut self.bufs[first]);
-        // One pointer per buffer: a second borrow of the same buffer would
-        // invalidate the first pointer under Rust's aliasing rules.
-        let last_whole = if last == first {
-            first_whole
-        } else {
-            raw_parts(&mut self.bufs[last])
-        };
+        let first_whole = raw_parts(&self.bufs[first]);
+        let last_whole = raw_parts(&self.bufs[last]);
         // SAFETY: each new buffer is a sub-range of the buffer it replaces,
-        // valid for 'a; the replaced buffers are restored below from the
-        // same pointers. `IoWindow` cannot move, replace or hand out the
-        // buffers, so positions `first` and `last` still hold exactly the
-        // trimmed buffers when they are restored, and no two buffers of the
-        // array overlap at any time.
+        // which had the same contract for 'a; the replaced buffers are
+        // restored below from the same pointers. `IoWindow` cannot move,
+        // replace or hand out the buffers, so positions `first` and `last`
+        // still hold exactly the trimmed buffers when they are restored.
         unsafe {
             if first == last {
-                self.bufs[first] = buffer(first_whole.0.add(skip), keep - skip);
+                self.bufs[first] = IoBufMut::from_raw_parts(first_whole.0.add(skip), keep - skip);
             } else {
-                self.bufs[first] = buffer(first_whole.0.add(skip), first_whole.1 - skip);
-                self.bufs[last] = buffer(last_whole.0, keep);
+                self.bufs[first] =
+                    IoBufMut::from_raw_parts(first_whole.0.add(skip), first_whole.1 - skip);
+                self.bufs[last] = IoBufMut::from_raw_parts(last_whole.0, keep);
             }
         }
         let mut window = IoWindow {
@@ -111,36 +106,27 @@ impl<'s, 'a> IoSplitter<'s, 'a> {
         let out = f(&mut window);
         // SAFETY: as above; these are the buffers the caller gave.
         unsafe {
-            self.bufs[first] = buffer(first_whole.0, first_whole.1);
-            self.bufs[last] = buffer(last_whole.0, last_whole.1);
+            self.bufs[first] = IoBufMut::from_raw_parts(first_whole.0, first_whole.1);
+            self.bufs[last] = IoBufMut::from_raw_parts(last_whole.0, last_whole.1);
         }
         out
     }
 }
 
-fn raw_parts(buf: &mut IoSliceMut<'_>) -> (*mut u8, usize) {
-    (buf.as_mut_ptr(), buf.len())
-}
-
-/// # Safety
-/// `ptr` must be valid for writes of `len` bytes for `'a`, and no other live
-/// buffer may overlap it.
-unsafe fn buffer<'a>(ptr: *mut u8, len: usize) -> IoSliceMut<'a> {
-    // SAFETY: the caller guarantees `ptr` is valid for writes of `len`
-    // bytes for `'a` and overlaps no other live buffer (this fn's contract).
-    IoSliceMut::new(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+fn raw_parts(buf: &IoBufMut<'_>) -> (*mut u8, usize) {
+    (buf.as_ptr(), buf.len())
 }
 
 /// A range of a scatter list, handed out by [`IoSplitter::with_next`]: it
 /// fills its buffers, in order, and never moves them.
 pub struct IoWindow<'w, 'a> {
-    bufs: &'w mut [IoSliceMut<'a>],
+    bufs: &'w mut [IoBufMut<'a>],
     len: usize,
 }
 
 impl<'w, 'a> IoWindow<'w, 'a> {
     /// A window onto the whole of `bufs`.
-    pub fn new(bufs: &'w mut [IoSliceMut<'a>]) -> Self {
+    pub fn new(bufs: &'w mut [IoBufMut<'a>]) -> Self {
         let len = bufs.iter().map(|b| b.len()).sum();
         IoWindow { bufs, len }
     }
@@ -165,8 +151,7 @@ impl<'w, 'a> IoWindow<'w, 'a> {
     pub fn copy_from(&mut self, mut src: &[u8]) -> usize {
         let mut done = 0;
         for buf in self.bufs.iter_mut() {
-            let n = buf.len().min(src.len());
-            buf[..n].copy_from_slice(&src[..n]);
+            let n = buf.copy_from(src);
             src = &src[n..];
             done += n;
         }
@@ -182,12 +167,13 @@ impl<'w, 'a> IoWindow<'w, 'a> {
         for chunk in self.bufs.chunks_mut(IOV_MAX) {
             let want: usize = chunk.iter().map(|b| b.len()).sum();
             let got = loop {
-                // SAFETY: `IoSliceMut` is ABI-compatible with `iovec` on
-                // Unix, and every buffer is valid for writes for the call.
+                let iov = IoBufMut::as_iovecs(chunk);
+                // SAFETY: every buffer is valid for writes for the call
+                // (`IoBufMut`'s contract).
                 let n = unsafe {
                     libc::preadv(
                         fd,
-                        chunk.as_ptr().cast(),
+                        iov.as_ptr(),
                         chunk.len() as libc::c_int,
                         offset as libc::off_t,
                     )
@@ -218,8 +204,9 @@ impl<'w, 'a> IoWindow<'w, 'a> {
                         continue;
                     }
                     let from = done_to.saturating_sub(start);
-                    let rest = &mut buf[from as usize..];
-                    pread_exact_vectored(file, start + from, &mut [IoSliceMut::new(rest)])?;
+                    let mut rest = buf.reborrow();
+                    rest.advance(from as usize);
+                    pread_exact_vectored(file, start + from, &mut [rest])?;
                 }
             }
             offset += want as u64;
@@ -234,9 +221,9 @@ mod tests {
     use proptest::prelude::*;
     use std::io::Write as _;
 
-    fn parts(bufs: &mut [IoSliceMut<'_>]) -> Vec<(usize, usize)> {
+    fn parts(bufs: &mut [IoBufMut<'_>]) -> Vec<(usize, usize)> {
         bufs.iter_mut()
-            .map(|b| (b.as_mut_ptr() as usize, b.len()))
+            .map(|b| (b.as_ptr() as usize, b.len()))
             .collect()
     }
 
@@ -253,8 +240,8 @@ mod tests {
             let expected: Vec<u8> = (0..total).map(|i| (i % 251) as u8 + 1).collect();
             let mut targets: Vec<Vec<u8>> = lens.iter().map(|&l| vec![0u8; l]).collect();
             {
-                let mut bufs: Vec<IoSliceMut> =
-                    targets.iter_mut().map(|v| IoSliceMut::new(v)).collect();
+                let mut bufs: Vec<IoBufMut> =
+                    targets.iter_mut().map(|v| IoBufMut::new(v)).collect();
                 let before = parts(&mut bufs);
                 let mut pos = 0usize;
                 let mut split = IoSplitter::new(&mut bufs);
@@ -280,7 +267,7 @@ mod tests {
         let data: Vec<u8> = (0..5000u32).map(|i| (i * 13) as u8).collect();
         file.write_all(&data).unwrap();
         let mut out = vec![0u8; 3000];
-        let mut bufs: Vec<IoSliceMut> = out.chunks_mut(1).map(IoSliceMut::new).collect();
+        let mut bufs: Vec<IoBufMut> = out.chunks_mut(1).map(IoBufMut::new).collect();
         let mut split = IoSplitter::new(&mut bufs);
         split.with_next(1, |w| w.zero_fill());
         split
@@ -297,9 +284,9 @@ mod tests {
         file.write_all(&[7u8; 100]).unwrap();
         let (mut a, mut b, mut c) = ([0u8; 30], [0u8; 30], [0u8; 30]);
         let mut bufs = [
-            IoSliceMut::new(&mut a),
-            IoSliceMut::new(&mut b),
-            IoSliceMut::new(&mut c),
+            IoBufMut::new(&mut a),
+            IoBufMut::new(&mut b),
+            IoBufMut::new(&mut c),
         ];
         // preadv stops at byte 100, in the middle of `b`: the rest is read
         // buffer by buffer, which finds the end.

@@ -1,8 +1,9 @@
 //! The block map: where every byte of a virtual disk comes from.
 
 use crate::source::{Content, Source};
+use blockio::IoBufMut;
 use blockio::{IoSplitter, PieceSink, ReadAt, ReadPiece};
-use std::io::{self, IoSliceMut};
+use std::io;
 use thiserror::Error;
 
 /// A contiguous run of the disk whose bytes come from one source.
@@ -131,7 +132,7 @@ impl ReadAt for BlockMap {
         self.size
     }
 
-    fn read_vectored_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+    fn read_vectored_at(&self, offset: u64, bufs: &mut [IoBufMut<'_>]) -> io::Result<()> {
         let len = blockio::total_len_mut(bufs);
         blockio::check_range(offset, len, self.size)?;
         // Each piece is read in place in the caller's own buffer list, so
@@ -415,7 +416,7 @@ mod tests {
                 // Split the destination into several buffers.
                 let chunk = len.div_ceil(nbufs).max(1);
                 {
-                    let mut bufs: Vec<IoSliceMut> = out.chunks_mut(chunk).map(IoSliceMut::new).collect();
+                    let mut bufs: Vec<IoBufMut> = out.chunks_mut(chunk).map(IoBufMut::new).collect();
                     map.read_vectored_at(off, &mut bufs).unwrap();
                 }
                 prop_assert_eq!(&out[..], &flat[off as usize..off as usize + len]);

@@ -73,7 +73,7 @@ pub fn write_raw(map: &BlockMap, out: &File) -> Result<ExportStats, ExportError>
                 let mut buf = vec![0u8; extent.len as usize];
                 extent
                     .source
-                    .read_vectored_at(0, &mut [io::IoSliceMut::new(&mut buf)])
+                    .read_vectored_at(0, &mut [blockio::IoBufMut::new(&mut buf)])
                     .map_err(werr(extent.start))?;
                 out.write_all_at(&buf, extent.start)
                     .map_err(werr(extent.start))?;

@@ -1,8 +1,9 @@
 //! Where bytes come from: a range of a read-only file, bytes in memory, or zeros.
 
+use blockio::IoBufMut;
 use blockio::IoWindow;
 use std::fs::{File, OpenOptions};
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -211,7 +212,7 @@ impl Source {
     /// The caller guarantees that the range lies within the extent the source
     /// belongs to; a file that has since shrunk is an `UnexpectedEof` error
     /// naming the file.
-    pub fn read_vectored_at(&self, at: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+    pub fn read_vectored_at(&self, at: u64, bufs: &mut [IoBufMut<'_>]) -> io::Result<()> {
         self.read_into(at, &mut IoWindow::new(bufs))
     }
 

@@ -2,12 +2,13 @@
 //! buffers in a request (the device allows up to the queue size less two).
 //! In its own test binary: it replaces the global allocator to count.
 
+use blockio::IoBufMut;
 use blockio::ReadAt as _;
 use layout::blockmap::BlockMapBuilder;
 use layout::source::{BlobFile, Content, Source};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::io::{IoSliceMut, Write as _};
+use std::io::Write as _;
 use std::sync::Arc;
 
 /// Counts the allocations of the thread that is counting.
@@ -101,7 +102,7 @@ fn a_64_segment_read_allocates_nothing() {
     for offset in [(1 << 20) + 17, 4000, (2 << 20) - 70_000, (3 << 20) - 5] {
         let mut out = vec![0xA5u8; 64 * 4097];
         let len = out.len();
-        let mut bufs: Vec<IoSliceMut> = out.chunks_mut(4097).map(IoSliceMut::new).collect();
+        let mut bufs: Vec<IoBufMut> = out.chunks_mut(4097).map(IoBufMut::new).collect();
         assert_eq!(bufs.len(), 64);
         let mut result = Ok(());
         let n = allocations(|| result = map.read_vectored_at(offset, &mut bufs));
@@ -116,7 +117,7 @@ fn a_64_segment_read_allocates_nothing() {
     // allocate.
     let mut out = vec![0u8; 64 * 4097];
     let n = allocations(|| {
-        let mut bufs: Vec<IoSliceMut> = out.chunks_mut(4097).map(IoSliceMut::new).collect();
+        let mut bufs: Vec<IoBufMut> = out.chunks_mut(4097).map(IoBufMut::new).collect();
         map.read_vectored_at(1 << 20, &mut bufs).unwrap();
     });
     assert!(n > 0);

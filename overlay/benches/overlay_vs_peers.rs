@@ -22,9 +22,10 @@
 )]
 
 use blockio::{BaseIdentity, ReadAt};
+use blockio::{IoBuf, IoBufMut};
 use overlay::{CreateOptions, Overlay};
 use std::fs::File;
-use std::io::{self, IoSlice, IoSliceMut, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,7 +38,7 @@ impl ReadAt for FileBase {
     fn size(&self) -> u64 {
         self.1
     }
-    fn read_vectored_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+    fn read_vectored_at(&self, offset: u64, bufs: &mut [IoBufMut<'_>]) -> io::Result<()> {
         blockio::pread_exact_vectored(&self.0, offset, bufs)
     }
 }
@@ -138,7 +139,7 @@ fn overlay_writes(dir: &Path, size: u64, w: &Workload, buf: &[u8], base: &FileBa
     recycle_page_cache(dir, w.bytes());
     let t = Instant::now();
     for &off in &w.offsets {
-        ov.write(off, &[IoSlice::new(&buf[..w.bs as usize])], base)
+        ov.write(off, &[IoBuf::new(&buf[..w.bs as usize])], base)
             .unwrap();
     }
     ov.flush().unwrap();
@@ -342,12 +343,10 @@ fn main() {
     .unwrap();
     // The backend without an overlay would read the base through the same
     // `ReadAt` (preadv): that is the baseline.
-    let direct = |off: u64, b: &mut [u8]| {
-        base.read_vectored_at(off, &mut [IoSliceMut::new(b)])
-            .unwrap()
-    };
+    let direct =
+        |off: u64, b: &mut [u8]| base.read_vectored_at(off, &mut [IoBufMut::new(b)]).unwrap();
     let through = |off: u64, b: &mut [u8]| {
-        ov.read(off, &mut [IoSliceMut::new(b)], &base).unwrap();
+        ov.read(off, &mut [IoBufMut::new(b)], &base).unwrap();
     };
 
     let whole = Workload {

@@ -11,17 +11,17 @@
 //! crash of the process (not of the host) loses no completed request.
 //!
 //! ```
-//! # use std::io::{IoSlice, IoSliceMut};
+//! # use blockio::{IoBuf, IoBufMut};
 //! # let dir = tempfile::tempdir().unwrap();
 //! use overlay::{CreateOptions, Overlay};
 //! let base = vec![7u8; 1 << 20];
 //! let identity = blockio::BaseIdentity { manifest_digest: "sha256:00".into(), layout_hash: [0; 32] };
 //! let path = dir.path().join("vm.overlay");
 //! let ov = Overlay::create(&path, &CreateOptions { disk_size: 1 << 20, base: identity }).unwrap();
-//! ov.write(100, &[IoSlice::new(b"hello")], &base).unwrap();
+//! ov.write(100, &[IoBuf::new(b"hello")], &base).unwrap();
 //! ov.flush().unwrap();
 //! let mut buf = [0u8; 8];
-//! ov.read(98, &mut [IoSliceMut::new(&mut buf)], &base).unwrap();
+//! ov.read(98, &mut [IoBufMut::new(&mut buf)], &base).unwrap();
 //! assert_eq!(&buf, b"\x07\x07hello\x07");
 //! ```
 

@@ -10,8 +10,9 @@ use crate::shadow::{self, Shadow, ShadowStatus};
 use crate::storage::{FileId, FileStorage, Storage};
 use crate::stripes::Stripes;
 use blockio::BaseIdentity;
+use blockio::IoBuf;
 use std::fs::File;
-use std::io::{self, IoSlice};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -284,7 +285,7 @@ impl Overlay {
         let bytes = format::encode_header(raw);
         // The other copy: a torn write leaves the current one intact.
         self.storage
-            .write_at((1 - slot) as u64 * SLOT_SIZE, &mut [IoSlice::new(&bytes)])
+            .write_at((1 - slot) as u64 * SLOT_SIZE, &mut [IoBuf::new(&bytes)])
             .and_then(|()| self.storage.sync_data())
             .map_err(io_err(&self.path, "writing the rebased header"))?;
         if let Some(shadow) = &self.shadow {

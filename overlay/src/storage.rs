@@ -5,8 +5,9 @@
 //! straight from the caller's buffers); tests put a storage that forgets
 //! unsynced writes behind the same trait to simulate crashes.
 
+use blockio::{IoBuf, IoBufMut};
 use std::fs::File;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 
@@ -18,9 +19,9 @@ pub trait Storage: Send + Sync {
     /// Sets the length (new bytes read as zeros and need not be allocated).
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// Fills `bufs` from `offset`; reading past the end is an error.
-    fn read_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()>;
+    fn read_at(&self, offset: u64, bufs: &mut [IoBufMut<'_>]) -> io::Result<()>;
     /// Writes all of `bufs` at `offset` (the slice list is consumed).
-    fn write_at(&self, offset: u64, bufs: &mut [IoSlice<'_>]) -> io::Result<()>;
+    fn write_at(&self, offset: u64, bufs: &mut [IoBuf<'_>]) -> io::Result<()>;
     /// Releases `[offset, offset + len)`: it reads as zeros afterwards. A
     /// store that cannot release space writes zeros or does nothing; the
     /// overlay never reads a range it punched before writing it again.
@@ -98,10 +99,10 @@ impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
     fn set_len(&self, len: u64) -> io::Result<()> {
         (**self).set_len(len)
     }
-    fn read_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+    fn read_at(&self, offset: u64, bufs: &mut [IoBufMut<'_>]) -> io::Result<()> {
         (**self).read_at(offset, bufs)
     }
-    fn write_at(&self, offset: u64, bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    fn write_at(&self, offset: u64, bufs: &mut [IoBuf<'_>]) -> io::Result<()> {
         (**self).write_at(offset, bufs)
     }
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -148,11 +149,11 @@ impl Storage for FileStorage {
         self.file.set_len(len)
     }
 
-    fn read_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+    fn read_at(&self, offset: u64, bufs: &mut [IoBufMut<'_>]) -> io::Result<()> {
         blockio::pread_exact_vectored(&self.file, offset, bufs)
     }
 
-    fn write_at(&self, offset: u64, bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    fn write_at(&self, offset: u64, bufs: &mut [IoBuf<'_>]) -> io::Result<()> {
         blockio::pwrite_all_vectored(&self.file, offset, bufs)
     }
 

@@ -10,10 +10,10 @@
 
 mod common;
 
+use blockio::IoBuf;
 use common::identity;
 use overlay::{CreateOptions, OpenOptions, Overlay, OverlayError};
 use sha2::{Digest, Sha256};
-use std::io::IoSlice;
 use std::path::{Path, PathBuf};
 
 const SIZE: u64 = 10 * 4096;
@@ -38,7 +38,7 @@ fn fixture(flushes: usize) -> Fixture {
     )
     .unwrap();
     for i in 0..flushes {
-        ov.write(i as u64 * 4096 + 10, &[IoSlice::new(b"data")], &base)
+        ov.write(i as u64 * 4096 + 10, &[IoBuf::new(b"data")], &base)
             .unwrap();
         ov.flush().unwrap();
     }
@@ -366,7 +366,7 @@ fn another_base_unless_rebase() {
     let ov = Overlay::open(&f.path, &identity("other-base"), SIZE, &opts).unwrap();
     let base = vec![2u8; SIZE as usize];
     let mut buf = [0u8; 6];
-    ov.read(9, &mut [std::io::IoSliceMut::new(&mut buf)], &base)
+    ov.read(9, &mut [blockio::IoBufMut::new(&mut buf)], &base)
         .unwrap();
     assert_eq!(&buf, b"\x01data\x01", "the copy-up from the old base stays");
     drop(ov);
@@ -517,13 +517,13 @@ fn guest_errors() {
     for (off, len) in [(SIZE - 4, 8), (u64::MAX - 2, 8)] {
         let mut b = vec![0u8; len];
         let err = ov
-            .read(off, &mut [std::io::IoSliceMut::new(&mut b)], &base)
+            .read(off, &mut [blockio::IoBufMut::new(&mut b)], &base)
             .unwrap_err();
         assert!(
             err.is_guest_error() && matches!(err, OverlayError::OutOfRange { .. }),
             "{err}"
         );
-        let err = ov.write(off, &[IoSlice::new(&b)], &base).unwrap_err();
+        let err = ov.write(off, &[IoBuf::new(&b)], &base).unwrap_err();
         assert!(err.is_guest_error(), "{err}");
         assert!(ov
             .write_zeroes(off, len as u64, &base)
@@ -541,14 +541,14 @@ fn guest_errors() {
     };
     let before = std::fs::read(&f.path).unwrap();
     let ov = Overlay::open(&f.path, &identity("good"), SIZE, &ro).unwrap();
-    let err = ov.write(0, &[IoSlice::new(&buf)], &base).unwrap_err();
+    let err = ov.write(0, &[IoBuf::new(&buf)], &base).unwrap_err();
     assert!(
         err.is_guest_error() && matches!(err, OverlayError::ReadOnly { .. }),
         "{err}"
     );
     assert!(ov.write_zeroes(0, 8, &base).unwrap_err().is_guest_error());
     ov.flush().unwrap();
-    ov.read(0, &mut [std::io::IoSliceMut::new(&mut buf)], &base)
+    ov.read(0, &mut [blockio::IoBufMut::new(&mut buf)], &base)
         .unwrap();
     drop(ov);
     assert_eq!(std::fs::read(&f.path).unwrap(), before);

@@ -8,8 +8,8 @@
 )]
 
 use blockio::BaseIdentity;
+use blockio::IoBuf;
 use overlay::{Change, CreateOptions, Overlay, BLOCK_SIZE};
-use std::io::IoSlice;
 
 #[test]
 fn changes_list_written_and_zeroed_runs_in_order() {
@@ -32,11 +32,11 @@ fn changes_list_written_and_zeroed_runs_in_order() {
 
     // An unaligned write covers two blocks; a zeroed run follows a gap; the
     // last block is written.
-    ov.write(BLOCK_SIZE + 100, &[IoSlice::new(&[1; 4096])], &base)
+    ov.write(BLOCK_SIZE + 100, &[IoBuf::new(&[1; 4096])], &base)
         .unwrap();
     ov.write_zeroes(8 * BLOCK_SIZE, 3 * BLOCK_SIZE, &base)
         .unwrap();
-    ov.write(size - 512, &[IoSlice::new(&[2; 512])], &base)
+    ov.write(size - 512, &[IoBuf::new(&[2; 512])], &base)
         .unwrap();
     assert_eq!(
         ov.changes(),

@@ -11,9 +11,10 @@
 
 mod common;
 
+use blockio::{IoBuf, IoBufMut};
 use common::{fresh_overlay, identity, read_all, split, MemStorage, Rng, BS};
 use overlay::{CreateOptions, OpenOptions, Overlay};
-use std::io::{IoSlice, IoSliceMut};
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -92,8 +93,7 @@ fn overlapping_writes_never_resurrect_the_base() {
                 for _ in 0..300 {
                     let off = rng.below(blocks * BS - 3 * BS);
                     let mut buf = vec![0u8; 3 * BS as usize];
-                    ov.read(off, &mut [IoSliceMut::new(&mut buf)], base)
-                        .unwrap();
+                    ov.read(off, &mut [IoBufMut::new(&mut buf)], base).unwrap();
                     assert!(buf
                         .iter()
                         .all(|&b| b == 0xEE || b == 0 || b <= THREADS as u8));
@@ -113,7 +113,7 @@ fn overlapping_writes_never_resurrect_the_base() {
                         if t == 0 && i % 7 == 0 {
                             ov.write_zeroes(off, len, base).unwrap();
                         } else {
-                            ov.write(off, &[IoSlice::new(&data[..len as usize])], base)
+                            ov.write(off, &[IoBuf::new(&data[..len as usize])], base)
                                 .unwrap();
                         }
                         ranges.push((off, off + len));
@@ -240,7 +240,7 @@ impl blockio::ReadAt for StallingBase {
     fn size(&self) -> u64 {
         self.bytes.len() as u64
     }
-    fn read_vectored_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> std::io::Result<()> {
+    fn read_vectored_at(&self, offset: u64, bufs: &mut [IoBufMut<'_>]) -> std::io::Result<()> {
         if offset < BS {
             let _ = self.entered.send(());
             let _ = self.release.lock().unwrap().recv();
@@ -267,7 +267,7 @@ fn a_stalled_copy_up_does_not_block_other_stripes() {
     };
     let other = 1280 * BS;
     std::thread::scope(|s| {
-        let stalled = s.spawn(|| ov.write(100, &[IoSlice::new(b"stalled")], &base));
+        let stalled = s.spawn(|| ov.write(100, &[IoBuf::new(b"stalled")], &base));
         entered
             .recv_timeout(Duration::from_secs(30))
             .expect("the copy-up reached the base");
@@ -275,12 +275,11 @@ fn a_stalled_copy_up_does_not_block_other_stripes() {
         let (ov, base) = (&ov, &base);
         s.spawn(move || {
             let mut buf = [0u8; 16];
-            ov.read(other, &mut [IoSliceMut::new(&mut buf)], base)
+            ov.read(other, &mut [IoBufMut::new(&mut buf)], base)
                 .unwrap();
-            ov.write(other + 7, &[IoSlice::new(b"other")], base)
-                .unwrap();
+            ov.write(other + 7, &[IoBuf::new(b"other")], base).unwrap();
             ov.flush().unwrap();
-            ov.read(other, &mut [IoSliceMut::new(&mut buf)], base)
+            ov.read(other, &mut [IoBufMut::new(&mut buf)], base)
                 .unwrap();
             done_tx.send(buf).unwrap();
         });
@@ -290,8 +289,7 @@ fn a_stalled_copy_up_does_not_block_other_stripes() {
         assert_eq!(&buf[7..12], b"other");
         stalled.join().unwrap().unwrap();
         let mut buf = [0u8; 7];
-        ov.read(100, &mut [IoSliceMut::new(&mut buf)], base)
-            .unwrap();
+        ov.read(100, &mut [IoBufMut::new(&mut buf)], base).unwrap();
         assert_eq!(&buf, b"stalled");
     });
 }

@@ -168,7 +168,7 @@ fn crash_at_every_step_of_a_flush() {
         };
         for i in 0..10u64 {
             let data = rng.bytes(2 * BS as usize);
-            ov.write(i * 3 * BS + 7, &[std::io::IoSlice::new(&data)], &base)
+            ov.write(i * 3 * BS + 7, &[blockio::IoBuf::new(&data)], &base)
                 .unwrap();
             model.write(i * 3 * BS + 7, &data);
             expect.since.push((i * 3 * BS + 7, data));
@@ -280,7 +280,7 @@ fn reset_replaces_the_file_and_respects_the_lock() {
     };
     let ov = Overlay::create(&path, &create).unwrap();
     let disk_id = ov.header().disk_id;
-    ov.write(16128 * BS, &[std::io::IoSlice::new(&[1; 8192])], &base)
+    ov.write(16128 * BS, &[blockio::IoBuf::new(&[1; 8192])], &base)
         .unwrap();
     ov.flush().unwrap();
     assert!(matches!(

@@ -13,10 +13,11 @@
 
 mod common;
 
+use blockio::{IoBuf, IoBufMut};
 use common::{identity, read_all, Model, Rng, BS};
 use overlay::{OpenOptions, Overlay};
 use std::collections::BTreeSet;
-use std::io::{IoSlice, IoSliceMut};
+
 use std::os::unix::fs::FileExt;
 
 const BLOCKS: u64 = 48;
@@ -79,7 +80,7 @@ fn engine_writes_completing_in_any_order_keep_the_disk_consistent() {
                                 !all_written,
                                 "seed {seed} step {step}: no target for written blocks"
                             );
-                            o.write(whole.0, &[IoSlice::new(&data)], &base).unwrap();
+                            o.write(whole.0, &[IoBuf::new(&data)], &base).unwrap();
                             model.write(whole.0, &data);
                             written.extend(first..first + blocks);
                         }
@@ -113,7 +114,7 @@ fn engine_writes_completing_in_any_order_keep_the_disk_consistent() {
                     }
                     if rng.below(2) == 0 {
                         let data = rng.bytes(len as usize);
-                        o.write(off, &[IoSlice::new(&data)], &base).unwrap();
+                        o.write(off, &[IoBuf::new(&data)], &base).unwrap();
                         model.write(off, &data);
                         written.extend(off / BS..(off + len).div_ceil(BS));
                     } else {
@@ -131,8 +132,7 @@ fn engine_writes_completing_in_any_order_keep_the_disk_consistent() {
                         continue;
                     }
                     let mut buf = vec![0u8; len as usize];
-                    o.read(off, &mut [IoSliceMut::new(&mut buf)], &base)
-                        .unwrap();
+                    o.read(off, &mut [IoBufMut::new(&mut buf)], &base).unwrap();
                     assert!(
                         buf[..] == model.disk[off as usize..(off + len) as usize],
                         "seed {seed} step {step}: read at {off}"
@@ -172,7 +172,7 @@ fn a_discard_racing_an_engine_write_leaves_one_of_them() {
         let base = vec![0x11u8; (4 * BS) as usize];
         let (dir, ov) = common::fresh_overlay(4, "race");
         let path = dir.path().join("ov");
-        ov.write(BS, &[IoSlice::new(&[0x22; BS as usize])], &base)
+        ov.write(BS, &[IoBuf::new(&[0x22; BS as usize])], &base)
             .unwrap();
         let (_, _, at) = ov
             .write_target(BS, BS)
@@ -187,8 +187,7 @@ fn a_discard_racing_an_engine_write_leaves_one_of_them() {
         }
         ov.commit_write(BS, BS).unwrap();
         let mut now = vec![0u8; BS as usize];
-        ov.read(BS, &mut [IoSliceMut::new(&mut now)], &base)
-            .unwrap();
+        ov.read(BS, &mut [IoBufMut::new(&mut now)], &base).unwrap();
         assert!(
             now == vec![0x33; BS as usize] || now == vec![0; BS as usize],
             "land_first {land_first}: {:#x}",
@@ -198,7 +197,7 @@ fn a_discard_racing_an_engine_write_leaves_one_of_them() {
         drop(ov);
         let ov = Overlay::open(&path, &identity("race"), 4 * BS, &OpenOptions::default()).unwrap();
         let mut after = vec![0u8; BS as usize];
-        ov.read(BS, &mut [IoSliceMut::new(&mut after)], &base)
+        ov.read(BS, &mut [IoBufMut::new(&mut after)], &base)
             .unwrap();
         assert_eq!(after, now, "land_first {land_first}");
     }

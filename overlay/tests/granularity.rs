@@ -12,8 +12,9 @@
 mod common;
 
 use blockio::ReadAt;
+use blockio::{IoBuf, IoBufMut};
 use common::{fresh_overlay, BS};
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A base of constant bytes that counts what is read from it.
@@ -32,7 +33,7 @@ impl ReadAt for CountingBase {
     fn size(&self) -> u64 {
         self.size
     }
-    fn read_vectored_at(&self, _offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+    fn read_vectored_at(&self, _offset: u64, bufs: &mut [IoBufMut<'_>]) -> io::Result<()> {
         for b in bufs.iter_mut() {
             b.fill(0xba);
             self.read.fetch_add(b.len() as u64, Ordering::SeqCst);
@@ -51,7 +52,7 @@ fn copy_up_reads_at_most_one_block_per_unaligned_end() {
     };
     let data = vec![7u8; 1 << 20];
     let write = |off: u64, len: usize| {
-        ov.write(off, &[IoSlice::new(&data[..len])], &base).unwrap();
+        ov.write(off, &[IoBuf::new(&data[..len])], &base).unwrap();
         base.take()
     };
     // Aligned: no copy-up at all, 4 KiB or 1 MiB.

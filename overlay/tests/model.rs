@@ -11,10 +11,10 @@
 
 mod common;
 
+use blockio::IoBufMut;
 use common::{identity, read_all, split, Model, Rng, BS};
 use overlay::{CreateOptions, OpenOptions, Overlay};
 use proptest::prelude::*;
-use std::io::IoSliceMut;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -112,7 +112,7 @@ fn run_focused(blocks: u64, short_tail: u64, seed: u64, ops: Vec<Op>, focus: Opt
                 let mut buf = vec![0u8; l as usize];
                 let cut = rng.below(l) as usize;
                 let (a, b) = buf.split_at_mut(cut);
-                ov.read(o, &mut [IoSliceMut::new(a), IoSliceMut::new(b)], &base)
+                ov.read(o, &mut [IoBufMut::new(a), IoBufMut::new(b)], &base)
                     .unwrap();
                 assert_eq!(
                     buf,
@@ -135,7 +135,7 @@ fn run_focused(blocks: u64, short_tail: u64, seed: u64, ops: Vec<Op>, focus: Opt
             }
         }
         let mut disk = vec![0u8; size as usize - checked];
-        ov.read(checked as u64, &mut [IoSliceMut::new(&mut disk)], &base)
+        ov.read(checked as u64, &mut [IoBufMut::new(&mut disk)], &base)
             .unwrap();
         assert!(disk == model.disk[checked..], "after {step}");
     }

@@ -358,7 +358,7 @@ fn a_copy_of_the_file_does_not_find_the_shadow_map() {
     let storage = new_storage(size, "shadow");
     let shm = tempfile::tempdir().unwrap();
     let ov = open(&storage, size, Some(shm.path()));
-    ov.write(BS, &[std::io::IoSlice::new(&[9; 4096])], &base)
+    ov.write(BS, &[blockio::IoBuf::new(&[9; 4096])], &base)
         .unwrap();
     std::mem::forget(ov);
     let copy = storage.process_crash().copy_as_another_file();
@@ -381,7 +381,7 @@ fn a_failed_sync_makes_the_shadow_map_unusable() {
     let storage = new_storage(size, "shadow");
     let shm = tempfile::tempdir().unwrap();
     let ov = open(&storage, size, Some(shm.path()));
-    ov.write(BS, &[std::io::IoSlice::new(&[9; 4096])], &base)
+    ov.write(BS, &[blockio::IoBuf::new(&[9; 4096])], &base)
         .unwrap();
     storage.die_after(0);
     assert!(ov.flush().is_err());

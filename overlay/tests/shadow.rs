@@ -19,10 +19,11 @@
     reason = "test code: a panic is the test failing"
 )]
 
+use blockio::{IoBuf, IoBufMut};
 use overlay::storage::{FileId, FileStorage, Storage};
 use overlay::{CreateOptions, OpenOptions, Overlay, ShadowStatus};
 use std::collections::BTreeMap;
-use std::io::{self, IoSlice, IoSliceMut, Write};
+use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -59,13 +60,11 @@ impl blockio::ReadAt for Base {
     fn size(&self) -> u64 {
         SIZE
     }
-    fn read_vectored_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+    fn read_vectored_at(&self, offset: u64, bufs: &mut [IoBufMut<'_>]) -> io::Result<()> {
         let mut at = offset;
         for b in bufs.iter_mut() {
-            for x in b.iter_mut() {
-                *x = base_byte(at);
-                at += 1;
-            }
+            let bytes: Vec<u8> = (at..at + b.len() as u64).map(base_byte).collect();
+            at += b.copy_from(&bytes) as u64;
         }
         Ok(())
     }
@@ -165,7 +164,7 @@ fn checked_ranges() -> Vec<(u64, u64)> {
 
 fn read_range(ov: &Overlay, (from, to): (u64, u64)) -> Vec<u8> {
     let mut buf = vec![0u8; (to - from) as usize];
-    ov.read(from, &mut [IoSliceMut::new(&mut buf)], &Base)
+    ov.read(from, &mut [IoBufMut::new(&mut buf)], &Base)
         .unwrap();
     buf
 }
@@ -222,10 +221,10 @@ impl Storage for Killing {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.step(|| self.inner.set_len(len))
     }
-    fn read_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+    fn read_at(&self, offset: u64, bufs: &mut [IoBufMut<'_>]) -> io::Result<()> {
         self.inner.read_at(offset, bufs)
     }
-    fn write_at(&self, offset: u64, bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    fn write_at(&self, offset: u64, bufs: &mut [IoBuf<'_>]) -> io::Result<()> {
         self.step(|| self.inner.write_at(offset, bufs))
     }
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -279,7 +278,7 @@ fn shadow_child() {
     let mut log = std::fs::OpenOptions::new().append(true).open(log).unwrap();
     for (i, op) in script().iter().enumerate() {
         match op {
-            Op::Write(off, data) => ov.write(*off, &[IoSlice::new(data)], &Base).unwrap(),
+            Op::Write(off, data) => ov.write(*off, &[IoBuf::new(data)], &Base).unwrap(),
             Op::Zero(off, len) => ov.write_zeroes(*off, *len, &Base).unwrap(),
             Op::Discard(off, len) => ov.discard(*off, *len, &Base).unwrap(),
             Op::Flush => ov.flush().unwrap(),
@@ -642,7 +641,7 @@ fn a_flush_without_the_shadow_map_makes_it_stale() {
     let run = |op: &Op| {
         let ov = open(&s, None, &OpenOptions::default());
         if let Op::Write(off, data) = op {
-            ov.write(*off, &[IoSlice::new(data)], &Base).unwrap();
+            ov.write(*off, &[IoBuf::new(data)], &Base).unwrap();
         }
         ov.flush().unwrap();
     };
@@ -713,7 +712,7 @@ fn rebase_keeps_adopted_states_and_rebinds_the_shadow_map() {
     let bytes = std::fs::read(&shadow).unwrap();
     assert_eq!(u64::from_ne_bytes(bytes[56..64].try_into().unwrap()), 2);
     // New states after the rebase, not flushed: the close keeps them.
-    ov.write(50 * BS, &[IoSlice::new(&[0xcd; 4096])], &Base)
+    ov.write(50 * BS, &[IoBuf::new(&[0xcd; 4096])], &Base)
         .unwrap();
     drop(ov);
     let mut want = full_model();
@@ -782,9 +781,9 @@ fn clean_close_removes_the_shadow_map() {
         Some(&shm),
     )
     .unwrap();
-    ov.write(0, &[IoSlice::new(&[1; 4096])], &Base).unwrap();
+    ov.write(0, &[IoBuf::new(&[1; 4096])], &Base).unwrap();
     ov.flush().unwrap();
-    ov.write(0, &[IoSlice::new(&[2; 4096])], &Base).unwrap();
+    ov.write(0, &[IoBuf::new(&[2; 4096])], &Base).unwrap();
     drop(ov);
     assert!(dir_is_empty(&shm), "an overwrite changes no state");
     let missing = dir.path().join("missing");

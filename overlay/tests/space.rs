@@ -10,9 +10,9 @@
 
 mod common;
 
+use blockio::IoBuf;
 use common::{fresh_overlay, BS};
 use overlay::Overlay;
-use std::io::IoSlice;
 
 const MIB: u64 = 1 << 20;
 
@@ -22,7 +22,7 @@ fn allocated_around(release: impl Fn(&Overlay, &Vec<u8>)) -> (u64, u64) {
     let size = 1024 * BS;
     let (_dir, ov) = fresh_overlay(1024, "space");
     let base = vec![1u8; size as usize];
-    ov.write(MIB, &[IoSlice::new(&vec![9u8; MIB as usize])], &base)
+    ov.write(MIB, &[IoBuf::new(&vec![9u8; MIB as usize])], &base)
         .unwrap();
     ov.flush().unwrap();
     let written = ov.usage().unwrap().allocated_bytes;

@@ -12,6 +12,7 @@
 //! (`OCIDISK_BENCH_SECS`, default 3, per warm cell; `OCIDISK_BENCH_ROUNDS`,
 //! default 3, interleaved rounds; the median is printed). About a minute.
 
+use blockio::IoBufMut;
 use ocidisk_tests::blkio_client::{ocidisk_bench_binary, BlkioClient, Op, Server};
 use ocidisk_tests::oci_writer::{efi_image, ImageBuilder, OsImage, Payload};
 use std::time::{Duration, Instant};
@@ -172,7 +173,6 @@ fn main() -> anyhow::Result<()> {
 /// first).
 fn in_process(image: &std::path::Path) -> anyhow::Result<()> {
     use layout::oci::{Image, OpenOptions};
-    use std::io::IoSliceMut;
     let open = |lazy| -> anyhow::Result<layout::Content> {
         let img = Image::open(
             image,
@@ -190,7 +190,7 @@ fn in_process(image: &std::path::Path) -> anyhow::Result<()> {
     for off in (0..len).step_by(MIB as usize) {
         gated
             .source
-            .read_vectored_at(off, &mut [IoSliceMut::new(&mut buf)])?;
+            .read_vectored_at(off, &mut [IoBufMut::new(&mut buf)])?;
     }
     let n = 2_000_000u64;
     let mut ns = Vec::new();
@@ -204,7 +204,7 @@ fn in_process(image: &std::path::Path) -> anyhow::Result<()> {
                 rng ^= rng << 17;
                 let off = rng % (len / 4096) * 4096;
                 c.source
-                    .read_vectored_at(off, &mut [IoSliceMut::new(&mut buf)])?;
+                    .read_vectored_at(off, &mut [IoBufMut::new(&mut buf)])?;
             }
             ns.push((name, began.elapsed().as_nanos() as f64 / n as f64));
         }

@@ -4,8 +4,8 @@
 
 use crate::cmd::image_args::ImageArgs;
 use anyhow::Context as _;
+use blockio::IoBufMut;
 use std::fs::{File, OpenOptions};
-use std::io::IoSliceMut;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
@@ -105,7 +105,7 @@ fn apply_overlay(
         while done < change.len {
             let n = (change.len - done).min(buf.len() as u64) as usize;
             let at = change.offset + done;
-            overlay.read(at, &mut [IoSliceMut::new(&mut buf[..n])], base)?;
+            overlay.read(at, &mut [IoBufMut::new(&mut buf[..n])], base)?;
             out.write_all_at(&buf[..n], at)?;
             done += n as u64;
         }

@@ -30,7 +30,7 @@ use crate::metrics::{self, DiskMetrics, Labels, TraceWriter};
 use crate::vhost_user::{wait_for, Ended, Session, Watchdog};
 use anyhow::{bail, Context};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -389,9 +389,7 @@ fn serve_loop(
 ) -> anyhow::Result<()> {
     loop {
         // A frontend connecting (true) or a signal arriving (false).
-        if !wait_for(listener.as_raw_fd(), wake.as_raw_fd())?
-            || shared.terminated.load(Ordering::SeqCst)
-        {
+        if !wait_for(listener.as_fd(), wake.as_fd())? || shared.terminated.load(Ordering::SeqCst) {
             tracing::info!("terminating on signal");
             return Ok(());
         }
@@ -417,7 +415,7 @@ fn serve_loop(
             .context("cannot set up the connection")?;
         tracing::info!("frontend connected");
         shared.set_watchdog(Some(session.watchdog()?));
-        let ended = session.run(wake.as_raw_fd());
+        let ended = session.run(wake.as_fd());
         shared.set_watchdog(None);
         // Every request taken from the rings is answered before the socket
         // closes and before the disk is flushed: the frontend (or the next

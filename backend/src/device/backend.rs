@@ -17,9 +17,10 @@ use crate::device::request::{Completion, Request, RequestContext, RequestType, M
 use crate::disk::BlockDevice;
 use crate::metrics::{DiskMetrics, Done, QueueMetrics, ReqKind, Started, Status};
 use crate::vhost_user::vring::Vring;
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use smallvec::SmallVec;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -595,7 +596,8 @@ impl BlkBackend {
             queue
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .event_fd(),
+                .event_fd()
+                .as_raw_fd(),
         )
     }
 
@@ -636,15 +638,17 @@ impl BlkBackend {
 }
 
 /// Waits until `fd` is readable or `timeout` passed.
-fn wait_readable(fd: RawFd, timeout: Duration) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `pfd` is one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut pfd, 1, ms) };
+/// An interrupted or failed wait only costs the caller one more round of
+/// its loop, so errors are not reported.
+fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) {
+    let timeout = Timespec::try_from(timeout).unwrap_or(Timespec {
+        tv_sec: i64::MAX,
+        tv_nsec: 0,
+    });
+    let _ = poll(
+        &mut [PollFd::from_borrowed_fd(fd, PollFlags::IN)],
+        Some(&timeout),
+    );
 }
 
 #[cfg(test)]

@@ -11,17 +11,18 @@
 //! [`Chain::walk`] reads the descriptors (not the memory they point at)
 //! and keeps what is structurally wrong with them as a [`Defect`] instead of
 //! failing, because even a broken chain must be answered with a status.
-//! [`guest_iovecs`] maps a stream range to host buffers so that the disk can
+//! [`guest_iovecs`] and [`guest_iovecs_out`] map a stream range to
+//! buffers (address and length, never a Rust slice) so that the disk can
 //! `preadv`/`pwritev` straight into or out of guest memory; [`read_stream`]
 //! and [`write_stream`] copy the few small pieces the device itself reads or
 //! writes (the header, a segment list, the serial number).
 //!
-//! This is the only place that turns guest memory into host slices, so the
-//! limits that bound that work ([`MAX_DESCRIPTORS`], [`MAX_SLICES`]) and
-//! its one `unsafe` block live here too.
+//! This is the only place that turns guest memory into host buffers, so
+//! the limits that bound that work ([`MAX_DESCRIPTORS`], [`MAX_SLICES`])
+//! and the `unsafe` blocks that wrap the addresses live here too.
 
+use blockio::{IoBuf, IoBufMut};
 use smallvec::SmallVec;
-use std::io::IoSliceMut;
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
@@ -261,11 +262,15 @@ impl Iterator for SubRanges<'_> {
     }
 }
 
-/// A scatter list over guest memory, on the stack for common requests.
-pub type GuestIoVecs<'m> = SmallVec<[IoSliceMut<'m>; INLINE_SEGMENTS]>;
+/// A scatter list over guest memory to fill, on the stack for common
+/// requests.
+pub type GuestIoVecs<'m> = SmallVec<[IoBufMut<'m>; INLINE_SEGMENTS]>;
+/// A scatter list over guest memory to write out.
+pub type GuestIoVecsOut<'m> = SmallVec<[IoBuf<'m>; INLINE_SEGMENTS]>;
 
-/// Maps `[skip, skip + len)` of a stream of spans to host buffers in guest
-/// memory. The caller has checked that the stream holds that many bytes.
+/// Maps `[skip, skip + len)` of a stream of spans to buffers in guest
+/// memory, for the disk to fill. The caller has checked that the stream
+/// holds that many bytes.
 pub(super) fn guest_iovecs<'m>(
     mem: &'m GuestMemoryMmap,
     spans: &[Span],
@@ -273,6 +278,50 @@ pub(super) fn guest_iovecs<'m>(
     len: u64,
 ) -> Result<GuestIoVecs<'m>, MemoryError> {
     let mut iovecs = GuestIoVecs::new();
+    for_each_slice(mem, spans, skip, len, |ptr, n| {
+        // SAFETY: see `for_each_slice`: `ptr` and `n` lie in one region of
+        // `mem`, mapped for `'m`, and guest memory is never a Rust
+        // reference, which is all `IoBufMut` asks.
+        iovecs.push(unsafe { IoBufMut::from_raw_parts(ptr, n) });
+    })?;
+    Ok(iovecs)
+}
+
+/// Maps `[skip, skip + len)` of a stream of spans to buffers in guest
+/// memory, for the disk to write out.
+pub(super) fn guest_iovecs_out<'m>(
+    mem: &'m GuestMemoryMmap,
+    spans: &[Span],
+    skip: u64,
+    len: u64,
+) -> Result<GuestIoVecsOut<'m>, MemoryError> {
+    let mut iovecs = GuestIoVecsOut::new();
+    for_each_slice(mem, spans, skip, len, |ptr, n| {
+        // SAFETY: as in `guest_iovecs`.
+        iovecs.push(unsafe { IoBuf::from_raw_parts(ptr, n) });
+    })?;
+    Ok(iovecs)
+}
+
+/// Calls `push` with the host address and length of each piece of guest
+/// memory that `[skip, skip + len)` of a stream maps to, at most
+/// [`MAX_SLICES`] of them.
+///
+/// The addresses lie inside one region of `mem` each, which vm-memory
+/// bounds-checked, and stay mapped while `mem` lives: regions are unmapped
+/// only when it is dropped. The guest shares that memory and may change it
+/// at any time (a driver that breaks the rule that buffers belong to the
+/// device until used, or overlapping descriptors); that is why the
+/// addresses become `IoBufMut`/`IoBuf`, which never claim exclusive access,
+/// and never slices.
+fn for_each_slice(
+    mem: &GuestMemoryMmap,
+    spans: &[Span],
+    skip: u64,
+    len: u64,
+    mut push: impl FnMut(*mut u8, usize),
+) -> Result<(), MemoryError> {
+    let mut count = 0usize;
     for (addr, n) in SubRanges::new(spans, skip, len) {
         let bad = || MemoryError::Unmapped {
             addr: addr.0,
@@ -281,25 +330,14 @@ pub(super) fn guest_iovecs<'m>(
         // `n` fits in `usize`: it is at most one descriptor's `u32` length.
         for slice in GuestMemoryBackend::get_slices(mem, addr, n as usize) {
             let slice = slice.map_err(|_| bad())?;
-            if iovecs.len() == MAX_SLICES {
+            if count == MAX_SLICES {
                 return Err(MemoryError::TooManySlices);
             }
-            let ptr = slice.ptr_guard_mut().as_ptr();
-            // SAFETY: `ptr` and `slice.len()` describe memory inside one
-            // region of `mem`, which vm-memory bounds-checked, and which stays
-            // mapped for `'m` because regions are unmapped only when `mem` is
-            // dropped. The memory is shared with the guest, which may touch it
-            // concurrently; that only happens if the driver breaks the virtio
-            // rule that buffers belong to the device until they are used, and
-            // then only garbles bytes of that guest's own request: this
-            // process never interprets the data it moves, only hands it to
-            // `preadv`/`pwritev` (or, in tests, copies it). Overlapping
-            // descriptors alias the same way, with the same consequence.
-            let buf = unsafe { std::slice::from_raw_parts_mut(ptr, slice.len()) };
-            iovecs.push(IoSliceMut::new(buf));
+            count += 1;
+            push(slice.ptr_guard_mut().as_ptr(), slice.len());
         }
     }
-    Ok(iovecs)
+    Ok(())
 }
 
 /// Copies `buf.len()` bytes from offset `skip` of a stream into `buf`.

@@ -19,18 +19,18 @@
 //! [`RequestContext::complete`] does all three for one request.
 //!
 //! Data moves between the disk and guest memory directly: the data ranges
-//! are turned into `IoSlice`s over the mapped guest memory and handed to the
-//! disk, which `preadv`s/`pwritev`s into or out of them. Scatter lists live
-//! on the stack ([`SmallVec`]) unless a request has more than
-//! [`INLINE_SEGMENTS`] memory slices.
+//! are turned into buffers over the mapped guest memory
+//! ([`blockio::IoBufMut`] and [`blockio::IoBuf`]: address and length, never
+//! a Rust slice, since the guest may touch them) and handed to the disk,
+//! which `preadv`s/`pwritev`s into or out of them. Scatter lists live on the
+//! stack ([`SmallVec`]) unless a request has more than
+//! [`INLINE_SEGMENTS`](crate::device::chain::INLINE_SEGMENTS) memory slices.
 
-use crate::device::chain::INLINE_SEGMENTS;
 use crate::device::config::{MAX_DISCARD_SECTORS, SECTOR_SHIFT, SERIAL_LEN};
 use crate::device::parallel::Helpers;
 use crate::device::request::{Completion, Request, RequestError, RequestType, Summary, S_OK};
 use crate::disk::{BlockDevice, ReadSources};
 use smallvec::SmallVec;
-use std::io::IoSlice;
 use std::ops::Range;
 use std::sync::Mutex;
 use virtio_bindings::virtio_blk::VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP;
@@ -354,8 +354,6 @@ impl RequestContext<'_> {
             return Ok(());
         }
         let bufs = request.data_out(mem, len)?;
-        let bufs: SmallVec<[IoSlice<'_>; INLINE_SEGMENTS]> =
-            bufs.iter().map(|b| IoSlice::new(b)).collect();
         self.disk.write(offset, &bufs)?;
         Ok(())
     }

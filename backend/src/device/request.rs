@@ -28,12 +28,12 @@
 //! The request-handling types live in three modules, but the engines and
 //! the backend name them all from here.
 
-pub use super::chain::GuestIoVecs;
+pub use super::chain::{GuestIoVecs, GuestIoVecsOut};
 pub use super::execute::{Action, Begun, ReadOutcome, RequestContext, MAX_BATCH};
 
 use super::chain::{
-    guest_iovecs, read_stream, write_stream, Chain, Defect, MemoryError, MAX_DESCRIPTORS,
-    MAX_SLICES,
+    guest_iovecs, guest_iovecs_out, read_stream, write_stream, Chain, Defect, MemoryError,
+    MAX_DESCRIPTORS, MAX_SLICES,
 };
 use crate::device::config::{MAX_DISCARD_SECTORS, MAX_DISCARD_SEG};
 use std::io;
@@ -370,8 +370,8 @@ impl Request {
         &self,
         mem: &'m GuestMemoryMmap,
         len: u64,
-    ) -> Result<GuestIoVecs<'m>, RequestError> {
-        Ok(guest_iovecs(
+    ) -> Result<GuestIoVecsOut<'m>, RequestError> {
+        Ok(guest_iovecs_out(
             mem,
             self.chain.readable(),
             HEADER_LEN as u64,

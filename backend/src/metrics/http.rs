@@ -12,9 +12,10 @@
 //! paths, 405 for other methods, 400 for malformed requests.
 
 use super::{prometheus, DiskMetrics};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileTypeExt as _;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -95,10 +96,10 @@ enum Stream {
 }
 
 impl Stream {
-    fn fd(&self) -> RawFd {
+    fn fd(&self) -> BorrowedFd<'_> {
         match self {
-            Stream::Tcp(s) => s.as_raw_fd(),
-            Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
         }
     }
     fn set_nonblocking(&self) -> io::Result<()> {
@@ -154,10 +155,10 @@ impl Listener {
         Ok(l)
     }
 
-    fn fd(&self) -> RawFd {
+    fn fd(&self) -> BorrowedFd<'_> {
         match self {
-            Listener::Tcp(l) => l.as_raw_fd(),
-            Listener::Unix(l, _) => l.as_raw_fd(),
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix(l, _) => l.as_fd(),
         }
     }
 
@@ -453,57 +454,55 @@ fn respond(head: &[u8], metrics: &DiskMetrics) -> Vec<u8> {
 
 fn serve_loop(listener: Listener, metrics: &DiskMetrics, stop: &AtomicBool) {
     let mut conns: Vec<Conn> = Vec::new();
-    let mut fds: Vec<libc::pollfd> = Vec::new();
+    // What poll said of the listener (first) and of each connection.
+    let mut revents: Vec<PollFlags> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         conns.retain(|c| c.deadline > now);
         let accepting = conns.len() < MAX_CONNECTIONS;
-        fds.clear();
-        fds.push(libc::pollfd {
-            fd: listener.fd(),
-            events: if accepting { libc::POLLIN } else { 0 },
-            revents: 0,
-        });
+        let listen = if accepting {
+            PollFlags::IN
+        } else {
+            PollFlags::empty()
+        };
+        let mut fds = Vec::with_capacity(conns.len() + 1);
+        fds.push(PollFd::from_borrowed_fd(listener.fd(), listen));
         for c in &conns {
             let events = if c.writing() {
-                libc::POLLOUT
+                PollFlags::OUT
             } else {
-                libc::POLLIN
+                PollFlags::IN
             };
-            fds.push(libc::pollfd {
-                fd: c.stream.fd(),
-                events,
-                revents: 0,
-            });
+            fds.push(PollFd::from_borrowed_fd(c.stream.fd(), events));
         }
         let wait = conns
             .iter()
             .map(|c| c.deadline.saturating_duration_since(now))
             .fold(TICK, Duration::min);
-        // SAFETY: `fds` is a valid, initialized array of `fds.len()` pollfds
-        // that outlives the call.
-        let n = unsafe {
-            libc::poll(
-                fds.as_mut_ptr(),
-                fds.len() as libc::nfds_t,
-                wait.as_millis() as libc::c_int + 1,
-            )
-        };
-        if n < 0 {
+        // A millisecond more, so that a deadline has passed when it wakes.
+        let timeout = Timespec::try_from(wait + Duration::from_millis(1)).unwrap_or(Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        });
+        if poll(&mut fds, Some(&timeout)).is_err() {
             // EINTR, or a resource shortage worth a pause rather than a spin.
             std::thread::sleep(Duration::from_millis(10));
             continue;
         }
-        // Service existing connections first (fds[1..] match conns by index).
+        revents.clear();
+        revents.extend(fds.iter().map(PollFd::revents));
+        drop(fds);
+        // Service existing connections first (revents[1..] match conns by
+        // index).
         let mut done = vec![false; conns.len()];
         for (i, c) in conns.iter_mut().enumerate() {
-            let revents = fds[i + 1].revents;
-            if revents == 0 {
+            let revents = revents[i + 1];
+            if revents.is_empty() {
                 continue;
             }
             let progress = if c.writing() {
                 c.on_writable()
-            } else if revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+            } else if revents.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
                 c.on_readable(metrics)
             } else {
                 Progress::Open
@@ -515,7 +514,7 @@ fn serve_loop(listener: Listener, metrics: &DiskMetrics, stop: &AtomicBool) {
             i += 1;
             !done[i - 1]
         });
-        if accepting && fds[0].revents != 0 {
+        if accepting && !revents[0].is_empty() {
             while conns.len() < MAX_CONNECTIONS {
                 match listener.accept() {
                     Ok(stream) => {

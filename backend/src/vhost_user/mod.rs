@@ -24,8 +24,9 @@ pub mod worker;
 
 use crate::device::{BlkBackend, GuestMemory};
 use connection::Connection;
+use rustix::event::{poll, PollFd, PollFlags};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -129,9 +130,9 @@ impl Session {
 
     /// Handles messages until the frontend disconnects, breaks the
     /// protocol, or `stop` becomes readable.
-    pub fn run(&mut self, stop: RawFd) -> Ended {
+    pub fn run(&mut self, stop: BorrowedFd<'_>) -> Ended {
         loop {
-            match wait_for(self.socket.as_raw_fd(), stop) {
+            match wait_for(self.socket.as_fd(), stop) {
                 Ok(false) => return Ended::Stopped,
                 Ok(true) => {}
                 Err(err) => return Ended::Failed(VhostError::SocketError(err)),
@@ -176,26 +177,18 @@ impl Session {
 
 /// Waits until `fd` is readable (true) or `stop` is (false; checked
 /// first, so a stop wins over more work).
-pub fn wait_for(fd: RawFd, stop: RawFd) -> io::Result<bool> {
-    let mut fds = [fd, stop].map(|fd| libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    });
+pub fn wait_for(fd: BorrowedFd<'_>, stop: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut fds = [fd, stop].map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN));
     loop {
-        // SAFETY: `fds` is a valid array of two pollfd for the whole call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
+        match poll(&mut fds, None) {
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(err) => return Err(err.into()),
         }
-        if fds[1].revents != 0 {
+        if !fds[1].revents().is_empty() {
             return Ok(false);
         }
-        if fds[0].revents != 0 {
+        if !fds[0].revents().is_empty() {
             return Ok(true);
         }
     }

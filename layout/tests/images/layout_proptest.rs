@@ -4,6 +4,7 @@
 //! was asked (and sgdisk agrees on a few), and FAT32 partitions hold their
 //! files.
 
+use blockio::IoBufMut;
 use ocidisk_testkit::layout_support;
 
 use anyhow::Result;
@@ -14,7 +15,6 @@ use layout_support::*;
 use ocidisk_testkit::oci_writer::{BuiltImage, ImageBuilder, OsImage, Payload};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use std::io::IoSliceMut;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -346,7 +346,7 @@ fn check_case(
         let mut out = vec![0xA5u8; len];
         {
             let chunk = len.div_ceil(pieces).max(1);
-            let mut iov: Vec<IoSliceMut> = out.chunks_mut(chunk).map(IoSliceMut::new).collect();
+            let mut iov: Vec<IoBufMut> = out.chunks_mut(chunk).map(IoBufMut::new).collect();
             blockio::ReadAt::read_vectored_at(&disk.map, off, &mut iov)
                 .map_err(|e| fail(e.into()))?;
         }

@@ -3,18 +3,18 @@
 //! and digest, through nested indexes. Opening never writes to the image.
 
 use anyhow::Result;
+use blockio::IoBufMut;
 use layout::oci::{Image, ImageError, LayerRef, OpenOptions};
 use layout::source::{Content, Source};
 use ocidisk_testkit::oci_writer::{
     snapshot, BuiltImage, ImageBuilder, OsImage, Payload, ARTIFACT_TYPE,
 };
-use std::io::IoSliceMut;
 use std::path::Path;
 
 fn read_content(c: &Content) -> Vec<u8> {
     let mut buf = vec![0u8; c.len as usize];
     c.source
-        .read_vectored_at(0, &mut [IoSliceMut::new(&mut buf)])
+        .read_vectored_at(0, &mut [IoBufMut::new(&mut buf)])
         .unwrap();
     buf
 }

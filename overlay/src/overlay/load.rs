@@ -8,7 +8,8 @@ use crate::format::{self, Geometry, RawHeader, SlotError, SLOT_SIZE, VERSION, WO
 use crate::map::Map;
 use crate::shadow::{self, Binding, Found, Shadow, ShadowStatus};
 use crate::storage::Storage;
-use std::io::{self, IoSlice, IoSliceMut};
+use blockio::{IoBuf, IoBufMut};
+use std::io;
 use std::path::Path;
 
 /// Reads and checks the header; returns it and the slot it came from.
@@ -21,7 +22,7 @@ pub(super) fn load_header(
         .map_err(io_err(path, "reading the file's length"))?;
     let mut head = vec![0u8; (2 * SLOT_SIZE).min(len) as usize];
     storage
-        .read_at(0, &mut [IoSliceMut::new(&mut head)])
+        .read_at(0, &mut [IoBufMut::new(&mut head)])
         .map_err(io_err(path, "reading the header"))?;
     let not_overlay = || OverlayError::NotAnOverlay {
         path: path.to_owned(),
@@ -90,7 +91,7 @@ pub(super) fn load_map(
     let mut scratch = [Vec::new(), Vec::new()];
     for page in 0..geo.map_pages {
         storage
-            .read_at(geo.slot_offset(page, 0), &mut [IoSliceMut::new(&mut buf)])
+            .read_at(geo.slot_offset(page, 0), &mut [IoBufMut::new(&mut buf)])
             .map_err(io_err(path, format!("reading map page {page}")))?;
         let mut found = [Err(SlotError::Empty), Err(SlotError::Empty)];
         for (s, slot) in found.iter_mut().enumerate() {
@@ -181,7 +182,7 @@ pub(super) fn write_pristine(
 ) -> Result<(), OverlayError> {
     let geo = Geometry::new(raw.disk_size);
     let header = format::encode_header(raw);
-    let write = |offset: u64, bytes: &[u8]| storage.write_at(offset, &mut [IoSlice::new(bytes)]);
+    let write = |offset: u64, bytes: &[u8]| storage.write_at(offset, &mut [IoBuf::new(bytes)]);
     let result = (|| {
         storage.set_len(geo.file_len())?;
         write(0, &header)?;

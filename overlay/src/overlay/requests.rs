@@ -5,11 +5,12 @@ use super::{Overlay, ZEROS};
 use crate::error::io_err;
 use crate::error::OverlayError;
 use crate::format::{self, BlockState, BLOCK_SIZE, SLOT_SIZE};
+use blockio::{IoBuf, IoBufMut};
 
 use blockio::ReadSources;
 use blockio::{IoCursor, IoCursorMut, PieceSink, ReadAt, ReadPiece};
 use std::fs::File;
-use std::io::{IoSlice, IoSliceMut};
+
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::Ordering;
@@ -47,7 +48,7 @@ impl Overlay {
     pub fn read(
         &self,
         offset: u64,
-        bufs: &mut [IoSliceMut<'_>],
+        bufs: &mut [IoBufMut<'_>],
         base: &dyn ReadAt,
     ) -> Result<ReadSources, OverlayError> {
         let len = blockio::total_len_mut(bufs);
@@ -84,7 +85,7 @@ impl Overlay {
         state: BlockState,
         from: u64,
         to: u64,
-        bufs: &mut [IoSliceMut<'_>],
+        bufs: &mut [IoBufMut<'_>],
         base: &dyn ReadAt,
         sources: &mut ReadSources,
     ) -> Result<(), OverlayError> {
@@ -121,7 +122,7 @@ impl Overlay {
     pub fn write(
         &self,
         offset: u64,
-        bufs: &[IoSlice<'_>],
+        bufs: &[IoBuf<'_>],
         base: &dyn ReadAt,
     ) -> Result<(), OverlayError> {
         self.check_writable()?;
@@ -174,7 +175,7 @@ impl Overlay {
         &self,
         b: u64,
         from: u64,
-        piece: &mut [IoSlice<'_>],
+        piece: &mut [IoBuf<'_>],
         base: &dyn ReadAt,
         locked: bool,
     ) -> Result<(), OverlayError> {
@@ -204,15 +205,14 @@ impl Overlay {
         }
         let mut at = (from - bstart) as usize;
         for p in piece.iter() {
-            block[at..at + p.len()].copy_from_slice(p);
-            at += p.len();
+            at += p.copy_to(&mut block[at..]);
         }
-        self.write_data(bstart, &mut [IoSlice::new(&block[..blen])])?;
+        self.write_data(bstart, &mut [IoBuf::new(&block[..blen])])?;
         self.map.set(b, b + 1, BlockState::Written);
         Ok(())
     }
 
-    fn write_data(&self, from: u64, piece: &mut [IoSlice<'_>]) -> Result<(), OverlayError> {
+    fn write_data(&self, from: u64, piece: &mut [IoBuf<'_>]) -> Result<(), OverlayError> {
         let len = blockio::total_len(piece);
         self.storage
             .write_at(self.geo.data_offset + from, piece)
@@ -295,7 +295,7 @@ impl Overlay {
                 let (from, to) = (offset.max(bstart), end.min(bend));
                 if self.map.get(b) != BlockState::Zero {
                     let zeros = &ZEROS[..(to - from) as usize];
-                    self.write_partial(b, from, &mut [IoSlice::new(zeros)], base, true)?;
+                    self.write_partial(b, from, &mut [IoBuf::new(zeros)], base, true)?;
                 }
             }
         }
@@ -494,7 +494,7 @@ impl Overlay {
             let s = slots[*page];
             format::encode_page(*page as u64, s.seq + 1, words, &mut buf);
             let at = self.geo.slot_offset(*page as u64, s.next);
-            if let Err(e) = self.storage.write_at(at, &mut [IoSlice::new(&buf)]) {
+            if let Err(e) = self.storage.write_at(at, &mut [IoBuf::new(&buf)]) {
                 restore(&dirty);
                 return Err(io_err(&self.path, format!("writing map page {page}"))(e));
             }

@@ -4,8 +4,9 @@
 //! synced, a small deterministic random source, and test fixtures.
 #![allow(dead_code)]
 
+use blockio::{IoBuf, IoBufMut};
 use overlay::storage::{FileId, Storage};
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -58,7 +59,7 @@ pub fn identity(name: &str) -> blockio::BaseIdentity {
 
 /// Splits `data` into up to four buffers at random points, so requests
 /// exercise the scatter-list cursors.
-pub fn split<'a>(data: &'a [u8], rng: &mut Rng) -> Vec<IoSlice<'a>> {
+pub fn split<'a>(data: &'a [u8], rng: &mut Rng) -> Vec<IoBuf<'a>> {
     let mut cuts: Vec<usize> = (0..rng.below(4))
         .map(|_| rng.below(data.len() as u64 + 1) as usize)
         .collect();
@@ -66,7 +67,7 @@ pub fn split<'a>(data: &'a [u8], rng: &mut Rng) -> Vec<IoSlice<'a>> {
     cuts.push(data.len());
     cuts.sort();
     cuts.windows(2)
-        .map(|w| IoSlice::new(&data[w[0]..w[1]]))
+        .map(|w| IoBuf::new(&data[w[0]..w[1]]))
         .collect()
 }
 
@@ -76,7 +77,7 @@ pub fn read_all(ov: &overlay::Overlay, base: &Vec<u8>, rng: &mut Rng) -> Vec<u8>
     let len = out.len();
     let cut = rng.below(len as u64) as usize;
     let (a, b) = out.split_at_mut(cut);
-    ov.read(0, &mut [IoSliceMut::new(a), IoSliceMut::new(b)], base)
+    ov.read(0, &mut [IoBufMut::new(a), IoBufMut::new(b)], base)
         .expect("reading the whole disk");
     assert_eq!(out.len(), len);
     out
@@ -293,7 +294,7 @@ impl Storage for MemStorage {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.push(Op::SetLen(len))
     }
-    fn read_at(&self, offset: u64, bufs: &mut [IoSliceMut<'_>]) -> io::Result<()> {
+    fn read_at(&self, offset: u64, bufs: &mut [IoBufMut<'_>]) -> io::Result<()> {
         self.alive()?;
         let inner = self.inner.lock().unwrap();
         let mut at = offset as usize;
@@ -302,13 +303,13 @@ impl Storage for MemStorage {
             if end > inner.current.len() {
                 return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "past the end"));
             }
-            b.copy_from_slice(&inner.current[at..end]);
+            b.copy_from(&inner.current[at..end]);
             at = end;
         }
         Ok(())
     }
-    fn write_at(&self, offset: u64, bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
-        let data: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+    fn write_at(&self, offset: u64, bufs: &mut [IoBuf<'_>]) -> io::Result<()> {
+        let data: Vec<u8> = bufs.iter().flat_map(|b| b.to_vec()).collect();
         self.push(Op::Write(offset, data))
     }
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {

@@ -3,13 +3,14 @@
 //! Runs the `ocidisk` binary, brought up to date by
 //! `ocidisk_tests::cli::ocidisk_binary`.
 
+use blockio::IoBufMut;
 use layout::oci::{Image, OpenOptions};
 use layout::{ComposeOptions, LayoutSpec};
 use ocidisk_tests::blkio_client::{BlkioClient, Op, Server};
 use ocidisk_tests::cli::CommandExt as _;
 use ocidisk_tests::oci_writer::{efi_image, ImageBuilder, OsImage, Payload};
 use overlay::Overlay;
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -147,7 +148,7 @@ impl Fixture {
         let overlay = Overlay::inspect(&self.overlay).unwrap();
         let mut buf = vec![0u8; len];
         overlay
-            .read(offset, &mut [IoSliceMut::new(&mut buf)], &base)
+            .read(offset, &mut [IoBufMut::new(&mut buf)], &base)
             .unwrap();
         buf
     }

@@ -1,8 +1,9 @@
 //! `ocidisk overlay info` and `ocidisk overlay reset` on real files.
 
+use blockio::{IoBuf, IoBufMut};
 use ocidisk_tests::cli::CommandExt as _;
 use overlay::{CreateOptions, OpenOptions, Overlay};
-use std::io::{IoSlice, IoSliceMut};
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -34,7 +35,7 @@ fn info_and_reset() {
     )
     .unwrap();
     let disk_id = ov.header().disk_id;
-    ov.write(1 << 20, &[IoSlice::new(&[9u8; 3 * 4096])], &base)
+    ov.write(1 << 20, &[IoBuf::new(&[9u8; 3 * 4096])], &base)
         .unwrap();
     ov.write_zeroes(8 << 20, 1 << 20, &base).unwrap();
     ov.flush().unwrap();
@@ -79,7 +80,7 @@ fn info_and_reset() {
     let usage = ov.usage().unwrap();
     assert_eq!((usage.blocks_written, usage.blocks_zero), (0, 0));
     let mut buf = vec![0u8; 4096];
-    ov.read(1 << 20, &mut [IoSliceMut::new(&mut buf)], &base)
+    ov.read(1 << 20, &mut [IoBufMut::new(&mut buf)], &base)
         .unwrap();
     assert!(
         buf.iter().all(|&b| b == 5),

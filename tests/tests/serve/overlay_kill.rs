@@ -6,8 +6,9 @@
 //! it writes a seeded stream of requests and logs its progress to a file
 //! (page-cache writes survive the kill), so the parent can replay the stream.
 
+use blockio::IoBuf;
 use overlay::{CreateOptions, OpenOptions, Overlay};
-use std::io::{IoSlice, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -90,7 +91,7 @@ fn kill_child_writer() {
     for (i, op) in ops(round).enumerate().take(1_000_000) {
         writeln!(log, "start {i}").unwrap();
         match &op {
-            Op::Write(off, data) => ov.write(*off, &[IoSlice::new(data)], &base).unwrap(),
+            Op::Write(off, data) => ov.write(*off, &[IoBuf::new(data)], &base).unwrap(),
             Op::Zero(off, len) => ov.write_zeroes(*off, *len, &base).unwrap(),
             Op::Discard(off, len) => ov.discard(*off, *len, &base).unwrap(),
             Op::Flush => ov.flush().unwrap(),
@@ -211,7 +212,7 @@ fn flushed_writes_survive_kill_9() {
         )
         .unwrap();
         let mut actual = vec![0u8; SIZE as usize];
-        ov.read(0, &mut [std::io::IoSliceMut::new(&mut actual)], &base)
+        ov.read(0, &mut [blockio::IoBufMut::new(&mut actual)], &base)
             .unwrap();
         drop(ov);
         let mut bad = 0usize;

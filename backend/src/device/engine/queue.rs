@@ -31,11 +31,11 @@ use crate::device::request::{
 };
 use crate::disk::ReadSources;
 use crate::metrics::Started;
-use blockio::{DirectAlign, IoCursorMut, IoWindow, ReadPiece};
+use blockio::{DirectAlign, IoBuf, IoBufMut, IoCursorMut, IoWindow, ReadPiece};
 use smallvec::SmallVec;
 use std::fs::File;
-use std::io::{self, IoSliceMut};
-use std::os::fd::{AsRawFd, RawFd};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
@@ -166,8 +166,8 @@ impl AsyncQueue {
     }
 
     /// The eventfd that wakes this queue's thread for completions.
-    pub fn event_fd(&self) -> RawFd {
-        self.ring.event().as_raw_fd()
+    pub fn event_fd(&self) -> BorrowedFd<'_> {
+        self.ring.event_fd()
     }
 
     /// Whether no request is in flight.
@@ -365,11 +365,12 @@ impl AsyncQueue {
             return ctx.requests.write_now(mem, request, offset, len);
         };
         let bufs = request.data_out(mem, len)?;
+        let iovecs = IoBuf::as_iovecs(&bufs);
         let file = match target.direct {
-            Some(direct) if direct_aligned(self.direct, target.offset, &bufs) => direct,
+            Some(direct) if direct_aligned(self.direct, target.offset, iovecs) => direct,
             _ => target.file,
         };
-        push_iovecs(ops, file.as_raw_fd(), target.offset, &bufs, true);
+        push_iovecs(ops, file.as_raw_fd(), target.offset, iovecs, true);
         Ok(())
     }
 
@@ -564,7 +565,8 @@ fn plan_read(
                     offset,
                     ..
                 } => {
-                    let twin = twin.filter(|_| direct_aligned(direct, offset, &sub));
+                    let twin =
+                        twin.filter(|_| direct_aligned(direct, offset, IoBufMut::as_iovecs(&sub)));
                     read_file(file, twin, offset, &mut sub, ops)
                 }
                 ReadPiece::Bytes(bytes) => {
@@ -588,9 +590,12 @@ fn plan_read(
 }
 
 /// Whether a transfer at file `offset` into `bufs` may use `O_DIRECT`.
-fn direct_aligned(align: Option<DirectAlign>, offset: u64, bufs: &[IoSliceMut<'_>]) -> bool {
+fn direct_aligned(align: Option<DirectAlign>, offset: u64, bufs: &[libc::iovec]) -> bool {
     align.is_some_and(|align| {
-        align.allows(offset, bufs.iter().map(|b| (b.as_ptr() as usize, b.len())))
+        align.allows(
+            offset,
+            bufs.iter().map(|b| (b.iov_base as usize, b.iov_len)),
+        )
     })
 }
 
@@ -601,26 +606,33 @@ fn read_file(
     file: &File,
     direct: Option<&File>,
     offset: u64,
-    bufs: &mut [IoSliceMut<'_>],
+    bufs: &mut [IoBufMut<'_>],
     ops: &mut SmallVec<[Op; 1]>,
 ) -> io::Result<()> {
     if let Some(direct) = direct {
-        push_iovecs(ops, direct.as_raw_fd(), offset, bufs, false);
+        push_iovecs(
+            ops,
+            direct.as_raw_fd(),
+            offset,
+            IoBufMut::as_iovecs(bufs),
+            false,
+        );
         return Ok(());
     }
     let fd = file.as_raw_fd();
-    let mut rest: &mut [IoSliceMut<'_>] = bufs;
+    let mut rest: &mut [IoBufMut<'_>] = bufs;
     let mut at = offset;
     while !rest.is_empty() {
         let cnt = rest.len().min(IOV_MAX) as libc::c_int;
         let off =
             libc::off_t::try_from(at).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: `IoSliceMut` is ABI-compatible with `iovec`, and every
-        // buffer is valid for writes for the duration of the call.
-        let n = unsafe { libc::preadv2(fd, rest.as_ptr().cast(), cnt, off, libc::RWF_NOWAIT) };
+        let iov = IoBufMut::as_iovecs(rest).as_ptr();
+        // SAFETY: every buffer is valid for writes for the duration of the
+        // call (`IoBufMut`'s contract).
+        let n = unsafe { libc::preadv2(fd, iov, cnt, off, libc::RWF_NOWAIT) };
         if n > 0 {
             at += n as u64;
-            IoSliceMut::advance_slices(&mut rest, n as usize);
+            IoBufMut::advance_slices(&mut rest, n as usize);
             continue;
         }
         if n == 0 {
@@ -644,7 +656,7 @@ fn read_file(
         }
     }
     if !rest.is_empty() {
-        push_iovecs(ops, fd, at, rest, false);
+        push_iovecs(ops, fd, at, IoBufMut::as_iovecs(rest), false);
     }
     Ok(())
 }
@@ -655,18 +667,12 @@ fn push_iovecs(
     ops: &mut SmallVec<[Op; 1]>,
     fd: RawFd,
     mut offset: u64,
-    bufs: &[IoSliceMut<'_>],
+    bufs: &[libc::iovec],
     write: bool,
 ) {
     for chunk in bufs.chunks(IOV_MAX) {
-        let iovecs: Vec<libc::iovec> = chunk
-            .iter()
-            .map(|b| libc::iovec {
-                iov_base: b.as_ptr() as *mut libc::c_void,
-                iov_len: b.len(),
-            })
-            .collect();
-        let len: usize = chunk.iter().map(|b| b.len()).sum();
+        let iovecs = chunk.to_vec();
+        let len: usize = chunk.iter().map(|b| b.iov_len).sum();
         ops.push(Op {
             fd,
             offset,

@@ -3,7 +3,7 @@
 
 use io_uring::{cqueue, opcode, types, IoUring, Probe};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// An io_uring owned by one queue's worker thread.
@@ -55,6 +55,13 @@ impl Ring {
     /// The eventfd that becomes readable when completions are posted.
     pub fn event(&self) -> &EventFd {
         &self.event
+    }
+
+    /// The same eventfd, borrowed for `poll` (vmm-sys-util's `EventFd` does
+    /// not implement `AsFd`).
+    pub fn event_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: `self.event` owns the descriptor and outlives the borrow.
+        unsafe { BorrowedFd::borrow_raw(self.event.as_raw_fd()) }
     }
 
     /// Operations not yet reaped.
