@@ -10,8 +10,7 @@
 //! - the overlay (crate `overlay`) is the writable implementation.
 
 pub use blockio::ReadSources;
-use blockio::{check_range, total_len, total_len_mut, PieceSink, ReadAt};
-use blockio::{IoBuf, IoBufMut};
+use blockio::{check_range, total_len, total_len_mut, IoBuf, IoBufMut, PieceSink, ReadAt};
 use std::fs::File;
 use std::io;
 

@@ -1,8 +1,7 @@
 //! The block map: where every byte of a virtual disk comes from.
 
 use crate::source::{Content, Source};
-use blockio::IoBufMut;
-use blockio::{IoSplitter, PieceSink, ReadAt, ReadPiece};
+use blockio::{IoBufMut, IoSplitter, PieceSink, ReadAt, ReadPiece};
 use std::io;
 use thiserror::Error;
 

@@ -1,7 +1,6 @@
 //! Where bytes come from: a range of a read-only file, bytes in memory, or zeros.
 
-use blockio::IoBufMut;
-use blockio::IoWindow;
+use blockio::{IoBufMut, IoWindow};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;

@@ -21,8 +21,7 @@
     reason = "bench code: a failed setup ends the run"
 )]
 
-use blockio::{BaseIdentity, ReadAt};
-use blockio::{IoBuf, IoBufMut};
+use blockio::{BaseIdentity, IoBuf, IoBufMut, ReadAt};
 use overlay::{CreateOptions, Overlay};
 use std::fs::File;
 use std::io::{self, Write};

@@ -7,8 +7,7 @@
     reason = "test code: a panic is the test failing"
 )]
 
-use blockio::BaseIdentity;
-use blockio::IoBuf;
+use blockio::{BaseIdentity, IoBuf};
 use overlay::{Change, CreateOptions, Overlay, BLOCK_SIZE};
 
 #[test]

@@ -11,8 +11,7 @@
 
 mod common;
 
-use blockio::ReadAt;
-use blockio::{IoBuf, IoBufMut};
+use blockio::{IoBuf, IoBufMut, ReadAt};
 use common::{fresh_overlay, BS};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -19,6 +19,13 @@
 //! waits, vhost-user reads) and nothing needs to be async-signal-safe.
 //! signal-hook's handler-and-pipe design would bring back exactly that, for
 //! the sake of the three small `unsafe` blocks in `Signals`.
+//!
+//! They are blocked once the disk is open, not at the start: opening it
+//! (a registry's manifest with its retries, a large layout) may take long,
+//! and until a device exists there is nothing to flush, so a SIGTERM or a
+//! Ctrl-C then should end the process at once, as it does by default. The
+//! only threads that exist earlier, the chunk cache's readahead threads,
+//! block every signal themselves (`layout::chunkcache::readahead`).
 
 use crate::cmd::image_args::ImageArgs;
 use crate::device::engine::{EngineChoice, EngineConfig};
@@ -273,8 +280,10 @@ pub fn serve_device(
         &opts.serial,
         opts.writethrough,
     )?;
-    // Before any thread exists, so that every thread inherits the mask and
-    // only the signal thread ever sees these signals.
+    // Before any thread of the device exists, so that every thread inherits
+    // the mask and only the signal thread ever sees these signals (earlier
+    // threads mask themselves; the module doc says why this is not done
+    // earlier).
     let signals = Signals::block()?;
     let engine = opts.engine(direct)?;
     let (wake_rx, wake_tx) = UnixStream::pair().context("cannot create a wake-up channel")?;

@@ -5,10 +5,8 @@ use super::{Overlay, ZEROS};
 use crate::error::io_err;
 use crate::error::OverlayError;
 use crate::format::{self, BlockState, BLOCK_SIZE, SLOT_SIZE};
-use blockio::{IoBuf, IoBufMut};
+use blockio::{IoBuf, IoBufMut, IoCursor, IoCursorMut, PieceSink, ReadAt, ReadPiece, ReadSources};
 
-use blockio::ReadSources;
-use blockio::{IoCursor, IoCursorMut, PieceSink, ReadAt, ReadPiece};
 use std::fs::File;
 
 use std::os::fd::AsRawFd;
