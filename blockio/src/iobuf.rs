@@ -83,16 +83,6 @@ impl<'a> IoBufMut<'a> {
         }
     }
 
-    /// Its length in bytes.
-    pub fn len(&self) -> usize {
-        self.iov.iov_len
-    }
-
-    /// Whether it has no bytes.
-    pub fn is_empty(&self) -> bool {
-        self.iov.iov_len == 0
-    }
-
     /// Its first byte's address.
     pub fn as_ptr(&self) -> *mut u8 {
         self.iov.iov_base.cast()
@@ -104,55 +94,6 @@ impl<'a> IoBufMut<'a> {
         IoBufMut {
             iov: self.iov,
             _memory: PhantomData,
-        }
-    }
-
-    /// Splits it in two at `mid`, which must not exceed its length.
-    ///
-    /// # Panics
-    /// If `mid > self.len()`.
-    pub fn split_at(self, mid: usize) -> (IoBufMut<'a>, IoBufMut<'a>) {
-        assert!(mid <= self.len(), "split at {mid} of {}", self.len());
-        let (ptr, len) = (self.as_ptr(), self.len());
-        // SAFETY: both halves lie within this buffer, which is consumed,
-        // and do not overlap; they inherit its contract.
-        unsafe {
-            (
-                IoBufMut::from_raw_parts(ptr, mid),
-                IoBufMut::from_raw_parts(ptr.add(mid), len - mid),
-            )
-        }
-    }
-
-    /// Drops its first `n` bytes.
-    ///
-    /// # Panics
-    /// If `n > self.len()`.
-    pub fn advance(&mut self, n: usize) {
-        assert!(n <= self.len(), "advance by {n} past {}", self.len());
-        // SAFETY: `n` is within the buffer, so the new start is too.
-        self.iov.iov_base = unsafe { self.as_ptr().add(n) }.cast();
-        self.iov.iov_len -= n;
-    }
-
-    /// Drops the first `n` bytes of a list: whole buffers from the front,
-    /// then the start of the next one.
-    ///
-    /// # Panics
-    /// If the list holds fewer than `n` bytes.
-    pub fn advance_slices(bufs: &mut &mut [IoBufMut<'a>], mut n: usize) {
-        let whole = bufs.iter().take_while(|b| {
-            let fits = b.len() <= n;
-            if fits {
-                n -= b.len();
-            }
-            fits
-        });
-        let skip = whole.count();
-        *bufs = &mut std::mem::take(bufs)[skip..];
-        match bufs.first_mut() {
-            Some(first) => first.advance(n),
-            None => assert!(n == 0, "advance past the end of the buffers"),
         }
     }
 
@@ -176,12 +117,6 @@ impl<'a> IoBufMut<'a> {
         // SAFETY: the buffer is valid for writes of its length (its
         // contract); plain writes for the reason `copy_from` gives.
         unsafe { std::ptr::write_bytes(self.as_ptr(), byte, self.len()) };
-    }
-
-    /// The list as the kernel's `iovec`s, for `preadv` and the ring.
-    pub fn as_iovecs<'s>(bufs: &'s [IoBufMut<'_>]) -> &'s [libc::iovec] {
-        // SAFETY: `IoBufMut` is `repr(transparent)` over `libc::iovec`.
-        unsafe { std::slice::from_raw_parts(bufs.as_ptr().cast(), bufs.len()) }
     }
 }
 
@@ -215,65 +150,9 @@ impl<'a> IoBuf<'a> {
         }
     }
 
-    /// Its length in bytes.
-    pub fn len(&self) -> usize {
-        self.iov.iov_len
-    }
-
-    /// Whether it has no bytes.
-    pub fn is_empty(&self) -> bool {
-        self.iov.iov_len == 0
-    }
-
     /// Its first byte's address.
     pub fn as_ptr(&self) -> *const u8 {
         self.iov.iov_base.cast_const().cast()
-    }
-
-    /// Splits it in two at `mid`.
-    ///
-    /// # Panics
-    /// If `mid > self.len()`.
-    pub fn split_at(self, mid: usize) -> (IoBuf<'a>, IoBuf<'a>) {
-        assert!(mid <= self.len(), "split at {mid} of {}", self.len());
-        let (ptr, len) = (self.as_ptr(), self.len());
-        // SAFETY: both halves lie within this buffer and inherit its
-        // contract.
-        unsafe {
-            (
-                IoBuf::from_raw_parts(ptr, mid),
-                IoBuf::from_raw_parts(ptr.add(mid), len - mid),
-            )
-        }
-    }
-
-    /// Drops its first `n` bytes.
-    ///
-    /// # Panics
-    /// If `n > self.len()`.
-    pub fn advance(&mut self, n: usize) {
-        *self = self.split_at(n).1;
-    }
-
-    /// Drops the first `n` bytes of a list: whole buffers from the front,
-    /// then the start of the next one.
-    ///
-    /// # Panics
-    /// If the list holds fewer than `n` bytes.
-    pub fn advance_slices(bufs: &mut &mut [IoBuf<'a>], mut n: usize) {
-        let whole = bufs.iter().take_while(|b| {
-            let fits = b.len() <= n;
-            if fits {
-                n -= b.len();
-            }
-            fits
-        });
-        let skip = whole.count();
-        *bufs = &mut std::mem::take(bufs)[skip..];
-        match bufs.first_mut() {
-            Some(first) => first.advance(n),
-            None => assert!(n == 0, "advance past the end of the buffers"),
-        }
     }
 
     /// Copies its first `dst.len()` bytes into `dst` (fewer if it is
@@ -293,24 +172,105 @@ impl<'a> IoBuf<'a> {
         self.copy_to(&mut out);
         out
     }
-
-    /// The list as the kernel's `iovec`s, for `pwritev` and the ring.
-    pub fn as_iovecs<'s>(bufs: &'s [IoBuf<'_>]) -> &'s [libc::iovec] {
-        // SAFETY: `IoBuf` is `repr(transparent)` over `libc::iovec`.
-        unsafe { std::slice::from_raw_parts(bufs.as_ptr().cast(), bufs.len()) }
-    }
 }
 
-impl std::fmt::Debug for IoBufMut<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "IoBufMut({:p}, {})", self.as_ptr(), self.len())
-    }
+/// What both kinds of buffer have: their length, cutting them, and the
+/// list as `iovec`s.
+macro_rules! iovec_methods {
+    ($buf:ident) => {
+        impl<'a> $buf<'a> {
+            /// Its length in bytes.
+            pub fn len(&self) -> usize {
+                self.iov.iov_len
+            }
+
+            /// Whether it has no bytes.
+            pub fn is_empty(&self) -> bool {
+                self.iov.iov_len == 0
+            }
+
+            /// Splits it in two at `mid`; both halves inherit its contract.
+            ///
+            /// # Panics
+            /// If `mid > self.len()`.
+            pub fn split_at(self, mid: usize) -> ($buf<'a>, $buf<'a>) {
+                let (head, tail) = split_iov(self.iov, mid);
+                let half = |iov| $buf {
+                    iov,
+                    _memory: PhantomData,
+                };
+                (half(head), half(tail))
+            }
+
+            /// Drops its first `n` bytes.
+            ///
+            /// # Panics
+            /// If `n > self.len()`.
+            pub fn advance(&mut self, n: usize) {
+                self.iov = split_iov(self.iov, n).1;
+            }
+
+            /// Drops the first `n` bytes of a list: whole buffers from the
+            /// front (empty ones too), then the start of the next one.
+            ///
+            /// # Panics
+            /// If the list holds fewer than `n` bytes.
+            pub fn advance_slices(bufs: &mut &mut [$buf<'a>], mut n: usize) {
+                let skip = bufs
+                    .iter()
+                    .take_while(|b| {
+                        let whole = b.len() <= n;
+                        if whole {
+                            n -= b.len();
+                        }
+                        whole
+                    })
+                    .count();
+                *bufs = &mut std::mem::take(bufs)[skip..];
+                match bufs.first_mut() {
+                    Some(first) => first.advance(n),
+                    None => assert!(n == 0, "advance past the end of the buffers"),
+                }
+            }
+
+            /// The list as the kernel's `iovec`s, for `preadv`/`pwritev` and
+            /// the ring.
+            pub fn as_iovecs<'s>(bufs: &'s [$buf<'_>]) -> &'s [libc::iovec] {
+                // SAFETY: the type is `repr(transparent)` over `libc::iovec`.
+                unsafe { std::slice::from_raw_parts(bufs.as_ptr().cast(), bufs.len()) }
+            }
+        }
+
+        impl std::fmt::Debug for $buf<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let name = stringify!($buf);
+                write!(f, "{name}({:p}, {})", self.iov.iov_base, self.iov.iov_len)
+            }
+        }
+    };
 }
 
-impl std::fmt::Debug for IoBuf<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "IoBuf({:p}, {})", self.as_ptr(), self.len())
-    }
+iovec_methods!(IoBufMut);
+iovec_methods!(IoBuf);
+
+/// `iov` cut at `mid`: the first `mid` bytes and the rest.
+///
+/// # Panics
+/// If `mid` exceeds its length (callers' lengths are their own
+/// arithmetic, never a guest's).
+fn split_iov(iov: libc::iovec, mid: usize) -> (libc::iovec, libc::iovec) {
+    assert!(mid <= iov.iov_len, "split at {mid} of {}", iov.iov_len);
+    let head = libc::iovec {
+        iov_base: iov.iov_base,
+        iov_len: mid,
+    };
+    let tail = libc::iovec {
+        // Within the buffer (or one past its end), so no wrapping happens;
+        // `wrapping_add` only spares an `unsafe` block.
+        iov_base: iov.iov_base.cast::<u8>().wrapping_add(mid).cast(),
+        iov_len: iov.iov_len - mid,
+    };
+    (head, tail)
 }
 
 #[cfg(test)]
