@@ -28,17 +28,32 @@ pub struct Map {
 struct Words {
     ptr: *const AtomicU64,
     len: usize,
-    _owner: Owner,
+    owner: Owner,
 }
 
 enum Owner {
-    Heap(#[allow(dead_code)] Box<[AtomicU64]>),
+    /// A boxed slice, held as the raw pointer `Box::into_raw` gave and freed
+    /// when the words are dropped: a `Box` that moves (into this enum, or
+    /// with the map) asserts that it is unique, which would invalidate
+    /// `ptr` (Miri caught this under Stacked Borrows).
+    Heap(*mut [AtomicU64]),
     Shared(#[allow(dead_code)] Arc<Mapping>),
 }
 
-// SAFETY: `ptr` points into memory `_owner` keeps alive and never moves (a
-// boxed slice's heap buffer, or a mapping unmapped only on drop), and it is
-// only used to make shared references to atomics.
+impl Drop for Words {
+    fn drop(&mut self) {
+        if let Owner::Heap(raw) = self.owner {
+            // SAFETY: `raw` came from `Box::into_raw` in `Map::from_words`
+            // and is freed only here; `ptr`, derived from it, dies with
+            // `self`.
+            drop(unsafe { Box::from_raw(raw) });
+        }
+    }
+}
+
+// SAFETY: `ptr` points into memory `owner` keeps alive and never moves (a
+// leaked boxed slice's heap buffer, or a mapping unmapped only on drop),
+// and it is only used to make shared references to atomics.
 unsafe impl Send for Words {}
 // SAFETY: as above; the atomics are `Sync`.
 unsafe impl Sync for Words {}
@@ -72,11 +87,13 @@ impl Map {
     pub fn from_words(words: Vec<u64>) -> Map {
         let pages = words.len() / WORDS_PER_PAGE;
         let heap: Box<[AtomicU64]> = words.into_iter().map(AtomicU64::new).collect();
+        let len = heap.len();
+        let raw = Box::into_raw(heap);
         Map {
             words: Words {
-                ptr: heap.as_ptr(),
-                len: heap.len(),
-                _owner: Owner::Heap(heap),
+                ptr: raw.cast_const().cast(),
+                len,
+                owner: Owner::Heap(raw),
             },
             dirty: (0..pages).map(|_| AtomicBool::new(false)).collect(),
         }
@@ -91,7 +108,7 @@ impl Map {
             words: Words {
                 ptr,
                 len,
-                _owner: Owner::Shared(mapping),
+                owner: Owner::Shared(mapping),
             },
             dirty: (0..len / WORDS_PER_PAGE)
                 .map(|_| AtomicBool::new(false))
