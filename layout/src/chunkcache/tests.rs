@@ -200,6 +200,15 @@ fn faults_are_retried_within_the_budget() {
     let e = blob.ensure_range(4096, 10).unwrap_err();
     assert!(e.to_string().contains("after 1 attempt(s): 404"), "{e}");
     assert_eq!(f.calls.load(Ordering::SeqCst), before + 1);
+    // A source resting after an outage: no retry, no wait, and the
+    // failure counts like any other.
+    *f.faults.lock().unwrap() = vec![Some(FetchError::Unavailable("resting".into()))];
+    let before = f.calls.load(Ordering::SeqCst);
+    let failures = cache.counters().totals().failures;
+    let e = blob.ensure_range(4096, 10).unwrap_err();
+    assert!(e.to_string().contains("after 1 attempt(s): resting"), "{e}");
+    assert_eq!(f.calls.load(Ordering::SeqCst), before + 1);
+    assert_eq!(cache.counters().totals().failures, failures + 1);
     // The fault is gone: the next read fetches it.
     blob.ensure_range(4096, 10).unwrap();
     assert_eq!(blob.status().verified, 2);

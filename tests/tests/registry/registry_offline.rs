@@ -7,12 +7,15 @@
 //! Needs the `ocidisk` binary: `cargo build -p ocidisk` first.
 
 use super::small_disk::{push, s, Pushed, MIB, SYSTEM, SYSTEM_PART};
+use layout::chunkcache::ChunkCacheSettings;
 use ocidisk_tests::blkio_client::{ocidisk_binary, BlkioClient, Server};
 use ocidisk_tests::oci_writer::BuiltImage;
 use ocidisk_tests::registry::proxy::{Fault, Proxy};
 use ocidisk_tests::registry::{small_image, Registry};
+use registry::ClientOptions;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -258,6 +261,145 @@ fn a_partly_filled_cache_serves_what_it_holds() {
         let e = q.read(off, 4096).expect_err("uncached, registry gone");
         assert_eq!(e.raw_os_error(), Some(libc::EIO), "read at {off}: {e}");
     }
+    drop(client);
+    assert!(server.terminate().unwrap().success());
+}
+
+/// What one uncached chunk cost a read before the fetcher remembered an
+/// outage, with a registry that refuses connections at once: the cache's
+/// waits between its `retries + 1` attempts, and in each attempt the
+/// chunk client's wait before its own retry (the same settings `serve`
+/// builds from `--registry-retries`).
+fn chunk_retry_budget(retries: u32) -> Duration {
+    let cache = ChunkCacheSettings::default();
+    let client = ClientOptions {
+        retries,
+        ..ClientOptions::default()
+    }
+    .for_chunk_cache();
+    let attempts = retries + 1;
+    let mut waits = Duration::ZERO;
+    let mut delay = cache.retry_delay;
+    for _ in 1..attempts {
+        waits += delay;
+        delay = (delay * 2).min(cache.max_retry_delay);
+    }
+    let mut client_waits = Duration::ZERO;
+    let mut delay = client.backoff_initial;
+    for _ in 0..client.retries {
+        client_waits += delay;
+        delay = (delay * 2).min(client.backoff_max);
+    }
+    waits + client_waits * attempts
+}
+
+/// The registry dies under a running server: the first uncached chunk
+/// finds it unreachable, the next ones fail with EIO at once (not after
+/// their retries each), with one warning for the outage; the registry
+/// back on its port, reads succeed again once the rest is over, with one
+/// line saying so.
+#[test]
+fn uncached_chunks_fail_fast_while_the_registry_is_down() {
+    const RETRIES: u32 = 4;
+    const N: u64 = 8;
+    let mut f = Fixture::new();
+    let addr = f.reg().addr.clone();
+    let image = format!("docker://{addr}/os/node:v1");
+    let retries = RETRIES.to_string();
+    // No readahead: each read fetches its own chunk and nothing else.
+    let (server, mut client) = f.serve(
+        "outage",
+        &image,
+        &["--registry-retries", &retries, "--registry-readahead", "0"],
+    );
+    let q = client.queue();
+    let system = f.img.layer("system");
+    let digest = system.blob.digest.clone();
+
+    f.reg.as_mut().unwrap().stop();
+    let began = Instant::now();
+    for k in 0..N {
+        let off = SYSTEM_PART + k * MIB;
+        let e = q.read(off, 4096).expect_err("uncached, registry gone");
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "chunk {k}: {e}");
+    }
+    let took = began.elapsed();
+    let budget = chunk_retry_budget(RETRIES);
+    eprintln!("{N} uncached chunks failed in {took:?}; one chunk's retries: {budget:?}");
+    // Before, every chunk spent `budget`: N of them N times as much.
+    assert!(
+        took < 2 * budget,
+        "{N} reads took {took:?}; each chunk's retries alone take {budget:?}"
+    );
+    let log = server.log();
+    let outage = format!("registry {addr} is unreachable: chunk fetches");
+    assert_eq!(
+        log.matches(&outage).count(),
+        1,
+        "one warning for the outage:\n{log}"
+    );
+    let down = log
+        .lines()
+        .find(|l| l.contains(&outage))
+        .unwrap_or_default();
+    assert!(down.contains("WARN"), "{down}");
+    // The first chunk's failure names the blob, the range and since when.
+    let first = log
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains(&format!("fetching bytes 0..{MIB}")))
+        .unwrap_or_else(|| panic!("no failure line for chunk 0:\n{log}"));
+    assert!(first.contains(&digest), "{first}");
+    assert!(
+        first.contains(&format!("blob {digest} bytes 0+{MIB}")),
+        "{first}"
+    );
+    assert!(
+        first.contains(&format!("registry {addr} unreachable since 20")),
+        "{first}"
+    );
+    // The others failed quietly: one error line, not one per chunk.
+    let errors = log
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("fetching bytes"))
+        .count();
+    assert!(errors < N as usize / 2, "{errors} error lines:\n{log}");
+
+    // Back on the same port: a read succeeds once a fetch asks again (the
+    // rest is at most MAX_REST); the reads before that fail at once.
+    f.reg.as_mut().unwrap().start_again().unwrap();
+    let deadline = Instant::now() + registry::outage::MAX_REST + Duration::from_secs(30);
+    let off = SYSTEM_PART + 5 * MIB;
+    let got = loop {
+        match q.read(off, 4096) {
+            Ok(got) => break got,
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+                assert!(
+                    Instant::now() < deadline,
+                    "no read succeeded after the registry came back:\n{}",
+                    server.log()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    assert!(got == system.data[5 * MIB as usize..5 * MIB as usize + 4096]);
+    for k in 0..N {
+        let off = SYSTEM_PART + k * MIB;
+        let got = q
+            .read(off, 4096)
+            .unwrap_or_else(|e| panic!("chunk {k}: {e}"));
+        let p = (k * MIB) as usize;
+        assert!(got == system.data[p..p + 4096], "wrong bytes in chunk {k}");
+    }
+    let log = server.log();
+    let back = format!("registry {addr} answers again");
+    assert_eq!(log.matches(&back).count(), 1, "{log}");
+    assert!(
+        log.lines().any(|l| l.contains(&back) && l.contains("INFO")),
+        "{log}"
+    );
+    assert_eq!(log.matches(&outage).count(), 1, "{log}");
     drop(client);
     assert!(server.terminate().unwrap().success());
 }
