@@ -690,3 +690,95 @@ fn prune_keeps_the_manifest_of_a_live_server() {
     let listed = cache(&["list"]);
     assert!(!listed.contains("manifest(s)"), "{listed}");
 }
+
+/// `cache prune --max-size 0` removes every blob and kept manifest and
+/// config no server uses (blobs first), and the resolutions that pointed
+/// at them, never those of a live server, whose image still starts
+/// offline afterwards.
+#[test]
+fn prune_to_a_size_keeps_the_manifest_of_a_live_server() {
+    let mut f = Fixture::new();
+    let addr = f.reg().addr.clone();
+    let other = small_image(&f.dir.path().join("src2"), 1 << 20, 9, "v1").unwrap();
+    f.reg().push(&other.dir, None, "os/other:v1").unwrap();
+    let image = format!("docker://{addr}/os/node:v1");
+    let other_image = format!("docker://{addr}/os/other:v1");
+    f.pull(&other_image);
+    let (server, client) = f.serve("live", &image, &[]);
+
+    let cache_dir = f.cache();
+    let cache = |args: &[&str]| {
+        let mut a: Vec<String> = vec!["cache".into()];
+        a.extend(args.iter().map(|x| x.to_string()));
+        a.extend(["--cache".to_owned(), s(&cache_dir).to_owned()]);
+        let o = ocidisk(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let pruned = cache(&["prune", "--max-size", "0", "--dry-run"]);
+    assert!(
+        pruned.contains("would remove 2 manifest(s) and config(s), 1 resolution record(s)"),
+        "{pruned}"
+    );
+    assert!(
+        cache(&["list"]).contains("and 4 manifest(s) and config(s)"),
+        "a dry run removes nothing"
+    );
+    let pruned = cache(&["prune", "--max-size", "0"]);
+    eprintln!("{pruned}");
+    let live = [f.img.manifest_digest(), &f.img.manifests[0].config.digest];
+    let gone = [other.manifest_digest(), &other.manifests[0].config.digest];
+    for d in live {
+        assert!(
+            pruned.contains(&format!("kept manifest or config {d} (in use)")),
+            "{pruned}"
+        );
+    }
+    for d in gone {
+        assert!(
+            pruned.contains(&format!("removed manifest or config {d}")),
+            "{pruned}"
+        );
+    }
+    assert!(
+        pruned.contains("removed 2 manifest(s) and config(s), 1 resolution record(s)"),
+        "{pruned}"
+    );
+    // The other image's own blobs went first (the live server's are open,
+    // among them the kernel both images share).
+    let live_blobs: Vec<&str> = f.img.manifests[0]
+        .layers
+        .iter()
+        .map(|l| l.blob.digest.as_str())
+        .collect();
+    let own: Vec<&str> = other.manifests[0]
+        .layers
+        .iter()
+        .map(|l| l.blob.digest.as_str())
+        .filter(|d| !live_blobs.contains(d))
+        .collect();
+    assert!(!own.is_empty());
+    for d in own {
+        assert!(pruned.contains(&format!("removed {d} (")), "{pruned}");
+    }
+    let listed = cache(&["list"]);
+    assert!(
+        listed.contains("and 2 manifest(s) and config(s)")
+            && listed.contains("1 resolution record(s)"),
+        "{listed}"
+    );
+    drop(client);
+    assert!(server.terminate().unwrap().success());
+
+    // Offline now: the live server's image still starts, the other does not.
+    f.reg = None;
+    let o = f.run("inspect", &image, &["--registry-retries", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = f.run("inspect", &other_image, &["--registry-retries", "0"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("nothing is cached for"),
+        "{}",
+        stderr(&o)
+    );
+}
