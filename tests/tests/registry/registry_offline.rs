@@ -1,8 +1,10 @@
 //! A registry image keeps being served when the registry is gone: the real
 //! `ocidisk` binary against Debian's `docker-registry` (and the fault
 //! proxy), restarted on a cache filled while the registry was reachable.
-//! Also: manifest resolution keeps the user's full retry setting, and an
-//! empty payload is served.
+//! Also: uncached chunks fail at once while the registry is down, a tag of
+//! an index is recorded per platform, prune by age and by size keeps what
+//! a live server needs, manifest resolution keeps the user's full retry
+//! setting, and an empty payload is served.
 //!
 //! Needs the `ocidisk` binary: `cargo build -p ocidisk` first.
 
@@ -781,4 +783,100 @@ fn prune_to_a_size_keeps_the_manifest_of_a_live_server() {
         "{}",
         stderr(&o)
     );
+}
+
+/// A tag of an image index resolves per `--platform`: `pull` with two
+/// platforms keeps two resolution records (the key names the platform),
+/// and with the registry gone each platform starts from its own manifest
+/// (`inspect`, and `serve` reading the payload of its own image).
+#[test]
+fn a_tag_record_follows_the_platform() {
+    use ocidisk_tests::oci_writer::{INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
+    let mut f = Fixture::new();
+    let addr = f.reg().addr.clone();
+    let arm = small_image(&f.dir.path().join("src-arm"), SYSTEM, 8, "v1").unwrap();
+    f.reg().push(&arm.dir, None, "os/node:arm64").unwrap();
+    let entry = |img: &BuiltImage, arch: &str| {
+        serde_json::json!({
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "digest": img.manifests[0].digest(),
+            "size": img.manifests[0].manifest.size,
+            "platform": {"os": "linux", "architecture": arch},
+        })
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX_MEDIA_TYPE,
+        "manifests": [entry(&f.img, "amd64"), entry(&arm, "arm64")],
+    });
+    f.reg()
+        .put_manifest(
+            "os/node",
+            "multi",
+            INDEX_MEDIA_TYPE,
+            &serde_json::to_vec(&index).unwrap(),
+        )
+        .unwrap();
+    let image = format!("docker://{addr}/os/node:multi");
+    let platforms = [("linux/amd64", &f.img), ("linux/arm64", &arm)];
+    for (platform, img) in platforms {
+        let args: Vec<String> = [
+            "pull",
+            image.as_str(),
+            "--cache",
+            s(&f.cache()),
+            "--platform",
+            platform,
+        ]
+        .map(String::from)
+        .to_vec();
+        let o = ocidisk(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = f.run("inspect", &image, &["--json", "--platform", platform]);
+        assert_eq!(inspected_digest(&o), img.manifest_digest(), "{platform}");
+    }
+    let mut records: Vec<(String, String)> = std::fs::read_dir(f.cache().join("refs"))
+        .unwrap()
+        .map(|e| {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+            let field = |k: &str| v[k].as_str().unwrap().to_owned();
+            (field("key"), field("manifest"))
+        })
+        .collect();
+    records.sort();
+    assert_eq!(records.len(), 2, "one record per platform: {records:?}");
+    for ((key, manifest), (platform, img)) in records.iter().zip(platforms) {
+        assert!(key.contains(&format!("platform={platform}")), "{key}");
+        assert_eq!(manifest, img.manifest_digest(), "{key}");
+    }
+
+    f.reg = None;
+    for (platform, img) in platforms {
+        let o = f.run(
+            "inspect",
+            &image,
+            &["--json", "--platform", platform, "--registry-retries", "0"],
+        );
+        assert_eq!(inspected_digest(&o), img.manifest_digest(), "{platform}");
+        assert!(stderr(&o).contains(img.manifest_digest()), "{}", stderr(&o));
+
+        let name = platform.replace('/', "-");
+        let (server, mut client) = f.serve(
+            &name,
+            &image,
+            &["--platform", platform, "--registry-retries", "0"],
+        );
+        let got = client
+            .queue()
+            .read(SYSTEM_PART, 2 * MIB as usize)
+            .unwrap_or_else(|e| panic!("{platform}: {e}"));
+        let system = &img.layer("system").data;
+        assert!(
+            got == system[..2 * MIB as usize],
+            "{platform}: not its own image's bytes"
+        );
+        drop(client);
+        assert!(server.terminate().unwrap().success());
+    }
 }
