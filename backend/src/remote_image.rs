@@ -390,7 +390,7 @@ fn from_cache(
     };
     let pinned = Digest::parse(&digest).with_context(|| format!("cached resolution of {r}"))?;
     if let Target::Tag(tag) = &r.target {
-        let when = resolved_at.map_or_else(|| "an unknown time".to_owned(), rfc3339);
+        let when = resolved_at.map_or_else(|| "an unknown time".to_owned(), registry::rfc3339);
         tracing::warn!(
             registry_error = %blockio::error_chain(&err),
             tag = %tag,
@@ -411,39 +411,4 @@ fn from_cache(
         manifest,
         config,
     ))
-}
-
-/// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (the civil-from-days
-/// algorithm of Howard Hinnant's date library, for the proleptic Gregorian
-/// calendar; a date crate for one log field is not worth its weight).
-fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::rfc3339;
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_796_428_799), "2026-12-04T23:59:59Z");
-    }
 }

@@ -7,6 +7,7 @@ use crate::challenge::{self, Challenge};
 use crate::credentials::{self, Credentials};
 use crate::error::{At, RegistryError};
 use crate::options::ClientOptions;
+use crate::outage::Outages;
 use crate::reference::is_loopback;
 use crate::stats::ClientStats;
 use std::collections::HashMap;
@@ -27,6 +28,9 @@ pub struct Client {
     /// The Authorization header value per (registry, repository); shared
     /// like `schemes`, so a token fetched by one is used by the other.
     auth: Arc<Mutex<HashMap<(String, String), String>>>,
+    /// Registries that gave no answer moments ago, which chunk fetches
+    /// skip for a while; shared like `schemes`.
+    outages: Arc<Outages>,
 }
 
 impl std::fmt::Debug for Client {
@@ -74,6 +78,7 @@ impl Client {
             stats: Arc::new(ClientStats::default()),
             schemes: Arc::default(),
             auth: Arc::default(),
+            outages: Arc::default(),
         })
     }
 
@@ -88,7 +93,13 @@ impl Client {
             stats: Arc::clone(&self.stats),
             schemes: Arc::clone(&self.schemes),
             auth: Arc::clone(&self.auth),
+            outages: Arc::clone(&self.outages),
         }
+    }
+
+    /// The registries chunk fetches rest from after they gave no answer.
+    pub(crate) fn outages(&self) -> &Outages {
+        &self.outages
     }
 
     /// The counters of this client (shared; read them any time).

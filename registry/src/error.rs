@@ -204,6 +204,25 @@ pub enum RegistryError {
         /// The last attempt's error.
         source: Box<RegistryError>,
     },
+    /// Not requested: the registry gave no answer moments ago, and chunk
+    /// fetches from it fail at once until its rest is over (see
+    /// [`FIRST_REST`](crate::outage::FIRST_REST)).
+    #[error(
+        "{at}: not requested: registry {} unreachable since {since}, next attempt in {} s; it failed with: {cause}",
+        .at.registry(),
+        .retry_in.as_secs_f64().ceil()
+    )]
+    Unreachable {
+        /// What would have been asked for.
+        at: At,
+        /// When the registry was first found unreachable
+        /// (`YYYY-MM-DDTHH:MM:SSZ`).
+        since: String,
+        /// How long until a fetch asks the registry again.
+        retry_in: std::time::Duration,
+        /// The failure that started the outage.
+        cause: String,
+    },
     /// Credentials could not be read.
     #[error(transparent)]
     Credentials(#[from] CredentialsError),
@@ -233,6 +252,21 @@ impl RegistryError {
             RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. } => {
                 corrupt_too
             }
+            _ => false,
+        }
+    }
+
+    /// Whether the registry gave no answer worth the name: no connection,
+    /// a timeout, a `5xx`, `408` or `429` (also after the client's
+    /// retries). A refusal, a missing object, a cut or corrupt body are
+    /// answers; a client that stops asking a registry for a while after a
+    /// failure (see [`crate::outage`]) stops only for these.
+    pub fn is_no_answer(&self) -> bool {
+        match self.last() {
+            e @ (RegistryError::Transport { .. } | RegistryError::Status { .. }) => {
+                e.is_transient(false)
+            }
+            RegistryError::Body { source, .. } => source.kind() == std::io::ErrorKind::TimedOut,
             _ => false,
         }
     }

@@ -44,6 +44,9 @@
 //!   a corrupt manifest or config) are retried with exponential backoff,
 //!   each retry logged with `tracing`; [`ClientStats`] counts fetches,
 //!   bytes, retries and failures for `/metrics`.
+//! - A registry that gave a chunk fetch no answer rests: further chunk
+//!   fetches from it fail at once for a few seconds, then one asks again
+//!   ([`outage`]).
 
 pub mod challenge;
 mod client;
@@ -53,6 +56,7 @@ mod error;
 mod fetch;
 pub mod manifest;
 mod options;
+pub mod outage;
 pub mod pull;
 pub mod reference;
 mod remote_blob;
@@ -64,6 +68,7 @@ pub use digest::Digest;
 pub use error::{At, RegistryError};
 pub use fetch::{FetchedManifest, ResolvedImage};
 pub use options::{ClientOptions, Platform};
+pub use outage::rfc3339;
 pub use pull::{pull_to_layout, PullError, PullReport};
 pub use reference::{ImageRef, RefError, RegistryRef, Target};
 pub use remote_blob::RemoteBlob;

@@ -4,6 +4,7 @@
 use crate::client::Client;
 use crate::digest::Digest;
 use crate::error::{At, RegistryError};
+use crate::outage::{self, Admit};
 use crate::reference::RegistryRef;
 use layout::chunkcache::{ChunkFetch, FetchError};
 use std::sync::Arc;
@@ -49,16 +50,21 @@ impl RemoteBlob {
         let end = offset.checked_add(buf.len() as u64);
         if end.is_none_or(|e| e > self.size) {
             return Err(RegistryError::OutOfRange {
-                at: At::new(
-                    &self.image.registry,
-                    &self.image.repository,
-                    format!("blob {} bytes {offset}+{}", self.digest, buf.len()),
-                ),
+                at: self.at(offset, buf.len()),
                 size: self.size,
             });
         }
         self.client
             .read_range(&self.image, &self.digest, offset, buf)
+    }
+
+    /// `len` bytes at `offset` of this blob, for errors.
+    fn at(&self, offset: u64, len: usize) -> At {
+        At::new(
+            &self.image.registry,
+            &self.image.repository,
+            format!("blob {} bytes {offset}+{len}", self.digest),
+        )
     }
 
     /// The whole blob into `file`, digest-checked (see
@@ -78,10 +84,40 @@ impl RemoteBlob {
 /// few retries of its own (see [`ClientOptions::for_chunk_cache`]), or the
 /// attempts multiply.
 ///
+/// A registry that gave no answer ([`RegistryError::is_no_answer`]) rests
+/// (see [`crate::outage`]): until a fetch asks it again, every fetch from
+/// it is [`FetchError::Unavailable`] at once, naming the blob, the range
+/// and since when the registry is unreachable.
+///
 /// [`ClientOptions::for_chunk_cache`]: crate::ClientOptions::for_chunk_cache
 impl ChunkFetch for RemoteBlob {
     fn fetch(&self, offset: u64, buf: &mut [u8]) -> Result<(), FetchError> {
-        self.read_at(offset, buf).map_err(|e| {
+        let registry = &self.image.registry;
+        let outages = self.client.outages();
+        let admitted = outages.admit(registry);
+        if let Admit::Refuse(r) = admitted {
+            let e = RegistryError::Unreachable {
+                at: self.at(offset, buf.len()),
+                since: outage::wall_time(r.since),
+                retry_in: r.retry_in,
+                cause: r.cause,
+            };
+            return Err(FetchError::Unavailable(e.to_string()));
+        }
+        let result = self.read_at(offset, buf);
+        match &result {
+            // Asked nothing: says nothing about the registry.
+            Err(RegistryError::OutOfRange { .. }) => {}
+            Err(e) if e.is_no_answer() => {
+                outages.failed(
+                    registry,
+                    &admitted,
+                    &blockio::error_chain(e.last()).to_string(),
+                );
+            }
+            _ => outages.answered(registry),
+        }
+        result.map_err(|e| {
             // The chunk cache keeps only this text: the causes go with it.
             let text = blockio::error_chain(&e).to_string();
             if e.is_retryable() {

@@ -233,8 +233,20 @@ impl Registry {
     /// Stops the registry and starts it again on the same port with the
     /// same storage (it rereads its config and certificate bundles).
     pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.start_again()
+    }
+
+    /// Kills the registry: connections to its port are refused until
+    /// [`Registry::start_again`].
+    pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Starts a stopped registry again on the same port with the same
+    /// storage.
+    pub fn start_again(&mut self) -> Result<()> {
         // The port is free again once the old process is gone; the new one
         // may still race another process for it, which wait_ready reports.
         self.child = spawn_registry(self.dir.path())?;

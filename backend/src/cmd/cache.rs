@@ -48,7 +48,8 @@ pub struct PruneArgs {
     #[arg(long, value_name = "AGE", value_parser = parse_age)]
     older_than: Option<Duration>,
     /// Then remove the least recently used blobs until the cache takes at
-    /// most this much storage, e.g. `20GiB`.
+    /// most this much storage, e.g. `20GiB`; then, if still over, the least
+    /// recently used manifests and configs no server uses.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_size: Option<u64>,
     /// Say what would be removed; remove nothing.
@@ -162,7 +163,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
                 }
                 writeln!(
                     out,
-                    "{verb} {} blob(s), {} bytes; {} bytes remain",
+                    "{verb} {} blob(s); {} bytes freed, {} bytes remain",
                     report.removed.len(),
                     report.freed,
                     report.remaining

@@ -449,6 +449,10 @@ impl CachedBlob {
         let mut delay = self.settings.retry_delay;
         let mut last = String::new();
         let mut made = 0;
+        // Whether every attempt was refused by a source resting after an
+        // outage (it logged that once): then the failure is not logged
+        // again per chunk.
+        let mut only_unavailable = true;
         for attempt in 1..=attempts {
             made = attempt;
             let began = Instant::now();
@@ -472,7 +476,12 @@ impl CachedBlob {
                         .fetch_add(began.elapsed().as_micros() as u64, Ordering::Relaxed);
                     return Ok(());
                 }
+                Err(e @ FetchError::Unavailable(_)) => {
+                    last = e.to_string();
+                    break;
+                }
                 Err(e) => {
+                    only_unavailable = false;
                     tracing::warn!(
                         blob = %self.what(),
                         offset = range.start,
@@ -499,7 +508,11 @@ impl CachedBlob {
             attempts: made,
             last,
         };
-        tracing::error!(blob = %self.what(), "{err}");
+        if only_unavailable {
+            tracing::debug!(blob = %self.what(), "{err}");
+        } else {
+            tracing::error!(blob = %self.what(), "{err}");
+        }
         Err(err)
     }
 

@@ -27,6 +27,12 @@ pub enum FetchError {
     /// the range is outside the blob. The cache gives up at once.
     #[error("{0}")]
     Permanent(String),
+    /// The source is known to be unreachable right now (it gave no answer
+    /// moments ago and rests before asking again): the read fails at once,
+    /// without spending the attempt budget, and quietly, since the source
+    /// logs the outage once rather than the cache once per chunk.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl FetchError {

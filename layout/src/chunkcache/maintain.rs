@@ -1,8 +1,9 @@
 //! Looking after the cache: what it holds (`ocidisk cache list`) and
 //! removing what is old or too much (`ocidisk cache prune`), never a blob a
 //! running server has open (see [`IN_USE_LOCK`]). The manifests and configs
-//! kept for starting without the registry are pruned by age too, never one
-//! a running server opened (see the `meta` module).
+//! kept for starting without the registry are pruned by age too, and by
+//! size once the blobs are, never one a running server opened (see the
+//! `meta` module).
 
 use super::record::{
     io_err, open_existing, parse_header, ByteLock, Kind, HEADER_LEN, IN_USE_LOCK, PRESENT, VERIFIED,
@@ -44,8 +45,11 @@ pub struct Entry {
 pub struct PrunePolicy {
     /// Blobs no server has opened for this long.
     pub older_than: Option<Duration>,
-    /// Then the least recently used blobs, until the cache's blobs take at
-    /// most this many bytes of storage.
+    /// Then the least recently used blobs, until the cache's blobs and
+    /// kept manifests and configs take at most this many bytes of storage;
+    /// if that is not enough (blobs in use stay), the least recently used
+    /// manifests and configs no server uses, with the resolution records
+    /// that point at them.
     pub max_bytes: Option<u64>,
     /// Say what would go, remove nothing.
     pub dry_run: bool,
@@ -58,12 +62,13 @@ pub struct PruneReport {
     pub removed: Vec<Entry>,
     /// Chosen by the policy but in use, so kept.
     pub kept_in_use: Vec<Entry>,
-    /// Storage freed, bytes.
+    /// Storage freed, bytes (blobs, manifests and configs).
     pub freed: u64,
-    /// Storage the cache's blobs take afterwards, bytes.
+    /// Storage the cache's blobs and kept manifests and configs take
+    /// afterwards, bytes.
     pub remaining: u64,
-    /// Manifests, configs and reference records (pruned by age only: they
-    /// take a few KiB each).
+    /// Manifests, configs and reference records (by age; by size only
+    /// after the blobs, as they take a few KiB each).
     pub metadata: super::MetaPruneReport,
 }
 
@@ -119,7 +124,7 @@ impl ChunkCache {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let mut report = PruneReport {
-            remaining: entries.iter().map(|e| e.allocated).sum(),
+            remaining: entries.iter().map(|e| e.allocated).sum::<u64>() + self.meta_storage()?,
             ..PruneReport::default()
         };
         for entry in entries {
@@ -150,8 +155,16 @@ impl ChunkCache {
                 Err(e) => return Err(e),
             }
         }
-        if let Some(age) = policy.older_than {
-            report.metadata = self.prune_meta(age.as_secs(), policy.dry_run)?;
+        // Manifests and configs after the blobs: a few KiB each, and what a
+        // restart without the registry needs.
+        let free = policy
+            .max_bytes
+            .map_or(0, |max| report.remaining.saturating_sub(max));
+        if policy.older_than.is_some() || free > 0 {
+            let age = policy.older_than.map(|a| a.as_secs());
+            report.metadata = self.prune_meta(age, free, policy.dry_run)?;
+            report.freed += report.metadata.freed;
+            report.remaining = report.remaining.saturating_sub(report.metadata.freed);
         }
         Ok(report)
     }

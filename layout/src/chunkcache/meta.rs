@@ -62,6 +62,19 @@ pub struct MetaPruneReport {
     pub kept_in_use: Vec<String>,
     /// Reference records removed because their manifest is gone.
     pub removed_refs: usize,
+    /// Storage the removed manifests and configs took, bytes.
+    pub freed: u64,
+}
+
+/// A kept manifest or config, as prune sees it.
+#[derive(Debug)]
+struct MetaFile {
+    path: PathBuf,
+    digest: String,
+    /// When a server last used it, seconds since the epoch.
+    used: u64,
+    /// Bytes of storage it takes.
+    allocated: u64,
 }
 
 fn hex_of(digest: &str) -> Option<&str> {
@@ -243,18 +256,15 @@ impl ChunkCache {
         Ok((count, bytes, refs))
     }
 
-    /// Removes manifests and configs no server has used for `older_than`
-    /// seconds and none uses now, then the reference records whose manifest
-    /// is gone. They take a few KiB each, so a size limit leaves them.
-    pub fn prune_meta(
-        &self,
-        older_than: u64,
-        dry_run: bool,
-    ) -> Result<MetaPruneReport, ChunkCacheError> {
-        let mut report = MetaPruneReport::default();
-        let now = now_secs();
-        let dir = self.meta_dir();
-        for path in list(&dir)? {
+    /// Storage the kept manifests and configs take, bytes.
+    pub fn meta_storage(&self) -> Result<u64, ChunkCacheError> {
+        Ok(self.meta_files()?.iter().map(|f| f.allocated).sum())
+    }
+
+    /// The kept manifests and configs, least recently used first.
+    fn meta_files(&self) -> Result<Vec<MetaFile>, ChunkCacheError> {
+        let mut out = Vec::new();
+        for path in list(&self.meta_dir())? {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
@@ -273,26 +283,57 @@ impl ChunkCache {
                 .ok()
                 .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs());
-            if now.saturating_sub(used) < older_than {
+            out.push(MetaFile {
+                path,
+                digest,
+                used,
+                // At least its length: a file system may keep a small
+                // file inline, taking no block of its own.
+                allocated: (meta.blocks() * 512).max(meta.len()),
+            });
+        }
+        out.sort_by(|a, b| (a.used, &a.digest).cmp(&(b.used, &b.digest)));
+        Ok(out)
+    }
+
+    /// Removes manifests and configs no server uses now: those unused for
+    /// `older_than` seconds, then, least recently used first, more until
+    /// `free` bytes of storage are freed (what `--max-size` still wants
+    /// once the blobs it may remove are gone); then the reference records
+    /// whose manifest is gone.
+    pub fn prune_meta(
+        &self,
+        older_than: Option<u64>,
+        free: u64,
+        dry_run: bool,
+    ) -> Result<MetaPruneReport, ChunkCacheError> {
+        let mut report = MetaPruneReport::default();
+        let now = now_secs();
+        let mut free = free;
+        for f in self.meta_files()? {
+            let old = older_than.is_some_and(|age| now.saturating_sub(f.used) >= age);
+            if !old && free == 0 {
                 continue;
             }
-            let file = match File::open(&path) {
-                Ok(f) => f,
+            let file = match File::open(&f.path) {
+                Ok(file) => file,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err(&path, "opening")(e)),
+                Err(e) => return Err(io_err(&f.path, "opening")(e)),
             };
-            match flock(&file, &path, FlockOperation::NonBlockingLockExclusive) {
+            match flock(&file, &f.path, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => {}
                 Err(ChunkCacheError::InUse { .. }) => {
-                    report.kept_in_use.push(digest);
+                    report.kept_in_use.push(f.digest);
                     continue;
                 }
                 Err(e) => return Err(e),
             }
             if !dry_run {
-                remove(&path)?;
+                remove(&f.path)?;
             }
-            report.removed.push(digest);
+            report.freed += f.allocated;
+            free = free.saturating_sub(f.allocated);
+            report.removed.push(f.digest);
         }
         for path in list(&self.refs_dir())? {
             if path.extension().and_then(|e| e.to_str()) != Some("json") {

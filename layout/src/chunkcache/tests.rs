@@ -200,6 +200,15 @@ fn faults_are_retried_within_the_budget() {
     let e = blob.ensure_range(4096, 10).unwrap_err();
     assert!(e.to_string().contains("after 1 attempt(s): 404"), "{e}");
     assert_eq!(f.calls.load(Ordering::SeqCst), before + 1);
+    // A source resting after an outage: no retry, no wait, and the
+    // failure counts like any other.
+    *f.faults.lock().unwrap() = vec![Some(FetchError::Unavailable("resting".into()))];
+    let before = f.calls.load(Ordering::SeqCst);
+    let failures = cache.counters().totals().failures;
+    let e = blob.ensure_range(4096, 10).unwrap_err();
+    assert!(e.to_string().contains("after 1 attempt(s): resting"), "{e}");
+    assert_eq!(f.calls.load(Ordering::SeqCst), before + 1);
+    assert_eq!(cache.counters().totals().failures, failures + 1);
     // The fault is gone: the next read fetches it.
     blob.ensure_range(4096, 10).unwrap();
     assert_eq!(blob.status().verified, 2);
@@ -370,6 +379,130 @@ fn prune_removes_old_blobs_but_never_one_in_use() {
         .unwrap();
     assert_eq!(report.removed.len(), 1);
     assert!(cache.entries().unwrap().is_empty());
+}
+
+/// `prune` with a size limit: blobs first (least recently used, never one
+/// in use), then, while still over, the kept manifests and configs no
+/// server pins, least recently used first, with the resolution records
+/// that point at them; a dry run says the same and removes nothing.
+#[test]
+fn prune_to_a_size_removes_unused_manifests_after_the_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ChunkCache::new(dir.path(), quick());
+    let (a, b) = (data(8192), data(12_288)[4096..].to_vec());
+    let held = cache.open_blob(spec(&a, 4096, true), fetcher(&a)).unwrap();
+    held.fetch_all().unwrap();
+    {
+        let other = cache.open_blob(spec(&b, 4096, false), fetcher(&b)).unwrap();
+        other.fetch_all().unwrap();
+    }
+    // Three manifests, last used an hour, a minute and a second ago (the
+    // oldest goes first), each with a resolution record; the middle one a
+    // live server pins.
+    let now = std::time::SystemTime::now();
+    let metas: Vec<(String, String)> = [3600, 60, 1]
+        .iter()
+        .enumerate()
+        .map(|(i, &age)| {
+            let body = format!(r#"{{"schemaVersion":2,"n":{i}}}"#);
+            let digest = format!("sha256:{}", hex(&Sha256::digest(body.as_bytes())));
+            cache.put_meta(&digest, body.as_bytes()).unwrap();
+            std::fs::File::open(cache.meta_path(&digest).unwrap())
+                .unwrap()
+                .set_modified(now - Duration::from_secs(age))
+                .unwrap();
+            let key = format!("h:5000/r:t{i} ref=- platform=linux/amd64");
+            cache.put_ref(&key, &digest).unwrap();
+            (digest, key)
+        })
+        .collect();
+    let (oldest, pinned, newest) = (&metas[0], &metas[1], &metas[2]);
+    let pin = cache.pin_meta(&pinned.0).unwrap().unwrap();
+    // The pin refreshed its time of use; put it back between the others.
+    std::fs::File::open(cache.meta_path(&pinned.0).unwrap())
+        .unwrap()
+        .set_modified(now - Duration::from_secs(60))
+        .unwrap();
+    let meta_bytes = cache.meta_storage().unwrap();
+    assert!(meta_bytes > 0);
+    let blob_bytes: u64 = cache.entries().unwrap().iter().map(|e| e.allocated).sum();
+    let held_bytes = cache
+        .entries()
+        .unwrap()
+        .iter()
+        .find(|e| e.in_use)
+        .unwrap()
+        .allocated;
+    let each = meta_bytes / 3;
+
+    // A limit the unused blob's removal meets: no manifest goes.
+    let limit = held_bytes + meta_bytes;
+    let report = cache
+        .prune(&PrunePolicy {
+            max_bytes: Some(limit),
+            dry_run: true,
+            ..PrunePolicy::default()
+        })
+        .unwrap();
+    assert_eq!(report.removed.len(), 1);
+    assert!(report.metadata.removed.is_empty(), "{report:?}");
+    assert_eq!(report.remaining, held_bytes + meta_bytes);
+    assert_eq!(report.freed, blob_bytes - held_bytes);
+
+    // One manifest's worth less: the oldest unused one goes too (in a dry
+    // run, only said).
+    let report = cache
+        .prune(&PrunePolicy {
+            max_bytes: Some(limit - 1),
+            dry_run: true,
+            ..PrunePolicy::default()
+        })
+        .unwrap();
+    assert_eq!(report.metadata.removed, [oldest.0.as_str()]);
+    assert_eq!(report.metadata.removed_refs, 1);
+    assert!(cache.meta_path(&oldest.0).unwrap().exists(), "dry run");
+    assert!(cache.get_ref(&oldest.1).unwrap().is_some(), "dry run");
+
+    // Nothing may stay: every blob and manifest not in use goes, the
+    // pinned one and the held blob stay, and only their records remain.
+    let report = cache
+        .prune(&PrunePolicy {
+            max_bytes: Some(0),
+            ..PrunePolicy::default()
+        })
+        .unwrap();
+    let mut removed = report.metadata.removed.clone();
+    removed.sort();
+    let mut want = vec![oldest.0.clone(), newest.0.clone()];
+    want.sort();
+    assert_eq!(removed, want);
+    assert_eq!(report.metadata.kept_in_use, [pinned.0.as_str()]);
+    assert_eq!(report.metadata.removed_refs, 2);
+    assert_eq!(report.metadata.freed, 2 * each);
+    assert_eq!(report.remaining, held_bytes + each);
+    assert!(cache.get_meta(&oldest.0).unwrap().is_none());
+    assert!(cache.get_meta(&newest.0).unwrap().is_none());
+    assert!(cache.get_meta(&pinned.0).unwrap().is_some());
+    assert!(cache.get_ref(&oldest.1).unwrap().is_none());
+    assert!(cache.get_ref(&newest.1).unwrap().is_none());
+    assert_eq!(
+        cache.get_ref(&pinned.1).unwrap().unwrap().manifest,
+        pinned.0
+    );
+    assert_eq!(cache.entries().unwrap().len(), 1);
+
+    // Let go, the last one goes as well.
+    drop(pin);
+    drop(held);
+    let report = cache
+        .prune(&PrunePolicy {
+            max_bytes: Some(0),
+            ..PrunePolicy::default()
+        })
+        .unwrap();
+    assert_eq!(report.metadata.removed, [pinned.0.as_str()]);
+    assert_eq!(report.remaining, 0);
+    assert_eq!(cache.meta_summary().unwrap(), (0, 0, 0));
 }
 
 /// A record truncated by someone else while the blob is open: chunks this

@@ -1,18 +1,23 @@
 //! A registry image keeps being served when the registry is gone: the real
 //! `ocidisk` binary against Debian's `docker-registry` (and the fault
 //! proxy), restarted on a cache filled while the registry was reachable.
-//! Also: manifest resolution keeps the user's full retry setting, and an
-//! empty payload is served.
+//! Also: uncached chunks fail at once while the registry is down, a tag of
+//! an index is recorded per platform, prune by age and by size keeps what
+//! a live server needs, manifest resolution keeps the user's full retry
+//! setting, and an empty payload is served.
 //!
 //! Needs the `ocidisk` binary: `cargo build -p ocidisk` first.
 
 use super::small_disk::{push, s, Pushed, MIB, SYSTEM, SYSTEM_PART};
+use layout::chunkcache::ChunkCacheSettings;
 use ocidisk_tests::blkio_client::{ocidisk_binary, BlkioClient, Server};
 use ocidisk_tests::oci_writer::BuiltImage;
 use ocidisk_tests::registry::proxy::{Fault, Proxy};
 use ocidisk_tests::registry::{small_image, Registry};
+use registry::ClientOptions;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -258,6 +263,145 @@ fn a_partly_filled_cache_serves_what_it_holds() {
         let e = q.read(off, 4096).expect_err("uncached, registry gone");
         assert_eq!(e.raw_os_error(), Some(libc::EIO), "read at {off}: {e}");
     }
+    drop(client);
+    assert!(server.terminate().unwrap().success());
+}
+
+/// What one uncached chunk cost a read before the fetcher remembered an
+/// outage, with a registry that refuses connections at once: the cache's
+/// waits between its `retries + 1` attempts, and in each attempt the
+/// chunk client's wait before its own retry (the same settings `serve`
+/// builds from `--registry-retries`).
+fn chunk_retry_budget(retries: u32) -> Duration {
+    let cache = ChunkCacheSettings::default();
+    let client = ClientOptions {
+        retries,
+        ..ClientOptions::default()
+    }
+    .for_chunk_cache();
+    let attempts = retries + 1;
+    let mut waits = Duration::ZERO;
+    let mut delay = cache.retry_delay;
+    for _ in 1..attempts {
+        waits += delay;
+        delay = (delay * 2).min(cache.max_retry_delay);
+    }
+    let mut client_waits = Duration::ZERO;
+    let mut delay = client.backoff_initial;
+    for _ in 0..client.retries {
+        client_waits += delay;
+        delay = (delay * 2).min(client.backoff_max);
+    }
+    waits + client_waits * attempts
+}
+
+/// The registry dies under a running server: the first uncached chunk
+/// finds it unreachable, the next ones fail with EIO at once (not after
+/// their retries each), with one warning for the outage; the registry
+/// back on its port, reads succeed again once the rest is over, with one
+/// line saying so.
+#[test]
+fn uncached_chunks_fail_fast_while_the_registry_is_down() {
+    const RETRIES: u32 = 4;
+    const N: u64 = 8;
+    let mut f = Fixture::new();
+    let addr = f.reg().addr.clone();
+    let image = format!("docker://{addr}/os/node:v1");
+    let retries = RETRIES.to_string();
+    // No readahead: each read fetches its own chunk and nothing else.
+    let (server, mut client) = f.serve(
+        "outage",
+        &image,
+        &["--registry-retries", &retries, "--registry-readahead", "0"],
+    );
+    let q = client.queue();
+    let system = f.img.layer("system");
+    let digest = system.blob.digest.clone();
+
+    f.reg.as_mut().unwrap().stop();
+    let began = Instant::now();
+    for k in 0..N {
+        let off = SYSTEM_PART + k * MIB;
+        let e = q.read(off, 4096).expect_err("uncached, registry gone");
+        assert_eq!(e.raw_os_error(), Some(libc::EIO), "chunk {k}: {e}");
+    }
+    let took = began.elapsed();
+    let budget = chunk_retry_budget(RETRIES);
+    eprintln!("{N} uncached chunks failed in {took:?}; one chunk's retries: {budget:?}");
+    // Before, every chunk spent `budget`: N of them N times as much.
+    assert!(
+        took < 2 * budget,
+        "{N} reads took {took:?}; each chunk's retries alone take {budget:?}"
+    );
+    let log = server.log();
+    let outage = format!("registry {addr} is unreachable: chunk fetches");
+    assert_eq!(
+        log.matches(&outage).count(),
+        1,
+        "one warning for the outage:\n{log}"
+    );
+    let down = log
+        .lines()
+        .find(|l| l.contains(&outage))
+        .unwrap_or_default();
+    assert!(down.contains("WARN"), "{down}");
+    // The first chunk's failure names the blob, the range and since when.
+    let first = log
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains(&format!("fetching bytes 0..{MIB}")))
+        .unwrap_or_else(|| panic!("no failure line for chunk 0:\n{log}"));
+    assert!(first.contains(&digest), "{first}");
+    assert!(
+        first.contains(&format!("blob {digest} bytes 0+{MIB}")),
+        "{first}"
+    );
+    assert!(
+        first.contains(&format!("registry {addr} unreachable since 20")),
+        "{first}"
+    );
+    // The others failed quietly: one error line, not one per chunk.
+    let errors = log
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("fetching bytes"))
+        .count();
+    assert!(errors < N as usize / 2, "{errors} error lines:\n{log}");
+
+    // Back on the same port: a read succeeds once a fetch asks again (the
+    // rest is at most MAX_REST); the reads before that fail at once.
+    f.reg.as_mut().unwrap().start_again().unwrap();
+    let deadline = Instant::now() + registry::outage::MAX_REST + Duration::from_secs(30);
+    let off = SYSTEM_PART + 5 * MIB;
+    let got = loop {
+        match q.read(off, 4096) {
+            Ok(got) => break got,
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+                assert!(
+                    Instant::now() < deadline,
+                    "no read succeeded after the registry came back:\n{}",
+                    server.log()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    assert!(got == system.data[5 * MIB as usize..5 * MIB as usize + 4096]);
+    for k in 0..N {
+        let off = SYSTEM_PART + k * MIB;
+        let got = q
+            .read(off, 4096)
+            .unwrap_or_else(|e| panic!("chunk {k}: {e}"));
+        let p = (k * MIB) as usize;
+        assert!(got == system.data[p..p + 4096], "wrong bytes in chunk {k}");
+    }
+    let log = server.log();
+    let back = format!("registry {addr} answers again");
+    assert_eq!(log.matches(&back).count(), 1, "{log}");
+    assert!(
+        log.lines().any(|l| l.contains(&back) && l.contains("INFO")),
+        "{log}"
+    );
+    assert_eq!(log.matches(&outage).count(), 1, "{log}");
     drop(client);
     assert!(server.terminate().unwrap().success());
 }
@@ -547,4 +691,192 @@ fn prune_keeps_the_manifest_of_a_live_server() {
     );
     let listed = cache(&["list"]);
     assert!(!listed.contains("manifest(s)"), "{listed}");
+}
+
+/// `cache prune --max-size 0` removes every blob and kept manifest and
+/// config no server uses (blobs first), and the resolutions that pointed
+/// at them, never those of a live server, whose image still starts
+/// offline afterwards.
+#[test]
+fn prune_to_a_size_keeps_the_manifest_of_a_live_server() {
+    let mut f = Fixture::new();
+    let addr = f.reg().addr.clone();
+    let other = small_image(&f.dir.path().join("src2"), 1 << 20, 9, "v1").unwrap();
+    f.reg().push(&other.dir, None, "os/other:v1").unwrap();
+    let image = format!("docker://{addr}/os/node:v1");
+    let other_image = format!("docker://{addr}/os/other:v1");
+    f.pull(&other_image);
+    let (server, client) = f.serve("live", &image, &[]);
+
+    let cache_dir = f.cache();
+    let cache = |args: &[&str]| {
+        let mut a: Vec<String> = vec!["cache".into()];
+        a.extend(args.iter().map(|x| x.to_string()));
+        a.extend(["--cache".to_owned(), s(&cache_dir).to_owned()]);
+        let o = ocidisk(&a);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let pruned = cache(&["prune", "--max-size", "0", "--dry-run"]);
+    assert!(
+        pruned.contains("would remove 2 manifest(s) and config(s), 1 resolution record(s)"),
+        "{pruned}"
+    );
+    assert!(
+        cache(&["list"]).contains("and 4 manifest(s) and config(s)"),
+        "a dry run removes nothing"
+    );
+    let pruned = cache(&["prune", "--max-size", "0"]);
+    eprintln!("{pruned}");
+    let live = [f.img.manifest_digest(), &f.img.manifests[0].config.digest];
+    let gone = [other.manifest_digest(), &other.manifests[0].config.digest];
+    for d in live {
+        assert!(
+            pruned.contains(&format!("kept manifest or config {d} (in use)")),
+            "{pruned}"
+        );
+    }
+    for d in gone {
+        assert!(
+            pruned.contains(&format!("removed manifest or config {d}")),
+            "{pruned}"
+        );
+    }
+    assert!(
+        pruned.contains("removed 2 manifest(s) and config(s), 1 resolution record(s)"),
+        "{pruned}"
+    );
+    // The other image's own blobs went first (the live server's are open,
+    // among them the kernel both images share).
+    let live_blobs: Vec<&str> = f.img.manifests[0]
+        .layers
+        .iter()
+        .map(|l| l.blob.digest.as_str())
+        .collect();
+    let own: Vec<&str> = other.manifests[0]
+        .layers
+        .iter()
+        .map(|l| l.blob.digest.as_str())
+        .filter(|d| !live_blobs.contains(d))
+        .collect();
+    assert!(!own.is_empty());
+    for d in own {
+        assert!(pruned.contains(&format!("removed {d} (")), "{pruned}");
+    }
+    let listed = cache(&["list"]);
+    assert!(
+        listed.contains("and 2 manifest(s) and config(s)")
+            && listed.contains("1 resolution record(s)"),
+        "{listed}"
+    );
+    drop(client);
+    assert!(server.terminate().unwrap().success());
+
+    // Offline now: the live server's image still starts, the other does not.
+    f.reg = None;
+    let o = f.run("inspect", &image, &["--registry-retries", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = f.run("inspect", &other_image, &["--registry-retries", "0"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("nothing is cached for"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// A tag of an image index resolves per `--platform`: `pull` with two
+/// platforms keeps two resolution records (the key names the platform),
+/// and with the registry gone each platform starts from its own manifest
+/// (`inspect`, and `serve` reading the payload of its own image).
+#[test]
+fn a_tag_record_follows_the_platform() {
+    use ocidisk_tests::oci_writer::{INDEX_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
+    let mut f = Fixture::new();
+    let addr = f.reg().addr.clone();
+    let arm = small_image(&f.dir.path().join("src-arm"), SYSTEM, 8, "v1").unwrap();
+    f.reg().push(&arm.dir, None, "os/node:arm64").unwrap();
+    let entry = |img: &BuiltImage, arch: &str| {
+        serde_json::json!({
+            "mediaType": MANIFEST_MEDIA_TYPE,
+            "digest": img.manifests[0].digest(),
+            "size": img.manifests[0].manifest.size,
+            "platform": {"os": "linux", "architecture": arch},
+        })
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX_MEDIA_TYPE,
+        "manifests": [entry(&f.img, "amd64"), entry(&arm, "arm64")],
+    });
+    f.reg()
+        .put_manifest(
+            "os/node",
+            "multi",
+            INDEX_MEDIA_TYPE,
+            &serde_json::to_vec(&index).unwrap(),
+        )
+        .unwrap();
+    let image = format!("docker://{addr}/os/node:multi");
+    let platforms = [("linux/amd64", &f.img), ("linux/arm64", &arm)];
+    for (platform, img) in platforms {
+        let args: Vec<String> = [
+            "pull",
+            image.as_str(),
+            "--cache",
+            s(&f.cache()),
+            "--platform",
+            platform,
+        ]
+        .map(String::from)
+        .to_vec();
+        let o = ocidisk(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = f.run("inspect", &image, &["--json", "--platform", platform]);
+        assert_eq!(inspected_digest(&o), img.manifest_digest(), "{platform}");
+    }
+    let mut records: Vec<(String, String)> = std::fs::read_dir(f.cache().join("refs"))
+        .unwrap()
+        .map(|e| {
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+            let field = |k: &str| v[k].as_str().unwrap().to_owned();
+            (field("key"), field("manifest"))
+        })
+        .collect();
+    records.sort();
+    assert_eq!(records.len(), 2, "one record per platform: {records:?}");
+    for ((key, manifest), (platform, img)) in records.iter().zip(platforms) {
+        assert!(key.contains(&format!("platform={platform}")), "{key}");
+        assert_eq!(manifest, img.manifest_digest(), "{key}");
+    }
+
+    f.reg = None;
+    for (platform, img) in platforms {
+        let o = f.run(
+            "inspect",
+            &image,
+            &["--json", "--platform", platform, "--registry-retries", "0"],
+        );
+        assert_eq!(inspected_digest(&o), img.manifest_digest(), "{platform}");
+        assert!(stderr(&o).contains(img.manifest_digest()), "{}", stderr(&o));
+
+        let name = platform.replace('/', "-");
+        let (server, mut client) = f.serve(
+            &name,
+            &image,
+            &["--platform", platform, "--registry-retries", "0"],
+        );
+        let got = client
+            .queue()
+            .read(SYSTEM_PART, 2 * MIB as usize)
+            .unwrap_or_else(|e| panic!("{platform}: {e}"));
+        let system = &img.layer("system").data;
+        assert!(
+            got == system[..2 * MIB as usize],
+            "{platform}: not its own image's bytes"
+        );
+        drop(client);
+        assert!(server.terminate().unwrap().success());
+    }
 }
