@@ -319,6 +319,15 @@ impl AsyncQueue {
     /// the helpers carry out together: a large read the page cache holds is
     /// a memory copy, which one core alone would do at a fraction of the
     /// memory bandwidth.
+    ///
+    /// Only a read the page cache holds is shared. Its last
+    /// [`PROBE_LEN`] bytes are read here first: if they had to go to the
+    /// ring, the read is cold (readahead fills the cache front to back, so
+    /// a missing tail means the rest is missing too), and the rest is
+    /// planned here as well. Sharing a cold read only splits the ring's
+    /// reads and wakes threads that copy nothing: cold 1 MiB reads cost
+    /// 2–3× the CPU per request with helpers, at the same speed
+    /// (docs/PERFORMANCE.md).
     #[allow(clippy::too_many_arguments)]
     fn plan_shared_read(
         &self,
@@ -331,9 +340,16 @@ impl AsyncQueue {
         read: &mut ReadOutcome,
         ops: &mut SmallVec<[Op; 1]>,
     ) {
-        let shared = Mutex::new((ReadOutcome::default(), SmallVec::<[Op; 1]>::new()));
         let direct = self.direct;
-        helpers.for_each_piece(&[(offset, len)], |_, range| {
+        let head = len.saturating_sub(PROBE_LEN);
+        let queued = ops.len();
+        read.add(plan_read(ctx, direct, mem, request, offset, head..len, ops));
+        if ops.len() > queued {
+            read.add(plan_read(ctx, direct, mem, request, offset, 0..head, ops));
+            return;
+        }
+        let shared = Mutex::new((std::mem::take(read), SmallVec::<[Op; 1]>::new()));
+        helpers.for_each_piece(&[(offset, head)], |_, range| {
             let mut piece_ops = SmallVec::new();
             let piece = plan_read(ctx, direct, mem, request, offset, range, &mut piece_ops);
             let mut shared = shared.lock().unwrap_or_else(PoisonError::into_inner);
@@ -534,6 +550,10 @@ impl Drop for AsyncQueue {
         }
     }
 }
+
+/// How much of a large read [`AsyncQueue::plan_shared_read`] reads first to
+/// tell a warm read from a cold one: one page.
+const PROBE_LEN: u64 = 4096;
 
 /// Reads bytes `range` of a read at disk `offset` as far as that needs no
 /// waiting (memory, zeros, the page cache) and turns the rest into ring
