@@ -15,7 +15,7 @@ use ocidisk_tests::oci_writer::BuiltImage;
 use ocidisk_tests::registry::proxy::{Fault, Proxy};
 use ocidisk_tests::registry::{small_image, Registry};
 use registry::ClientOptions;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -620,39 +620,66 @@ content = "payload:system"
     assert!(e.contains("a blob of 0 bytes"), "{e}");
 }
 
-/// `cache prune --older-than` removes the manifests and configs of images
-/// no server uses (and the resolutions that pointed at them), never those
-/// of a live server; `cache list` counts them.
-#[test]
-fn prune_keeps_the_manifest_of_a_live_server() {
-    let mut f = Fixture::new();
-    let addr = f.reg().addr.clone();
-    let other = small_image(&f.dir.path().join("src2"), 1 << 20, 9, "v1").unwrap();
-    f.reg().push(&other.dir, None, "os/other:v1").unwrap();
-    let image = format!("docker://{addr}/os/node:v1");
-    let other_image = format!("docker://{addr}/os/other:v1");
-    f.pull(&other_image);
-    let (server, client) = f.serve("live", &image, &[]);
+/// A cache holding two images: `os/node:v1`, served by a live server, and
+/// `os/other:v1`, only pulled.
+struct TwoImages {
+    f: Fixture,
+    other: BuiltImage,
+    image: String,
+    other_image: String,
+    server: Server,
+    client: BlkioClient,
+}
 
-    let cache_dir = f.cache();
-    let cache = |args: &[&str]| {
-        let mut a: Vec<String> = vec!["cache".into()];
-        a.extend(args.iter().map(|x| x.to_string()));
-        a.extend(["--cache".to_owned(), s(&cache_dir).to_owned()]);
-        let o = ocidisk(&a);
-        assert!(o.status.success(), "{}", stderr(&o));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
-    let listed = cache(&["list"]);
+impl TwoImages {
+    fn new() -> Self {
+        let f = Fixture::new();
+        let addr = f.reg().addr.clone();
+        let other = small_image(&f.dir.path().join("src2"), 1 << 20, 9, "v1").unwrap();
+        f.reg().push(&other.dir, None, "os/other:v1").unwrap();
+        let image = format!("docker://{addr}/os/node:v1");
+        let other_image = format!("docker://{addr}/os/other:v1");
+        f.pull(&other_image);
+        let (server, client) = f.serve("live", &image, &[]);
+        TwoImages {
+            f,
+            other,
+            image,
+            other_image,
+            server,
+            client,
+        }
+    }
+}
+
+/// Stops the registry; then `image` (whose manifest and config a prune
+/// kept) still opens from the cache, and `other_image` does not.
+fn offline_only_the_live_image_starts(f: &mut Fixture, image: &str, other_image: &str) {
+    f.reg = None;
+    let o = f.run("inspect", image, &["--registry-retries", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = f.run("inspect", other_image, &["--registry-retries", "0"]);
+    assert!(!o.status.success());
     assert!(
-        listed.contains("and 4 manifest(s) and config(s)")
-            && listed.contains("2 resolution record(s)"),
-        "{listed}"
+        stderr(&o).contains("nothing is cached for"),
+        "{}",
+        stderr(&o)
     );
-    let pruned = cache(&["prune", "--older-than", "0s"]);
-    eprintln!("{pruned}");
-    let live = [f.img.manifest_digest(), &f.img.manifests[0].config.digest];
-    let gone = [other.manifest_digest(), &other.manifests[0].config.digest];
+}
+
+/// Runs `ocidisk cache ARGS --cache DIR`, insists on success, returns stdout.
+fn cache_command(dir: &Path, args: &[&str]) -> String {
+    let mut a: Vec<String> = vec!["cache".into()];
+    a.extend(args.iter().map(|x| x.to_string()));
+    a.extend(["--cache".to_owned(), s(dir).to_owned()]);
+    let o = ocidisk(&a);
+    assert!(o.status.success(), "{}", stderr(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A prune report that kept the live server's manifest and config, removed
+/// the other image's two and its one resolution record.
+fn assert_pruned_all_but_live(pruned: &str, live: [&str; 2], gone: [&str; 2]) {
     for d in live {
         assert!(
             pruned.contains(&format!("kept manifest or config {d} (in use)")),
@@ -669,20 +696,40 @@ fn prune_keeps_the_manifest_of_a_live_server() {
         pruned.contains("removed 2 manifest(s) and config(s), 1 resolution record(s)"),
         "{pruned}"
     );
+}
+
+/// `cache prune --older-than` removes the manifests and configs of images
+/// no server uses (and the resolutions that pointed at them), never those
+/// of a live server; `cache list` counts them.
+#[test]
+fn prune_keeps_the_manifest_of_a_live_server() {
+    let TwoImages {
+        mut f,
+        other,
+        image,
+        other_image,
+        server,
+        client,
+    } = TwoImages::new();
+    let cache_dir = f.cache();
+    let cache = |args: &[&str]| cache_command(&cache_dir, args);
+    let listed = cache(&["list"]);
+    assert!(
+        listed.contains("and 4 manifest(s) and config(s)")
+            && listed.contains("2 resolution record(s)"),
+        "{listed}"
+    );
+    let pruned = cache(&["prune", "--older-than", "0s"]);
+    eprintln!("{pruned}");
+    assert_pruned_all_but_live(
+        &pruned,
+        [f.img.manifest_digest(), &f.img.manifests[0].config.digest],
+        [other.manifest_digest(), &other.manifests[0].config.digest],
+    );
     drop(client);
     assert!(server.terminate().unwrap().success());
 
-    // Offline now: the live server's image still starts, the other does not.
-    f.reg = None;
-    let o = f.run("inspect", &image, &["--registry-retries", "0"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = f.run("inspect", &other_image, &["--registry-retries", "0"]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("nothing is cached for"),
-        "{}",
-        stderr(&o)
-    );
+    offline_only_the_live_image_starts(&mut f, &image, &other_image);
 
     let pruned = cache(&["prune", "--older-than", "0s"]);
     assert!(
@@ -699,24 +746,16 @@ fn prune_keeps_the_manifest_of_a_live_server() {
 /// offline afterwards.
 #[test]
 fn prune_to_a_size_keeps_the_manifest_of_a_live_server() {
-    let mut f = Fixture::new();
-    let addr = f.reg().addr.clone();
-    let other = small_image(&f.dir.path().join("src2"), 1 << 20, 9, "v1").unwrap();
-    f.reg().push(&other.dir, None, "os/other:v1").unwrap();
-    let image = format!("docker://{addr}/os/node:v1");
-    let other_image = format!("docker://{addr}/os/other:v1");
-    f.pull(&other_image);
-    let (server, client) = f.serve("live", &image, &[]);
-
+    let TwoImages {
+        mut f,
+        other,
+        image,
+        other_image,
+        server,
+        client,
+    } = TwoImages::new();
     let cache_dir = f.cache();
-    let cache = |args: &[&str]| {
-        let mut a: Vec<String> = vec!["cache".into()];
-        a.extend(args.iter().map(|x| x.to_string()));
-        a.extend(["--cache".to_owned(), s(&cache_dir).to_owned()]);
-        let o = ocidisk(&a);
-        assert!(o.status.success(), "{}", stderr(&o));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
+    let cache = |args: &[&str]| cache_command(&cache_dir, args);
     let pruned = cache(&["prune", "--max-size", "0", "--dry-run"]);
     assert!(
         pruned.contains("would remove 2 manifest(s) and config(s), 1 resolution record(s)"),
@@ -728,23 +767,10 @@ fn prune_to_a_size_keeps_the_manifest_of_a_live_server() {
     );
     let pruned = cache(&["prune", "--max-size", "0"]);
     eprintln!("{pruned}");
-    let live = [f.img.manifest_digest(), &f.img.manifests[0].config.digest];
-    let gone = [other.manifest_digest(), &other.manifests[0].config.digest];
-    for d in live {
-        assert!(
-            pruned.contains(&format!("kept manifest or config {d} (in use)")),
-            "{pruned}"
-        );
-    }
-    for d in gone {
-        assert!(
-            pruned.contains(&format!("removed manifest or config {d}")),
-            "{pruned}"
-        );
-    }
-    assert!(
-        pruned.contains("removed 2 manifest(s) and config(s), 1 resolution record(s)"),
-        "{pruned}"
+    assert_pruned_all_but_live(
+        &pruned,
+        [f.img.manifest_digest(), &f.img.manifests[0].config.digest],
+        [other.manifest_digest(), &other.manifests[0].config.digest],
     );
     // The other image's own blobs went first (the live server's are open,
     // among them the kernel both images share).
@@ -772,17 +798,7 @@ fn prune_to_a_size_keeps_the_manifest_of_a_live_server() {
     drop(client);
     assert!(server.terminate().unwrap().success());
 
-    // Offline now: the live server's image still starts, the other does not.
-    f.reg = None;
-    let o = f.run("inspect", &image, &["--registry-retries", "0"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let o = f.run("inspect", &other_image, &["--registry-retries", "0"]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("nothing is cached for"),
-        "{}",
-        stderr(&o)
-    );
+    offline_only_the_live_image_starts(&mut f, &image, &other_image);
 }
 
 /// A tag of an image index resolves per `--platform`: `pull` with two
