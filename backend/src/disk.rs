@@ -312,6 +312,7 @@ impl OverlayDisk {
 /// targets ([`crate::fuzzing`]).
 pub mod memory {
     use super::*;
+    use blockio::IoCursor;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Mutex;
 
@@ -379,11 +380,8 @@ pub mod memory {
             })
         }
         fn write(&self, offset: u64, bufs: &[IoBuf<'_>]) -> io::Result<()> {
-            self.modify(offset, total_len(bufs), |mut dst| {
-                for buf in bufs {
-                    let n = buf.copy_to(dst);
-                    dst = &mut dst[n..];
-                }
+            self.modify(offset, total_len(bufs), |dst| {
+                IoCursor::new(bufs).copy_to(dst);
             })
         }
         fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> io::Result<()> {

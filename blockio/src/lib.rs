@@ -106,11 +106,7 @@ impl ReadAt for [u8] {
     fn read_vectored_at(&self, offset: u64, bufs: &mut [IoBufMut<'_>]) -> io::Result<()> {
         let len = total_len_mut(bufs);
         let start = check_range(offset, len, self.size())? as usize;
-        let mut src = &self[start..start + len as usize];
-        for buf in bufs.iter_mut() {
-            let n = buf.copy_from(src);
-            src = &src[n..];
-        }
+        IoWindow::new(bufs).copy_from(&self[start..start + len as usize]);
         Ok(())
     }
 }

@@ -574,11 +574,7 @@ mod tests {
 
         /// A request with the usual framing: header, data, status.
         fn request(&self, kind: u32, sector: u64, data: Option<D>) -> Completion {
-            self.header(kind, sector);
-            let mut descs = vec![(HDR, 16, false)];
-            descs.extend(data);
-            descs.push((STATUS, 1, true));
-            self.run(&descs)
+            self.request_descs(kind, sector, data.as_slice())
         }
 
         /// A request with the header, `data` and the status.

@@ -201,10 +201,8 @@ impl Overlay {
                     source,
                 })?;
         }
-        let mut at = (from - bstart) as usize;
-        for p in piece.iter() {
-            at += p.copy_to(&mut block[at..]);
-        }
+        let at = (from - bstart) as usize;
+        IoCursor::new(piece).copy_to(&mut block[at..]);
         self.write_data(bstart, &mut [IoBuf::new(&block[..blen])])?;
         self.map.set(b, b + 1, BlockState::Written);
         Ok(())
