@@ -123,8 +123,12 @@ impl ChunkCache {
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        // Listed once: their storage counts towards the limit, and the
+        // same list is pruned after the blobs.
+        let metas = self.meta_files()?;
         let mut report = PruneReport {
-            remaining: entries.iter().map(|e| e.allocated).sum::<u64>() + self.meta_storage()?,
+            remaining: entries.iter().map(|e| e.allocated).sum::<u64>()
+                + super::meta::meta_bytes(&metas),
             ..PruneReport::default()
         };
         for entry in entries {
@@ -162,7 +166,7 @@ impl ChunkCache {
             .map_or(0, |max| report.remaining.saturating_sub(max));
         if policy.older_than.is_some() || free > 0 {
             let age = policy.older_than.map(|a| a.as_secs());
-            report.metadata = self.prune_meta(age, free, policy.dry_run)?;
+            report.metadata = self.prune_meta(metas, age, free, policy.dry_run)?;
             report.freed += report.metadata.freed;
             report.remaining = report.remaining.saturating_sub(report.metadata.freed);
         }

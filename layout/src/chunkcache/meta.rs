@@ -68,13 +68,18 @@ pub struct MetaPruneReport {
 
 /// A kept manifest or config, as prune sees it.
 #[derive(Debug)]
-struct MetaFile {
+pub(super) struct MetaFile {
     path: PathBuf,
     digest: String,
     /// When a server last used it, seconds since the epoch.
     used: u64,
     /// Bytes of storage it takes.
     allocated: u64,
+}
+
+/// Storage `files` take, bytes.
+pub(super) fn meta_bytes(files: &[MetaFile]) -> u64 {
+    files.iter().map(|f| f.allocated).sum()
 }
 
 fn hex_of(digest: &str) -> Option<&str> {
@@ -258,11 +263,11 @@ impl ChunkCache {
 
     /// Storage the kept manifests and configs take, bytes.
     pub fn meta_storage(&self) -> Result<u64, ChunkCacheError> {
-        Ok(self.meta_files()?.iter().map(|f| f.allocated).sum())
+        Ok(meta_bytes(&self.meta_files()?))
     }
 
     /// The kept manifests and configs, least recently used first.
-    fn meta_files(&self) -> Result<Vec<MetaFile>, ChunkCacheError> {
+    pub(super) fn meta_files(&self) -> Result<Vec<MetaFile>, ChunkCacheError> {
         let mut out = Vec::new();
         for path in list(&self.meta_dir())? {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
@@ -296,13 +301,14 @@ impl ChunkCache {
         Ok(out)
     }
 
-    /// Removes manifests and configs no server uses now: those unused for
-    /// `older_than` seconds, then, least recently used first, more until
-    /// `free` bytes of storage are freed (what `--max-size` still wants
-    /// once the blobs it may remove are gone); then the reference records
-    /// whose manifest is gone.
-    pub fn prune_meta(
+    /// Removes those of `files` (from [`meta_files`](Self::meta_files))
+    /// no server uses now: those unused for `older_than` seconds, then,
+    /// least recently used first, more until `free` bytes of storage are
+    /// freed (what `--max-size` still wants once the blobs it may remove
+    /// are gone); then the reference records whose manifest is gone.
+    pub(super) fn prune_meta(
         &self,
+        files: Vec<MetaFile>,
         older_than: Option<u64>,
         free: u64,
         dry_run: bool,
@@ -310,7 +316,7 @@ impl ChunkCache {
         let mut report = MetaPruneReport::default();
         let now = now_secs();
         let mut free = free;
-        for f in self.meta_files()? {
+        for f in files {
             let old = older_than.is_some_and(|age| now.saturating_sub(f.used) >= age);
             if !old && free == 0 {
                 continue;
